@@ -1,0 +1,119 @@
+"""Model checkpoints: a plain dict of tensors and JSON-like values, loaded weights-only.
+
+A teacher checkpoint comes from a node and is untrusted: it is read with
+`torch.load(weights_only=True)` (no code runs), then checked for format, model, shapes and
+class count before any model is built from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import CheckpointError, ConfigError
+from .models import MODELS, build_model
+from .runtime import save_torch
+
+TEACHER = "fedinv.teacher"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelCheckpoint:
+    """What a checkpoint holds. `model` = {name, in_channels, num_classes, image_size}."""
+
+    kind: str
+    model: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    label_counts: list[int] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. node index, dataset facts, partition hash
+    fedinv_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model["num_classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        m = self.model
+        return (int(m["in_channels"]), int(m["image_size"]), int(m["image_size"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.kind, "schema_version": SCHEMA_VERSION, "fedinv_version": self.fedinv_version,
+                "model": dict(self.model), "state_dict": self.state_dict, "label_counts": self.label_counts,
+                "config": self.config, "seed": self.seed, "metrics": self.metrics, "extra": self.extra}
+
+    def build(self, device: torch.device | str = "cpu") -> nn.Module:
+        """Construct the registry model and load the weights (strict); returned in eval mode."""
+        m = self.model
+        module = build_model(m["name"], m["in_channels"], m["num_classes"], m["image_size"])
+        try:
+            module.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights do not fit model {m['name']!r}: {str(e).splitlines()[0]}") from e
+        return module.to(device).eval()
+
+
+def model_spec(name: str, in_channels: int, num_classes: int, image_size: int) -> dict[str, Any]:
+    return {"name": name, "in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+
+
+def save_checkpoint(ckpt: ModelCheckpoint, path: str | Path) -> None:
+    """Write atomically: a killed job never leaves a half-written checkpoint under `path`."""
+    save_torch(ckpt.to_dict(), path)
+
+
+def load_checkpoint(path: str | Path, *, kind: str = TEACHER, num_classes: int | None = None,
+                    image_shape: tuple[int, int, int] | None = None) -> ModelCheckpoint:
+    """Read and validate a checkpoint; every problem is a `CheckpointError` naming the file.
+
+    num_classes / image_shape, when given, must match what the checkpoint's model was built for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupted zip, truncated file, pickled code refused by weights_only
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
+                              f"fedinv): {type(e).__name__}: {first}") from e
+    if not isinstance(raw, dict) or raw.get("format") != kind:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path} is not a {kind} checkpoint (found format {found!r})")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: schema_version {raw.get('schema_version')!r}, this fedinv reads "
+                              f"{SCHEMA_VERSION}")
+    model = raw.get("model")
+    keys = {"name", "in_channels", "num_classes", "image_size"}
+    if not isinstance(model, dict) or not keys <= set(model):
+        raise CheckpointError(f"{path}: model description missing or incomplete (needs {sorted(keys)})")
+    if model["name"] not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {model['name']!r}; known: {', '.join(sorted(MODELS))}")
+    state = raw.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: state_dict missing or not a dict of tensors")
+    ckpt = ModelCheckpoint(kind, model, state, raw.get("label_counts"), raw.get("config") or {}, raw.get("seed"),
+                           raw.get("metrics") or {}, raw.get("extra") or {}, raw.get("fedinv_version", "?"))
+    if num_classes is not None and ckpt.num_classes != num_classes:
+        raise CheckpointError(f"{path}: model has {ckpt.num_classes} classes, expected {num_classes}")
+    if image_shape is not None and ckpt.image_shape != tuple(image_shape):
+        raise CheckpointError(f"{path}: model takes input {ckpt.image_shape}, expected {tuple(image_shape)}")
+    if ckpt.label_counts is not None and len(ckpt.label_counts) != ckpt.num_classes:
+        raise CheckpointError(f"{path}: {len(ckpt.label_counts)} label counts for {ckpt.num_classes} classes")
+    # Shapes are checked by building the model once: a mismatch is an error here, not later.
+    try:
+        ckpt.build()
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    return ckpt

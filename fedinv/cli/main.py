@@ -1,0 +1,46 @@
+"""`fedinv` command group; each command parses, builds a config and calls one library function."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import FedinvError
+from .partition import partition_cmd, models_cmd
+from .teachers import train_teachers_cmd
+
+
+class _Group(click.Group):
+    """Turns fedinv's own errors into one clear line and exit code 2 (no traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FedinvError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fedinv")
+@click.option("-v", "--verbose", count=True, help="more log output (-v info is the default; -vv debug)")
+@click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
+def cli(verbose: int, quiet: bool) -> None:
+    """fedinv: one-shot, data-free federated learning.
+
+    Pipeline: partition -> train-teachers -> synthesize -> train-student.
+    """
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+cli.add_command(partition_cmd)
+cli.add_command(models_cmd)
+cli.add_command(train_teachers_cmd)
+
+
+def main() -> None:
+    cli()

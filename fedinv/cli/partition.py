@@ -1,0 +1,37 @@
+"""`fedinv partition` and `fedinv models`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import DataConfig, PartitionConfig, click_options, pick
+from ..data.datasets import load_dataset
+from ..data.partition import make_partition, save_partition
+from ..models import MODELS
+from ..viz import label_count_plot
+
+
+@click.command("partition")
+@click_options(DataConfig)
+@click_options(PartitionConfig)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="manifest to write (JSON); a PNG of label counts per node is written beside it")
+def partition_cmd(out: Path, **kwargs) -> None:
+    """Split a dataset's training set over nodes and write the manifest every later stage reads."""
+    data_cfg, part_cfg = pick(DataConfig, kwargs), pick(PartitionConfig, kwargs)
+    train = load_dataset(data_cfg, "train")
+    part = make_partition(train.labels.numpy(), train.info.num_classes, part_cfg, data_cfg)
+    manifest = save_partition(part, train.labels.numpy(), out, train.info.class_names)
+    png = out.with_suffix(".png")
+    title = f"{train.info.name}: {part_cfg.scheme}" + (f" alpha={part_cfg.alpha}" if part_cfg.scheme == "dirichlet" else "")
+    label_count_plot(manifest["label_counts"], train.info.class_names, title).save(png)
+    click.echo(f"{out}: {part.num_nodes} nodes, sizes {manifest['node_sizes']}; label counts in {png}")
+
+
+@click.command("models")
+def models_cmd() -> None:
+    """List the models of the registry."""
+    for spec in MODELS.values():
+        click.echo(f"{spec.name:10s} {spec.summary}")

@@ -1,0 +1,154 @@
+"""Typed, frozen configs for each stage, their dict/TOML round trip, and their click options.
+
+Each field carries its help text in `metadata["help"]`: the same text documents the library,
+fills `--help`, and travels (as values) inside every artifact the stage writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with help text (and optional valid choices) for the CLI and docs."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _check_choice(cfg: Any, name: str) -> None:
+    meta = next(f for f in dataclasses.fields(cfg) if f.name == name).metadata
+    value = getattr(cfg, name)
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(meta['choices'])}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and where it lives."""
+
+    dataset: str = option("fashion-mnist", "dataset name: fashion-mnist, mnist, cifar10, cifar100, svhn, "
+                          "imagefolder (a folder with train/ and test/ class folders, given by --data-root), "
+                          "synthetic-tiny (generated, for tests)")
+    data_root: str = option("data", "folder where datasets are found or downloaded to")
+    download: bool = option(False, "download the dataset through torchvision when it is not on disk")
+    image_size: int = option(0, "imagefolder only: resize images to this size (0 = 32)")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the training set is split over the nodes (non-IID schemes are seeded and deterministic)."""
+
+    scheme: str = option("dirichlet", "split scheme", choices=("iid", "dirichlet", "classes-per-node",
+                                                                  "label-disjoint", "mixed"))
+    num_nodes: int = option(5, "number of nodes (clients)")
+    alpha: float = option(0.5, "dirichlet: concentration; smaller is more skewed")
+    min_size: int = option(10, "dirichlet: redraw until every node holds at least this many samples")
+    classes_per_node: int = option(2, "classes-per-node: labels each node holds")
+    seed: int = option(0, "random seed of the split")
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "scheme")
+        if self.num_nodes < 1:
+            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        if self.scheme == "dirichlet" and not self.alpha > 0:
+            raise ConfigError(f"dirichlet alpha must be > 0, got {self.alpha}")
+        if self.min_size < 1:
+            raise ConfigError(f"min_size must be >= 1, got {self.min_size}")
+        if self.classes_per_node < 1:
+            raise ConfigError(f"classes_per_node must be >= 1, got {self.classes_per_node}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How each node trains its teacher."""
+
+    model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
+    epochs: int = option(15, "training epochs over the node's split")
+    batch_size: int = option(64, "minibatch size")
+    lr: float = option(0.05, "SGD learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    schedule: str = option("cosine", "learning-rate schedule over all steps", choices=("cosine", "step", "constant"))
+    augment: bool = option(True, "light augmentation: random crop with padding, and horizontal flip "
+                                 "where the dataset allows it")
+    same_init: bool = option(True, "start every node from the same initialization (one-shot FedAvg baseline)")
+    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    seed: int = option(0, "random seed of initialization and data order")
+
+    def __post_init__(self) -> None:
+        for name in ("schedule", "precision"):
+            _check_choice(self, name)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain values only, so configs go into JSON, HDF5 attributes and weights-only checkpoints."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build `cls` from a dict, refusing keys it does not know (and naming the ones it does)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    extra = set(values) - names
+    if extra:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {sorted(extra)}; known: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
+def load_toml(path: str | Path, section: str, cls: type[T]) -> T:
+    """Read one `[section]` table of a TOML file into `cls`."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return from_dict(cls, data.get(section, {}))
+
+
+_CLICK_TYPES: dict[Any, Any] = {int: int, float: float, str: str}
+
+
+def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """A decorator adding one click option per field of `cls` (`--field-name`), help from metadata.
+
+    The command receives the values as keyword arguments named like the fields; build the config
+    with `pick(cls, kwargs)`.
+    """
+    import click  # the library itself does not need click
+
+    hints = typing.get_type_hints(cls)
+
+    def decorate(fn: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in exclude:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            if hints[f.name] is bool:
+                fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=f.default,
+                                  show_default=True, help=help_text)(fn)
+            else:
+                choices = f.metadata.get("choices")
+                kind = click.Choice(choices) if choices else _CLICK_TYPES[hints[f.name]]
+                fn = click.option(flag, f.name, type=kind, default=f.default, show_default=True,
+                                  help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+def pick(cls: type[T], values: dict[str, Any]) -> T:
+    """Build `cls` from the entries of `values` that are its fields (the rest are ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})

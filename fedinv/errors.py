@@ -1,0 +1,22 @@
+"""Exceptions fedinv raises for bad input; the CLI turns them into one-line messages."""
+
+
+class FedinvError(Exception):
+    """Base class: a user-facing error whose message says what to do."""
+
+
+class ConfigError(FedinvError, ValueError):
+    """A parameter is out of range or names something unknown."""
+
+
+class DatasetNotFoundError(FedinvError, FileNotFoundError):
+    """A dataset is not on disk and cannot be downloaded here."""
+
+
+class CheckpointError(FedinvError):
+    """A checkpoint is missing, corrupted, foreign or does not match what is expected."""
+
+
+def unknown(kind: str, name: str, known) -> ConfigError:
+    """The house error for an unknown name: says what was asked and lists the valid options."""
+    return ConfigError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")

@@ -1,0 +1,63 @@
+"""Predictions and metrics: accuracy, per-class accuracy, confusion matrix, teacher ensembles."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .data.batches import batches
+from .data.datasets import ImageTensors
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: ImageTensors, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
+    """Logits [N, K] of `model` (in eval mode) on every image of `data`, on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = [model(x).float().cpu() for x, _ in batches(data, batch_size, device=device)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 [K, K]: row = true label, column = predicted label."""
+    pred = logits.argmax(1)
+    return torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Recall of each class (NaN for a class absent from `labels`)."""
+    cm = confusion_matrix(logits, labels, num_classes).double()
+    return (cm.diagonal() / cm.sum(1)).tolist()
+
+
+def class_shares(label_counts: torch.Tensor) -> torch.Tensor:
+    """[T, K] -> [T, K]: each teacher's share of all samples of each class (columns sum to 1).
+
+    The class-level ensemble weights of FedFTG: a teacher speaks for class k in proportion to how
+    much of class k it saw. A class no teacher saw gets equal weights.
+    """
+    counts = label_counts.double()
+    total = counts.sum(0, keepdim=True)
+    uniform = torch.full_like(counts, 1.0 / counts.shape[0])
+    return torch.where(total > 0, counts / total.clamp_min(1), uniform)
+
+
+def ensemble_probs(logits: Sequence[torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Combine teachers' logits [N, K] each into class probabilities [N, K].
+
+    The mean of the teachers' softmax outputs, or with per-class weights [T, K] (columns summing
+    to 1, see `class_shares`). Probabilities, not logits, are averaged: a teacher trained on
+    skewed data gives large logits to its own classes, and averaging logits lets it outvote the
+    teachers that saw the true class (on Fashion-MNIST, Dirichlet 0.5: 73% vs 87%).
+    """
+    probs = torch.stack([lg.float().softmax(-1) for lg in logits])  # [T, N, K]
+    if weights is None:
+        return probs.mean(0)
+    return (probs * weights.to(probs.dtype)[:, None, :]).sum(0)

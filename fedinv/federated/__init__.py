@@ -1,0 +1,1 @@
+"""Multi-round federated learning; `aggregate` holds the aggregation rules as pure functions."""

@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedinv.checkpoint import load_checkpoint
+from fedinv.cli.main import cli
+from fedinv.data.partition import load_partition
+from fedinv.errors import ConfigError
+from fedinv.nodes import lr_at, train_teachers
+
+from conftest import tiny_teacher_config
+
+
+def test_teachers_learn_and_report(tmp_path, tiny_partition):
+    cfg = tiny_teacher_config(epochs=3)
+    report = train_teachers(load_partition(tiny_partition), cfg, tmp_path / "t", progress=False)
+    assert len(report["node_accuracy"]) == 3
+    assert report["ensemble_accuracy"] > 0.5, "10 classes: chance is 0.1"
+    assert 0 <= report["fedavg_accuracy"] <= 1
+    assert len(report["ensemble_per_class_accuracy"]) == 10
+    saved = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert saved["ensemble_accuracy"] == report["ensemble_accuracy"] and saved["config"]["epochs"] == 3
+    ckpt = load_checkpoint(tmp_path / "t" / "node-1.pt", num_classes=10, image_shape=(3, 16, 16))
+    part = load_partition(tiny_partition)
+    assert sum(ckpt.label_counts) == len(part.indices[1])
+    assert ckpt.config["model"] == "lenet5" and ckpt.seed == 0 and ckpt.fedinv_version
+    assert ckpt.extra["partition_sha256"] == part.content_hash()
+    assert len(ckpt.metrics["train_history"]) == 3
+    assert not (tmp_path / "t" / "partial" / "node-1.pt").exists()
+
+
+def test_same_initialization_on_every_node(tmp_path, tiny_partition):
+    from fedinv.nodes import initial_state
+    from fedinv.data.datasets import load_dataset
+    info = load_dataset("synthetic-tiny").info
+    same = tiny_teacher_config()
+    a, b = initial_state(same, info, 0), initial_state(same, info, 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    own = tiny_teacher_config(same_init=False)
+    c, d = initial_state(own, info, 0), initial_state(own, info, 2)
+    assert not all(torch.equal(c[k], d[k]) for k in c)
+
+
+def test_finished_nodes_are_skipped_and_other_config_refused(tmp_path, tiny_partition):
+    part = load_partition(tiny_partition)
+    cfg = tiny_teacher_config(epochs=1)
+    train_teachers(part, cfg, tmp_path / "t", nodes=[0], progress=False)
+    stamp = os.stat(tmp_path / "t" / "node-0.pt").st_mtime_ns
+    report = train_teachers(part, cfg, tmp_path / "t", nodes=[0, 2], progress=False)
+    assert os.stat(tmp_path / "t" / "node-0.pt").st_mtime_ns == stamp
+    assert report["nodes"] == [0, 2]
+    with pytest.raises(ConfigError, match=r"another config \(epochs\)"):
+        train_teachers(part, tiny_teacher_config(epochs=2), tmp_path / "t", nodes=[0], progress=False)
+    with pytest.raises(ConfigError, match=r"out of range; the partition has nodes 0..2"):
+        train_teachers(part, cfg, tmp_path / "t", nodes=[5], progress=False)
+
+
+def test_lr_schedules():
+    assert lr_at(0, 100, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_at(50, 100, 0.1, "cosine") == pytest.approx(0.05)
+    assert lr_at(60, 100, 0.1, "step") == pytest.approx(0.01)
+    assert lr_at(80, 100, 0.1, "step") == pytest.approx(0.001)
+    assert lr_at(99, 100, 0.1, "constant") == 0.1
+
+
+def test_cli_partition_and_train_subset(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["partition", "--dataset", "synthetic-tiny", "--scheme", "iid", "--num-nodes", "2",
+                              "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.png").stat().st_size > 0
+    res = runner.invoke(cli, ["-q", "train-teachers", "--partition", str(tmp_path / "p.json"), "--out",
+                              str(tmp_path / "t"), "--nodes", "1", "--model", "lenet5", "--epochs", "1",
+                              "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "t" / "node-1.pt").exists() and not (tmp_path / "t" / "node-0.pt").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["partition", "--dataset", "synthetic-tiny", "--alpha", "0", "--out", "x.json"], "alpha must be > 0"),
+    (["partition", "--dataset", "synthetic-tiny", "--num-nodes", "2000", "--scheme", "iid", "--out", "x.json"],
+     "2000 nodes but only 1000 samples"),
+    (["partition", "--dataset", "cifar11", "--out", "x.json"], "unknown dataset 'cifar11'; known:"),
+    (["train-teachers", "--partition", "missing.json", "--out", "t"], "create it with `fedinv partition`"),
+])
+def test_cli_errors_are_one_clear_line(tmp_path, args, message):
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_cli_unknown_model_and_scheme(tmp_path):
+    runner = CliRunner()
+    runner.invoke(cli, ["partition", "--dataset", "synthetic-tiny", "--num-nodes", "2", "--out", str(tmp_path / "p.json")])
+    res = runner.invoke(cli, ["train-teachers", "--partition", str(tmp_path / "p.json"), "--out", str(tmp_path / "t"),
+                              "--model", "resnet19"])
+    assert res.exit_code == 2 and "unknown model 'resnet19'; known: bncnn, cnn1" in res.output
+    res = runner.invoke(cli, ["partition", "--scheme", "shards", "--out", "x.json"])
+    assert res.exit_code == 2 and "'shards' is not one of 'iid', 'dirichlet'" in res.output
+
+
+def _fedinv(*args):
+    return [sys.executable, "-m", "fedinv", "-v", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_killed_train_teachers_resumes_to_the_same_model(tmp_path):
+    """SIGKILL mid-training, rerun: it continues from the epoch checkpoint and ends bit-identical
+    to an uninterrupted run."""
+    subprocess.run(_fedinv("partition", "--dataset", "synthetic-tiny", "--num-nodes", "1", "--scheme", "iid",
+                           "--out", tmp_path / "p.json"), check=True, capture_output=True)
+    train = ["train-teachers", "--partition", tmp_path / "p.json", "--model", "lenet5", "--epochs", "12",
+             "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_fedinv(*train, "--out", tmp_path / "killed"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "killed" / "partial" / "node-0.pt"
+    deadline = time.time() + 60
+    while not partial.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partial.exists() and not (tmp_path / "killed" / "node-0.pt").exists(), "killed too late"
+    done = torch.load(partial, weights_only=True)["epoch"]
+    assert 1 <= done < 12
+    resumed = subprocess.run(_fedinv(*train, "--out", tmp_path / "killed"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch" in resumed.stderr
+    subprocess.run(_fedinv(*train, "--out", tmp_path / "straight"), env=env, check=True, capture_output=True)
+    a = load_checkpoint(tmp_path / "killed" / "node-0.pt")
+    b = load_checkpoint(tmp_path / "straight" / "node-0.pt")
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    assert len(a.metrics["train_history"]) == 12
