@@ -152,3 +152,53 @@ def pick(cls: type[T], values: dict[str, Any]) -> T:
     """Build `cls` from the entries of `values` that are its fields (the rest are ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Sampling DeepInversion: how images are optimized from the teachers.
+
+    Defaults follow the DeepInversion reference code and one-shot-dataset-distillation.txt:
+    batch 256, Adam lr 0.1 with a cosine schedule, a_bn 10, a_tv(l2) 1e-3, a_l2 0, a_comp 10,
+    3 teachers per step, jitter 2 px.
+    """
+
+    num_images: int = option(2560, "how many images to synthesize in all")
+    batch_size: int = option(256, "images optimized together (one batch = one Adam run)")
+    iterations: int = option(1000, "gradient steps per batch")
+    lr: float = option(0.1, "Adam learning rate (cosine decay to 0 over the iterations)")
+    teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
+                                       "0 = all; 1 = cycling (batch b uses teacher b mod N throughout)")
+    label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "
+                                "FedFTG), balanced (equal share per teacher over the labels it knows)",
+                                choices=("uniform", "proportional", "balanced"))
+    head_mask: bool = option(True, "leave out each teacher's logits for labels it never saw")
+    weighted_ce: bool = option(False, "weight each teacher's CE by the share of the label in its data (eq. 5)")
+    a_bn: float = option(10.0, "weight of the BN-statistic loss")
+    first_bn_multiplier: float = option(1.0, "extra factor on the first BN layer's term")
+    a_tv_l1: float = option(0.0, "weight of the l1 total variation prior")
+    a_tv_l2: float = option(1e-3, "weight of the l2 total variation prior")
+    a_l2: float = option(0.0, "weight of the image l2 prior")
+    a_comp: float = option(10.0, "weight of the Jensen-Shannon competition term (adaptive mode, with a student)")
+    comp_temperature: float = option(3.0, "temperature of the competition term")
+    jitter: int = option(2, "random roll of the images by up to this many pixels per step")
+    flip: bool = option(True, "random horizontal flip per step (off for datasets where flips change labels)")
+    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    batched: str = option("auto", "multi-teacher path: auto (batched when all teachers share an architecture), "
+                          "batched (vmap), loop", choices=("auto", "batched", "loop"))
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly")
+
+    def __post_init__(self) -> None:
+        for name in ("label_sampler", "precision", "batched"):
+            _check_choice(self, name)
+        for name in ("num_images", "batch_size", "iterations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.teachers_per_step < 0:
+            raise ConfigError(f"teachers_per_step must be >= 0, got {self.teachers_per_step}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.jitter < 0:
+            raise ConfigError(f"jitter must be >= 0, got {self.jitter}")

@@ -1,23 +1,28 @@
-"""Pictures made with Pillow alone: label counts per node (dot size, as in FedFTG's Figure 3)."""
+"""Pictures: image grids (torchvision.utils), label counts per node and bar charts (Pillow)."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
 def label_count_plot(counts: np.ndarray, class_names: Sequence[str] = (), title: str = "",
-                     cell: int = 36) -> Image.Image:
+                     cell: int = 40) -> Image.Image:
     """A dot per (node, class), its area proportional to the count. counts: [num_nodes, num_classes]."""
     counts = np.asarray(counts)
     nodes, classes = counts.shape
     names = list(class_names) or [str(k) for k in range(classes)]
-    font = ImageFont.load_default()
+    font = _font()
     left = 12 + max(int(font.getlength(n)) for n in names)
     top, bottom = (28 if title else 10), 40
-    width, height = left + nodes * cell + 10, top + classes * cell + bottom
+    width, height = max(left + nodes * cell + 10, 260), top + classes * cell + bottom
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     if title:
@@ -37,4 +42,65 @@ def label_count_plot(counts: np.ndarray, class_names: Sequence[str] = (), title:
             r = max(1.0, (cell / 2 - 2) * float(np.sqrt(counts[i, k] / peak)))
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(200, 60, 60))
     draw.text((left, height - 16), f"node (dot area ~ samples; largest = {peak})", fill="black", font=font)
+    return img
+
+
+def class_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], per_class: int,
+               classes: Sequence[int] | None = None, scale: int = 2) -> Image.Image:
+    """One row per class of up to `per_class` images, class names on the left.
+
+    images: uint8 [N, C, H, W] pixels (already denormalized); labels [N].
+    """
+    from torchvision.utils import make_grid
+
+    classes = list(range(len(class_names))) if classes is None else list(classes)
+    c, h, w = images.shape[1:]
+    rows = []
+    for k in classes:
+        picked = images[labels == k][:per_class]
+        row = torch.zeros(per_class, c, h, w, dtype=torch.uint8)  # blank cells where a class has fewer
+        row[: len(picked)] = picked
+        rows.append(row)
+    grid = make_grid(torch.cat(rows).float() / 255, nrow=per_class, padding=2, pad_value=1.0)
+    arr = (grid.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
+    picture = Image.fromarray(arr).resize((grid.shape[2] * scale, grid.shape[1] * scale), Image.NEAREST)
+    font = _font()
+    names = [class_names[k] for k in classes]
+    left = 10 + max(int(font.getlength(n)) for n in names)
+    canvas = Image.new("RGB", (left + picture.width, picture.height), "white")
+    canvas.paste(picture, (left, 0))
+    draw = ImageDraw.Draw(canvas)
+    cell = (h + 2) * scale
+    for i, name in enumerate(names):
+        draw.text((4, 2 * scale + i * cell + cell // 2 - 6), name, fill="black", font=font)
+    return canvas
+
+
+def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: str = "",
+              colors: Sequence[tuple[int, int, int]] = ((66, 114, 196), (237, 125, 49)),
+              height: int = 220) -> Image.Image:
+    """Grouped vertical bars of values in [0, 1], one group per entry of `groups`."""
+    font = _font()
+    n_series, bar, gap = len(series), 12, 14
+    group_w = n_series * bar + gap
+    left, top, bottom = 36, 30, 70
+    width = max(left + len(groups) * group_w + 20, 300)
+    img = Image.new("RGB", (width, top + height + bottom), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 6), title, fill="black", font=font)
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = top + height - tick * height
+        draw.line((left, y, width - 10, y), fill=(225, 225, 225))
+        draw.text((4, y - 6), f"{tick:.2f}", fill="black", font=font)
+    for s, (name, values) in enumerate(series.items()):
+        for g, v in enumerate(values):
+            x0 = left + g * group_w + s * bar + gap // 2
+            v = 0.0 if v != v else max(0.0, min(1.0, float(v)))  # NaN (no images) draws nothing
+            draw.rectangle((x0, top + height - v * height, x0 + bar - 2, top + height), fill=colors[s % len(colors)])
+        lx = left + s * 170
+        draw.rectangle((lx, top + height + 48, lx + 10, top + height + 58), fill=colors[s % len(colors)])
+        draw.text((lx + 14, top + height + 46), name, fill="black", font=font)
+    for g, name in enumerate(groups):
+        x0 = left + g * group_w + gap // 2
+        draw.text((x0, top + height + 4), name[:10], fill="black", font=font)
     return img

@@ -10,7 +10,9 @@ import click
 from .. import __version__
 from ..errors import FedinvError
 from .partition import partition_cmd, models_cmd
+from .synthesize import synthesize_cmd
 from .teachers import train_teachers_cmd
+from .view import audit_cmd, view_cmd
 
 
 class _Group(click.Group):
@@ -40,6 +42,9 @@ def cli(verbose: int, quiet: bool) -> None:
 cli.add_command(partition_cmd)
 cli.add_command(models_cmd)
 cli.add_command(train_teachers_cmd)
+cli.add_command(synthesize_cmd)
+cli.add_command(view_cmd)
+cli.add_command(audit_cmd)
 
 
 def main() -> None:

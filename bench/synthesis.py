@@ -1,0 +1,124 @@
+"""Benchmark: synthesis throughput on Fashion-MNIST teachers (batch 256, 3 teachers per step).
+
+Prints one JSON object:
+  batched_img_it_per_s   the engine (invert_batch) with the batched (vmap) multi-teacher path
+  loop_img_it_per_s      the engine with the per-teacher Python loop
+  ceiling_img_it_per_s   bare forward + backward (to the images) of the same sampled teachers,
+                         one plain module call each: no hooks, no BN/TV losses, no jitter, no Adam
+  ceiling_batched_img_it_per_s   the same bare work through the vmapped call
+  peak_rss_mb            peak resident memory of this process
+img*it/s = images per batch x optimizer steps per second.
+
+    python bench/synthesis.py --teachers runs/demo/teachers
+Without --teachers, 5 teachers are trained for 1 epoch first (speed does not depend on accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import torch
+from torch.func import functional_call, vmap
+
+from fedinv import __version__
+from fedinv.config import DataConfig, PartitionConfig, SynthesisConfig, TeacherConfig, to_dict
+from fedinv.data.datasets import load_dataset
+from fedinv.data.partition import make_partition
+from fedinv.inversion.engine import invert_batch
+from fedinv.inversion.labels import sample_teachers
+from fedinv.inversion.synthesize import load_teacher_set, pixel_bounds
+from fedinv.nodes import train_teachers
+from fedinv.runtime import resolve_device, resolve_precision
+
+
+def rate(fn, batch: int, iterations: int, repeats: int) -> float:
+    """Best of `repeats` timings of fn() (which runs `iterations` steps), in img*it/s."""
+    fn()  # warm-up
+    best = min(_timed(fn) for _ in range(repeats))
+    return batch * iterations / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@click.command()
+@click.option("--teachers", "teachers_dir", default=None, help="folder of node-K.pt (default: train 5 for 1 epoch)")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--teachers-per-step", default=3, show_default=True)
+@click.option("--iterations", default=20, show_default=True, help="steps per timing")
+@click.option("--repeats", default=3, show_default=True, help="timings per path (best is kept)")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", default="auto", show_default=True)
+def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, device, precision):
+    dev = resolve_device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        if teachers_dir is None:
+            data = DataConfig(dataset="fashion-mnist")
+            labels = load_dataset(data, "train").labels.numpy()
+            part = make_partition(labels, 10, PartitionConfig(num_nodes=5, alpha=0.5), data)
+            teachers_dir = Path(tmp) / "teachers"
+            train_teachers(part, TeacherConfig(epochs=1, device=device), teachers_dir, progress=False)
+        cfg = SynthesisConfig(batch_size=batch_size, iterations=iterations, teachers_per_step=teachers_per_step,
+                              device=device, precision=precision)
+        amp = resolve_precision(precision, dev)
+        result = {"benchmark": "synthesis", "fedinv_version": __version__, "config": to_dict(cfg)}
+        sets = {path: load_teacher_set(teachers_dir, dev, path).set for path in ("batched", "loop")}
+        info = load_teacher_set(teachers_dir, dev).info
+        bounds = pixel_bounds(info, dev)
+        y = torch.arange(batch_size) % info.num_classes
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+        for path, ts in sets.items():
+            def engine(ts=ts):
+                invert_batch(ts, y, cfg, batch_index=0, bounds=bounds, gen=torch.Generator().manual_seed(0),
+                             amp_dtype=amp)
+                sync()
+            result[f"{path}_img_it_per_s"] = rate(engine, batch_size, iterations, repeats)
+
+        ts = sets["batched"]
+        x = torch.randn(batch_size, *info.image_shape, device=dev, requires_grad=True)
+        yd = y.to(dev)
+
+        def bare_loop():
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(iterations):
+                for i in sample_teachers(len(ts), teachers_per_step, gen).tolist():
+                    out = ts.models[i](x)
+                    torch.nn.functional.cross_entropy(out.float(), yd).backward()
+            sync()
+
+        def bare_batched():
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(iterations):
+                idx = sample_teachers(len(ts), teachers_per_step, gen).to(dev)
+                p = {k: v[idx] for k, v in ts.params.items()}
+                b = {k: v[idx] for k, v in ts.buffers.items()}
+                out = vmap(lambda pp, bb: functional_call(ts.template, (pp, bb), (x,)))(p, b)
+                torch.nn.functional.cross_entropy(out.float().flatten(0, 1), yd.repeat(len(idx))).backward()
+            sync()
+
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            result["ceiling_img_it_per_s"] = rate(bare_loop, batch_size, iterations, repeats)
+            result["ceiling_batched_img_it_per_s"] = rate(bare_batched, batch_size, iterations, repeats)
+    best_ceiling = max(result["ceiling_img_it_per_s"], result["ceiling_batched_img_it_per_s"])
+    result.update({
+        "batched_over_loop": result["batched_img_it_per_s"] / result["loop_img_it_per_s"],
+        "engine_over_best_ceiling": result["batched_img_it_per_s"] / best_ceiling,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "machine": {"device": str(dev), "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__},
+    })
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""`fedinv synthesize`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..config import SynthesisConfig, click_options, pick
+from ..inversion.synthesize import synthesize
+
+
+@click.command("synthesize")
+@click.option("--teachers", "teachers_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="folder of node-K.pt teacher checkpoints (from `fedinv train-teachers`)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="HDF5 store to write (appended batch by batch)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run into the existing --out (same "
+              "settings and teachers); the result equals an uninterrupted run")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar")
+@click_options(SynthesisConfig)
+def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, progress: bool, **kwargs) -> None:
+    """Synthesize training images from the teachers by sampling DeepInversion.
+
+    Each batch is optimized with Adam for --iterations steps; at each step --teachers-per-step of
+    the N teachers are sampled and their losses averaged. Images, target labels, the teacher
+    ensemble's soft labels and provenance go to the HDF5 store OUT, flushed per batch.
+    """
+    cfg = pick(SynthesisConfig, kwargs)
+    stats = synthesize(teachers_dir, out, cfg, resume=resume, progress=progress)
+    click.echo(json.dumps({"out": str(out), **stats}, indent=2))

@@ -1,0 +1,91 @@
+"""`fedinv view` and `fedinv audit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from ..audit import audit_store, nan_to_none
+from ..config import DataConfig, click_options, pick
+from ..data.datasets import load_dataset
+from ..errors import ConfigError
+from ..inversion.synthesize import load_teacher_set
+from ..runtime import resolve_device, save_json
+from ..store import read_labels, read_meta, read_rows
+from ..viz import bar_chart, class_grid
+from .teachers import parse_nodes
+
+
+@click.command("view")
+@click.argument("store", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write")
+@click.option("--per-class", default=8, show_default=True, help="images per class (one row per class)")
+@click.option("--classes", default=None, help="only these classes, e.g. 0,3 or 0-4 (default: all)")
+@click.option("--scale", default=2, show_default=True, help="pixel magnification (nearest neighbour)")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="with --dataset: which split to show")
+@click.option("--seed", default=0, show_default=True, help="which images: a seeded random pick per class")
+@click_options(DataConfig)
+def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None, scale: int, split: str,
+             seed: int, **kwargs) -> None:
+    """Write an image grid, one row per class, of a synthetic STORE (HDF5) or of --dataset.
+
+    Without STORE, images come from the dataset given by --dataset (and --data-root).
+    """
+    if per_class < 1:
+        raise ConfigError(f"--per-class must be >= 1, got {per_class}")
+    rng = np.random.default_rng(seed)
+    if store is not None:
+        meta = read_meta(store)
+        names = meta["dataset"]["class_names"]
+        labels = read_labels(store).numpy()
+        wanted = parse_nodes(classes) or list(range(len(names)))
+        rows = np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in wanted]
+                              ) if len(labels) else np.empty(0, dtype=np.int64)
+        images, labels_t, _ = read_rows(store, rows)
+    else:
+        data = load_dataset(pick(DataConfig, kwargs), split)
+        names = data.info.class_names
+        wanted = parse_nodes(classes) or list(range(len(names)))
+        lab = data.labels.numpy()
+        rows = np.concatenate([rng.permutation(np.flatnonzero(lab == k))[:per_class] for k in wanted])
+        images, labels_t = data.images[torch.as_tensor(rows)], data.labels[torch.as_tensor(rows)]
+    bad = [k for k in wanted if not 0 <= k < len(names)]
+    if bad:
+        raise ConfigError(f"classes {bad} out of range 0..{len(names) - 1}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    class_grid(images, labels_t, names, per_class, wanted, scale).save(out)
+    click.echo(f"{out}: {len(wanted)} classes x up to {per_class} images")
+
+
+@click.command("audit")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), required=True, help="synthetic HDF5 store")
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="checkpoint of a reference classifier (e.g. a model trained on all data: `fedinv partition "
+                   "--scheme iid --num-nodes 1` then `fedinv train-teachers`)")
+@click.option("--teachers", "teachers_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="teachers folder: ensemble confidence from the teachers (default: the stored soft labels)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="JSON report; a bar chart PNG is written beside it")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
+def audit_cmd(store: Path, reference: Path, teachers_dir: Path | None, out: Path, device: str) -> None:
+    """Per class, the share of synthetic images a reference classifier assigns to their label, and
+    the teacher ensemble's confidence in it (FedFTG supplementary, Figure 2)."""
+    dev = resolve_device(device)
+    teachers = load_teacher_set(teachers_dir, dev).set if teachers_dir else None
+    report = nan_to_none(audit_store(store, reference, dev, teachers))
+    save_json(report, out)
+    per = report["per_class"]
+    def values(key: str) -> list[float]:
+        return [float("nan") if p[key] is None else p[key] for p in per]
+
+    chart = bar_chart([p["name"] for p in per],
+                      {"reference agrees with label": values("reference_agreement"),
+                       "ensemble confidence": values("ensemble_confidence")},
+                      title=f"{store.name}: {report['images']} images")
+    chart.save(out.with_suffix(".png"))
+    click.echo(json.dumps({k: report[k] for k in ("images", "reference_agreement", "ensemble_confidence")}))

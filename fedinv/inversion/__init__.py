@@ -1,0 +1,1 @@
+"""Sampling DeepInversion: losses, the BN-statistics hook, label samplers and the engine."""

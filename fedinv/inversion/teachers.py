@@ -1,0 +1,128 @@
+"""The teachers as one object: per-teacher inversion losses, batched (vmap) or looped.
+
+Teachers of one architecture are evaluated in a single batched call: their parameters are
+stacked (`torch.func.stack_module_state`) and one `functional_call` is vmapped over the teacher
+dimension, which PyTorch lowers to grouped convolutions. Mixed architectures fall back to a
+Python loop. Both paths run the same per-teacher function, so they give the same losses.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ..evaluate import class_shares
+from .hooks import BNStatistics
+from .losses import bn_stat_loss, competition_loss, masked_cross_entropy
+
+
+@dataclass(frozen=True)
+class TermWeights:
+    """What the per-teacher terms need besides the images (no image priors: those are shared)."""
+
+    first_bn_multiplier: float = 1.0
+    comp_temperature: float = 3.0
+
+
+def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStatistics, x: torch.Tensor, y: torch.Tensor, seen: torch.Tensor,
+                  weight: torch.Tensor, student_logits: torch.Tensor | None, tw: TermWeights,
+                  ) -> torch.Tensor:
+    """One teacher's [ce, bn, comp] on images x [B, C, H, W] with targets y [B].
+
+    forward: the teacher (a module, or its functional call); stats: a collector on its BN layers.
+
+    seen [K] bool masks the output heads (all True = no masking); weight [K] weighs the CE per
+    label (all ones = plain CE). comp is 0 without a student.
+    """
+    with stats as layers:
+        logits = forward(x)
+    ce = masked_cross_entropy(logits, y, seen, weight)
+    bn = bn_stat_loss([s.mean for s in layers], [s.var for s in layers], [s.running_mean for s in layers],
+                      [s.running_var for s in layers], tw.first_bn_multiplier)
+    comp = (competition_loss(logits, student_logits, tw.comp_temperature, seen) if student_logits is not None
+            else torch.zeros((), device=x.device))
+    return torch.stack([ce, bn, comp])
+
+
+class TeacherSet:
+    """N frozen teachers (eval mode) with their label counts [N, K].
+
+    `terms(x, y, idx, ...)` returns the [len(idx), 3] tensor of (ce, bn, comp) for the sampled
+    teachers `idx`. `batched=None` chooses the vmap path whenever all teachers share one
+    architecture.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], label_counts: torch.Tensor, device: torch.device,
+                 image_shape: tuple[int, int, int], batched: bool | None = None):
+        self._image_shape = tuple(image_shape)
+        self.models = [m.to(device).eval().requires_grad_(False) for m in models]
+        self.device = device
+        self.counts = label_counts.to(device)
+        self.seen = self.counts > 0  # [N, K]
+        self.shares = self.counts.float() / self.counts.sum(1, keepdim=True).clamp_min(1)  # eq. 5, [N, K]
+        self.class_weights = class_shares(label_counts).float().to(device)  # [N, K], columns sum to 1
+        same_arch = len({_signature(m) for m in self.models}) == 1
+        if batched and not same_arch:
+            raise ValueError("the batched path needs teachers of one architecture")
+        self.batched = same_arch if batched is None else batched
+        self._stats = [BNStatistics(m) for m in self.models]
+        if self.batched:
+            self.template = copy.deepcopy(self.models[0])
+            self._template_stats = BNStatistics(self.template)
+            self.params, self.buffers = stack_module_state(self.models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self._image_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.counts.shape[1]
+
+    def masks(self, head_mask: bool, weighted_ce: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The [N, K] head masks and CE label weights the config asks for."""
+        seen = self.seen if head_mask else torch.ones_like(self.seen)
+        weight = self.shares if weighted_ce else torch.ones_like(self.shares)
+        return seen, weight
+
+    def terms(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor,
+              student_logits: torch.Tensor | None = None, tw: TermWeights = TermWeights()) -> torch.Tensor:
+        """[n, 3] per-teacher (ce, bn, comp) for teachers idx [n]; seen/weight are [N, K]."""
+        if not self.batched:
+            return torch.stack([teacher_terms(self.models[i], self._stats[i], x, y, seen[i], weight[i],
+                                              student_logits, tw) for i in idx.tolist()])
+        params = {k: v[idx] for k, v in self.params.items()}
+        buffers = {k: v[idx] for k, v in self.buffers.items()}
+
+        def one(p, b, s, w):
+            forward = lambda inp: functional_call(self.template, (p, b), (inp,))  # noqa: E731
+            return teacher_terms(forward, self._template_stats, x, y, s, w, student_logits, tw)
+
+        return vmap(one)(params, buffers, seen[idx], weight[idx])
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Every teacher's logits [N, B, K] (eval mode)."""
+        if self.batched:
+            return vmap(lambda p, b: functional_call(self.template, (p, b), (x,)))(self.params, self.buffers)
+        return torch.stack([m(x) for m in self.models])
+
+    @torch.no_grad()
+    def ensemble_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """FedFTG's class-level ensemble [B, K]: each teacher's softmax weighted per class by its
+        share of that class's samples."""
+        probs = self.logits(x).float().softmax(-1)  # [N, B, K]
+        return (probs * self.class_weights[:, None, :]).sum(0)
+
+
+def _signature(model: nn.Module) -> tuple:
+    """Architecture identity: module types and parameter shapes."""
+    return (type(model).__name__, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items()))

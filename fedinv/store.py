@@ -1,0 +1,197 @@
+"""The HDF5 synthetic store: an appendable writer that resumes, and a lazy torch Dataset.
+
+Layout (schema 1):
+    /images       uint8   [N, C, H, W]  chunked by batch, lzf
+    /labels       int64   [N]
+    /soft_labels  float16 [N, K]  log-probabilities of the class-level teacher ensemble
+    /source       int32   [N, 2]  (batch index, bitmask of the teachers used; -1 past 31 teachers)
+    /n_valid      int64   scalar  rows written and flushed; readers trust it, resume truncates to it
+    root attrs:   schema_version, fedinv_version, num_classes, image_shape, mean, std, seed,
+                  config (JSON), teachers (JSON: file name -> sha256), dataset (JSON: name, class_names)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class StoreWriter:
+    """Append batches to a store, flushing after each so a killed run loses at most one batch.
+
+    `resume=True` reopens an existing store made with the same metadata (config, teachers) and
+    truncates it to its `n_valid` rows; without it an existing file is an error.
+    """
+
+    def __init__(self, path: str | Path, meta: dict[str, Any], *, resume: bool = False, chunk_rows: int = 256):
+        self.path = Path(path)
+        num_classes, image_shape = int(meta["num_classes"]), tuple(meta["image_shape"])
+        attrs = _encode(meta)
+        if self.path.exists():
+            if not resume:
+                raise ConfigError(f"{self.path} exists; pass --resume to continue it, or choose another --out")
+            self.file = h5py.File(self.path, "r+")
+            mismatch = [k for k, v in attrs.items()
+                        if k != "fedinv_version" and _attr(self.file, k) != _comparable(v)]
+            if mismatch:
+                self.file.close()
+                raise ConfigError(f"{self.path} was made with other settings ({', '.join(mismatch)}); "
+                                  f"cannot resume it with these; choose another --out")
+            self._truncate(int(self.file["n_valid"][()]))
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.path, "w", libver="latest")
+        for k, v in attrs.items():
+            self.file.attrs[k] = v
+        rows = max(1, chunk_rows)
+        self.file.create_dataset("images", (0, *image_shape), np.uint8, maxshape=(None, *image_shape),
+                                 chunks=(rows, *image_shape), compression="lzf")
+        self.file.create_dataset("labels", (0,), np.int64, maxshape=(None,), chunks=(rows,))
+        self.file.create_dataset("soft_labels", (0, num_classes), np.float16, maxshape=(None, num_classes),
+                                 chunks=(rows, num_classes))
+        self.file.create_dataset("source", (0, 2), np.int32, maxshape=(None, 2), chunks=(rows, 2))
+        self.file.create_dataset("n_valid", data=np.int64(0))
+        self.file.flush()
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.file["n_valid"][()])
+
+    def _truncate(self, n: int) -> None:
+        for name in ("images", "labels", "soft_labels", "source"):
+            self.file[name].resize(n, axis=0)
+        self.file.flush()
+
+    def append(self, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
+               source: torch.Tensor) -> int:
+        """Write one batch (uint8 [B, C, H, W], [B], [B, K], [B, 2]); returns the new n_valid."""
+        n, b = self.n_valid, len(labels)
+        for name, value in (("images", images), ("labels", labels), ("soft_labels", soft_labels), ("source", source)):
+            ds = self.file[name]
+            ds.resize(n + b, axis=0)
+            ds[n:n + b] = value.detach().cpu().numpy().astype(ds.dtype)
+        self.file.flush()  # the rows are on disk before n_valid says so
+        self.file["n_valid"][()] = n + b
+        self.file.flush()
+        return n + b
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _encode(meta: dict[str, Any]) -> dict[str, Any]:
+    """Root attributes: scalars and short arrays as they are, dicts as JSON."""
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "fedinv_version": __version__}
+    for k, v in meta.items():
+        out[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+    return out
+
+
+def _attr(file: h5py.File, key: str) -> Any:
+    value = file.attrs.get(key)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def _comparable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The root attributes of a store (JSON fields decoded) and its n_valid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"synthetic store {path} not found; make one with `fedinv synthesize`")
+    try:
+        with h5py.File(path, "r") as f:
+            meta = {k: _attr(f, k) for k in f.attrs}
+            meta["n_valid"] = int(f["n_valid"][()])
+    except (OSError, KeyError) as e:
+        raise ConfigError(f"{path} is not a readable fedinv synthetic store: {e}") from e
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(f"{path}: schema_version {meta.get('schema_version')!r}, this fedinv reads {SCHEMA_VERSION}")
+    for k in ("config", "teachers", "dataset"):
+        if isinstance(meta.get(k), str):
+            meta[k] = json.loads(meta[k])
+    return meta
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """The first `n_valid` images of a store as (x float [C, H, W] normalized, label, soft [K]).
+
+    The HDF5 file is opened lazily in the process that reads (each DataLoader worker opens its
+    own handle after the fork), never shared across a fork.
+    """
+
+    def __init__(self, path: str | Path, normalize: bool = True):
+        self.path = str(path)
+        self.meta = read_meta(path)
+        self.length = self.meta["n_valid"]
+        self.normalize = normalize
+        self.mean = torch.tensor(self.meta["mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(self.meta["std"], dtype=torch.float32).view(-1, 1, 1)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        f = self._h5()
+        x = torch.from_numpy(f["images"][i])
+        if self.normalize:
+            x = (x.float() / 255 - self.mean) / self.std
+        return x, int(f["labels"][i]), torch.from_numpy(f["soft_labels"][i].astype(np.float32))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_file"], state["_pid"] = None, None  # an open handle never crosses a fork or pickle
+        return state
+
+
+def read_rows(path: str | Path, rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images uint8 [M, C, H, W], labels [M], soft_labels float [M, K]) of `rows` (default: all valid)."""
+    n = read_meta(path)["n_valid"]
+    with h5py.File(path, "r") as f:
+        if rows is None:
+            sel: Any = slice(0, n)
+        else:
+            sel = np.sort(np.asarray(rows, dtype=np.int64))
+            if len(sel) and (sel[0] < 0 or sel[-1] >= n):
+                raise IndexError(f"rows outside 0..{n - 1}")
+        return (torch.from_numpy(f["images"][sel]), torch.from_numpy(f["labels"][sel]),
+                torch.from_numpy(f["soft_labels"][sel].astype(np.float32)))
+
+
+def read_labels(path: str | Path) -> torch.Tensor:
+    n = read_meta(path)["n_valid"]
+    with h5py.File(path, "r") as f:
+        return torch.from_numpy(f["labels"][:n])

@@ -1,0 +1,244 @@
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedinv.checkpoint import TEACHER, ModelCheckpoint, model_spec, save_checkpoint
+from fedinv.cli.main import cli
+from fedinv.config import SynthesisConfig
+from fedinv.data.datasets import load_dataset
+from fedinv.errors import ConfigError
+from fedinv.inversion import synthesize as synth_mod
+from fedinv.inversion.engine import invert_batch
+from fedinv.inversion.labels import sample_labels, sample_teachers
+from fedinv.inversion.synthesize import load_teacher_set, pixel_bounds, synthesize
+from fedinv.inversion.teachers import TeacherSet
+from fedinv.models import build_model
+from fedinv.store import SyntheticDataset, read_meta, read_rows
+
+from dataclasses import asdict
+
+INFO = load_dataset("synthetic-tiny").info
+
+
+def random_teachers(n=3, name="lenet5", classes=10, seed=0):
+    """Teachers with random weights and random BN running statistics (so BN terms are nonzero)."""
+    torch.manual_seed(seed)
+    models = []
+    for _ in range(n):
+        m = build_model(name, 3, classes, 16)
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+        models.append(m.eval())
+    counts = torch.randint(1, 40, (n, classes))
+    counts[0, :3] = 0  # teacher 0 never saw labels 0-2
+    return models, counts
+
+
+def write_teachers(folder, models, counts, info=INFO, name="lenet5"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (m, c) in enumerate(zip(models, counts)):
+        shape = info.image_shape
+        save_checkpoint(ModelCheckpoint(TEACHER, model_spec(name, shape[0], len(c), shape[1]), m.state_dict(),
+                                        label_counts=c.tolist(), extra={"node": i, "dataset": asdict(info)}),
+                        folder / f"node-{i}.pt")
+
+
+@pytest.mark.parametrize("head_mask,weighted", [(False, False), (True, False), (True, True)])
+def test_batched_and_looped_paths_agree(head_mask, weighted):
+    models, counts = random_teachers(4)
+    batched = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16), batched=True)
+    looped = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16), batched=False)
+    x = torch.randn(16, 3, 16, 16, requires_grad=True)
+    y = torch.randint(0, 10, (16,))
+    idx = torch.tensor([0, 1, 3])
+    seen, weight = batched.masks(head_mask, weighted)
+    student = torch.randn(16, 10)
+    a = batched.terms(x, y, idx, seen, weight, student)
+    b = looped.terms(x, y, idx, seen, weight, student)
+    assert a.shape == (3, 3)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ga, = torch.autograd.grad(a.sum(), x)
+    gb, = torch.autograd.grad(b.sum(), x)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(batched.ensemble_probs(x), looped.ensemble_probs(x))
+
+
+def test_masking_and_weighting_change_what_they_should():
+    models, counts = random_teachers(3)
+    ts = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16))
+    x = torch.randn(8, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])  # labels teacher 0 never saw
+    idx = torch.tensor([0, 1])
+    masked = ts.terms(x, y, idx, *ts.masks(True, False))
+    plain = ts.terms(x, y, idx, *ts.masks(False, False))
+    assert masked[0, 0].item() == 0.0 and plain[0, 0].item() > 0, "teacher 0 knows none of these labels"
+    assert masked[1, 0].item() == pytest.approx(plain[1, 0].item()), "teacher 1 saw every label: mask is a no-op"
+    torch.testing.assert_close(masked[:, 1], plain[:, 1]), "BN terms do not depend on labels"
+    weighted = ts.terms(x, y, idx, *ts.masks(True, True))
+    assert weighted[1, 0].item() < masked[1, 0].item(), "eq. 5 shares are < 1"
+
+
+def test_label_samplers():
+    counts = torch.tensor([[90, 10, 0], [0, 0, 100]])
+    gen = torch.Generator().manual_seed(0)
+    y = sample_labels("proportional", counts, 20000, gen)
+    freq = torch.bincount(y, minlength=3).float() / len(y)
+    torch.testing.assert_close(freq, torch.tensor([0.45, 0.05, 0.5]), atol=0.02, rtol=0)
+    y = sample_labels("balanced", counts, 100, gen)
+    assert torch.bincount(y, minlength=3).tolist() == [25, 25, 50]
+    assert set(sample_labels("uniform", counts, 300, gen).tolist()) == {0, 1, 2}
+    with pytest.raises(ConfigError, match="unknown label sampler 'x'; known: balanced, proportional, uniform"):
+        sample_labels("x", counts, 4, gen)
+    picks = sample_teachers(5, 3, gen)
+    assert len(set(picks.tolist())) == 3 and sample_teachers(5, 0, gen).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_invert_batch_lowers_the_loss_stays_in_range_and_is_reproducible():
+    models, counts = random_teachers(3)
+    ts = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16))
+    cfg = SynthesisConfig(iterations=25, batch_size=8, lr=0.05, teachers_per_step=2, device="cpu")
+    bounds = pixel_bounds(INFO, torch.device("cpu"))
+    y = torch.arange(8) % 10
+    seen = []
+    run = lambda: invert_batch(ts, y, cfg, batch_index=0, bounds=bounds, gen=torch.Generator().manual_seed(1),  # noqa
+                               amp_dtype=None, on_step=lambda s, l: seen.append(l["loss"]), log_every=1)
+    a = run()
+    assert seen[-1] < seen[0]
+    lo, hi = bounds
+    assert (a.x >= lo - 1e-6).all() and (a.x <= hi + 1e-6).all()
+    b = run()
+    assert torch.equal(a.x, b.x)
+    assert a.teacher_mask == 0b111
+
+
+def test_cycling_uses_one_teacher_per_batch():
+    models, counts = random_teachers(3)
+    ts = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16))
+    cfg = SynthesisConfig(iterations=3, batch_size=4, teachers_per_step=1, device="cpu")
+    out = invert_batch(ts, torch.zeros(4, dtype=torch.long) + 5, cfg, batch_index=4,
+                       bounds=pixel_bounds(INFO, torch.device("cpu")), gen=torch.Generator(), amp_dtype=None)
+    assert out.teacher_mask == 1 << (4 % 3)
+
+
+def small_cfg(**kw):
+    base = dict(num_images=50, batch_size=12, iterations=4, device="cpu", teachers_per_step=2)
+    base.update(kw)
+    return SynthesisConfig(**base)
+
+
+def test_store_layout_and_provenance(tmp_path):
+    models, counts = random_teachers(3)
+    write_teachers(tmp_path / "t", models, counts)
+    stats = synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(), progress=False)
+    assert stats["n_valid"] == 50 and stats["batches"] == 5
+    meta = read_meta(tmp_path / "s.h5")
+    assert meta["n_valid"] == 50 and meta["num_classes"] == 10 and meta["image_shape"] == [3, 16, 16]
+    assert meta["config"]["iterations"] == 4 and meta["seed"] == 0 and meta["fedinv_version"]
+    assert sorted(meta["teachers"]) == ["node-0.pt", "node-1.pt", "node-2.pt"]
+    images, labels, soft = read_rows(tmp_path / "s.h5")
+    assert images.shape == (50, 3, 16, 16) and images.dtype == torch.uint8
+    torch.testing.assert_close(soft.exp().sum(1), torch.ones(50), atol=2e-2, rtol=0)
+    import h5py
+    with h5py.File(tmp_path / "s.h5") as f:
+        source = f["source"][:]
+    assert source[:, 0].tolist() == sorted([b for b in range(5) for _ in range(12)])[:50]
+    with pytest.raises(ConfigError, match="exists; pass --resume"):
+        synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(), progress=False)
+    with pytest.raises(ConfigError, match="other settings"):
+        synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(iterations=5), resume=True, progress=False)
+
+
+def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, monkeypatch):
+    models, counts = random_teachers(3)
+    write_teachers(tmp_path / "t", models, counts)
+    synthesize(tmp_path / "t", tmp_path / "straight.h5", small_cfg(), progress=False)
+
+    real_append = synth_mod.StoreWriter.append
+    calls = {"n": 0}
+
+    def dying_append(self, images, labels, soft, source):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed while writing batch 2: rows land, n_valid is never updated
+            n = self.n_valid
+            for name, value in (("images", images), ("labels", labels)):
+                self.file[name].resize(n + len(labels), axis=0)
+                self.file[name][n:] = value.numpy()
+            self.file.flush()
+            raise KeyboardInterrupt("killed")
+        return real_append(self, images, labels, soft, source)
+
+    monkeypatch.setattr(synth_mod.StoreWriter, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tmp_path / "t", tmp_path / "killed.h5", small_cfg(), progress=False)
+    assert read_meta(tmp_path / "killed.h5")["n_valid"] == 24
+    monkeypatch.setattr(synth_mod.StoreWriter, "append", real_append)
+    stats = synthesize(tmp_path / "t", tmp_path / "killed.h5", small_cfg(), resume=True, progress=False)
+    assert stats["batches"] == 3, "only the missing batches are made"
+    for a, b in zip(read_rows(tmp_path / "killed.h5"), read_rows(tmp_path / "straight.h5")):
+        assert torch.equal(a, b)
+
+
+def test_reader_with_two_dataloader_workers(tmp_path):
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(num_images=30, batch_size=10), progress=False)
+    ds = SyntheticDataset(tmp_path / "s.h5")
+    loader = torch.utils.data.DataLoader(ds, batch_size=7, num_workers=2, shuffle=False)
+    xs, ys, softs = zip(*loader)
+    x, y = torch.cat(xs), torch.cat(ys)
+    images, labels, soft = read_rows(tmp_path / "s.h5")
+    assert torch.equal(y, labels) and torch.equal(torch.cat(softs), soft)
+    mean, std = torch.tensor(INFO.mean).view(1, -1, 1, 1), torch.tensor(INFO.std).view(1, -1, 1, 1)
+    torch.testing.assert_close(x, (images.float() / 255 - mean) / std)
+
+
+def test_bad_teacher_directories_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_teacher_set(tmp_path / "none", torch.device("cpu"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no node-\\*.pt"):
+        load_teacher_set(tmp_path / "empty", torch.device("cpu"))
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "mixed", models[:1], counts[:1])
+    other = build_model("lenet5", 3, 5, 16)
+    save_checkpoint(ModelCheckpoint(TEACHER, model_spec("lenet5", 3, 5, 16), other.state_dict(), label_counts=[1] * 5,
+                                    extra={"dataset": asdict(INFO)}), tmp_path / "mixed" / "node-1.pt")
+    with pytest.raises(ConfigError, match="5 classes.*but.*10 classes"):
+        load_teacher_set(tmp_path / "mixed", torch.device("cpu"))
+    write_teachers(tmp_path / "nocounts", models, counts)
+    save_checkpoint(ModelCheckpoint(TEACHER, model_spec("lenet5", 3, 10, 16), models[0].state_dict(),
+                                    extra={"dataset": asdict(INFO)}), tmp_path / "nocounts" / "node-1.pt")
+    with pytest.raises(ConfigError, match="no label counts"):
+        load_teacher_set(tmp_path / "nocounts", torch.device("cpu"))
+    wrong = build_model("lenet5", 1, 10, 28)
+    save_checkpoint(ModelCheckpoint(TEACHER, model_spec("lenet5", 1, 10, 28), wrong.state_dict(), label_counts=[1] * 10,
+                                    extra={"dataset": asdict(INFO)}), tmp_path / "shape" / "node-0.pt")
+    with pytest.raises(ConfigError, match=r"model input \(1, 28, 28\) does not match its dataset"):
+        load_teacher_set(tmp_path / "shape", torch.device("cpu"))
+
+
+def test_cli_synthesize_view_and_audit(tmp_path):
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["-q", "synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "s.h5"),
+                              "--num-images", "20", "--batch-size", "10", "--iterations", "2", "--device", "cpu",
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["view", str(tmp_path / "s.h5"), "--out", str(tmp_path / "g.png"), "--per-class", "3",
+                              "--classes", "0-4"])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+    assert Image.open(tmp_path / "g.png").size[1] == 5 * (16 + 2) * 2 + 2 * 2
+    res = runner.invoke(cli, ["view", "--dataset", "synthetic-tiny", "--out", str(tmp_path / "d.png")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["audit", "--store", str(tmp_path / "s.h5"), "--reference", str(tmp_path / "t" / "node-0.pt"),
+                              "--out", str(tmp_path / "a.json"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    import json
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert len(report["per_class"]) == 10 and 0 <= report["reference_agreement"] <= 1
+    assert (tmp_path / "a.png").exists()
