@@ -50,7 +50,7 @@ def main(dataset, alpha, num_nodes, seeds, model, epochs, device, out):
             report = train_teachers(part, cfg, root / f"seed{seed}" / "teachers", progress=False)
             wall = time.perf_counter() - t0
             runs.append({"seed": seed, "ensemble_accuracy": report["ensemble_accuracy"],
-                         "ensemble_weighted_accuracy": report["ensemble_weighted_accuracy"],
+                         "ensemble_mean_accuracy": report["ensemble_mean_accuracy"],
                          "fedavg_accuracy": report["fedavg_accuracy"], "node_accuracy": report["node_accuracy"],
                          "node_sizes": [sum(c) for c in report["label_counts"]], "wall_seconds": wall})
             print(json.dumps(runs[-1]), file=sys.stderr)
@@ -63,7 +63,7 @@ def main(dataset, alpha, num_nodes, seeds, model, epochs, device, out):
     result.update({
         "benchmark": "teachers", "dataset": dataset, "alpha": alpha, "num_nodes": num_nodes,
         "config": to_dict(cfg) | {"seed": None}, "fedinv_version": __version__, "runs": runs,
-        "over_seeds": {k: spread(k) for k in ("ensemble_accuracy", "ensemble_weighted_accuracy",
+        "over_seeds": {k: spread(k) for k in ("ensemble_accuracy", "ensemble_mean_accuracy",
                                               "fedavg_accuracy", "wall_seconds")},
         "machine": {"cpu_threads": torch.get_num_threads(), "device": device, "platform": platform.platform(),
                     "torch": torch.__version__},

@@ -185,8 +185,9 @@ class SynthesisConfig:
     flip: bool = option(True, "random horizontal flip per step (off for datasets where flips change labels)")
     precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
                             choices=("auto", "fp32", "bf16", "fp16"))
-    batched: str = option("auto", "multi-teacher path: auto (batched when all teachers share an architecture), "
-                          "batched (vmap), loop", choices=("auto", "batched", "loop"))
+    batched: str = option("auto", "multi-teacher path: batched (one vmapped call for teachers of one "
+                          "architecture), loop (per teacher), auto (batched on CUDA, loop on CPU where it "
+                          "measured faster)", choices=("auto", "batched", "loop"))
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly")
 

@@ -96,3 +96,16 @@ def test_bn_hook_collects_input_stats_and_removes_itself():
     assert all(not m._forward_pre_hooks for m in model.modules()), "hooks must be gone after the block"
     model(x)
     assert len(stats) == 2
+
+
+def test_channel_stats_gradient_matches_var_mean():
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    mean, var = channel_stats(x)
+    ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-5, atol=1e-6)
+    w = torch.randn(3, dtype=torch.float64)
+    g, = torch.autograd.grad((mean * w).sum() + var.pow(2).sum(), x)
+    g_ref, = torch.autograd.grad((ref_mean * w).sum() + ref_var.pow(2).sum(), x)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-6)

@@ -45,6 +45,6 @@ def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, progr
     """
     cfg = pick(TeacherConfig, kwargs)
     report = train_teachers(load_partition(partition_path), cfg, out, nodes=parse_nodes(nodes), progress=progress)
-    summary = {k: report[k] for k in ("node_accuracy", "ensemble_accuracy", "ensemble_weighted_accuracy",
+    summary = {k: report[k] for k in ("node_accuracy", "ensemble_accuracy", "ensemble_mean_accuracy",
                                       "fedavg_accuracy")}
     click.echo(json.dumps(summary, indent=2))
