@@ -20,6 +20,8 @@ from .models import MODELS, build_model
 from .runtime import save_torch
 
 TEACHER = "fedinv.teacher"
+STUDENT = "fedinv.student"
+MODEL_KINDS = (TEACHER, STUDENT)
 SCHEMA_VERSION = 1
 
 
@@ -71,7 +73,7 @@ def save_checkpoint(ckpt: ModelCheckpoint, path: str | Path) -> None:
     save_torch(ckpt.to_dict(), path)
 
 
-def load_checkpoint(path: str | Path, *, kind: str = TEACHER, num_classes: int | None = None,
+def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, num_classes: int | None = None,
                     image_shape: tuple[int, int, int] | None = None) -> ModelCheckpoint:
     """Read and validate a checkpoint; every problem is a `CheckpointError` naming the file.
 
@@ -86,9 +88,10 @@ def load_checkpoint(path: str | Path, *, kind: str = TEACHER, num_classes: int |
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
                               f"fedinv): {type(e).__name__}: {first}") from e
-    if not isinstance(raw, dict) or raw.get("format") != kind:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not isinstance(raw, dict) or raw.get("format") not in kinds:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(f"{path} is not a {kind} checkpoint (found format {found!r})")
+        raise CheckpointError(f"{path} is not a {' or '.join(kinds)} checkpoint (found format {found!r})")
     if raw.get("schema_version") != SCHEMA_VERSION:
         raise CheckpointError(f"{path}: schema_version {raw.get('schema_version')!r}, this fedinv reads "
                               f"{SCHEMA_VERSION}")
@@ -101,7 +104,7 @@ def load_checkpoint(path: str | Path, *, kind: str = TEACHER, num_classes: int |
     state = raw.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: state_dict missing or not a dict of tensors")
-    ckpt = ModelCheckpoint(kind, model, state, raw.get("label_counts"), raw.get("config") or {}, raw.get("seed"),
+    ckpt = ModelCheckpoint(raw["format"], model, state, raw.get("label_counts"), raw.get("config") or {}, raw.get("seed"),
                            raw.get("metrics") or {}, raw.get("extra") or {}, raw.get("fedinv_version", "?"))
     if num_classes is not None and ckpt.num_classes != num_classes:
         raise CheckpointError(f"{path}: model has {ckpt.num_classes} classes, expected {num_classes}")

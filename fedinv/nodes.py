@@ -156,6 +156,8 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
     )
     save_checkpoint(ckpt, final)
     partial.unlink(missing_ok=True)
+    if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+        partial.parent.rmdir()
     return ckpt
 
 

@@ -242,3 +242,21 @@ def test_cli_synthesize_view_and_audit(tmp_path):
     report = json.loads((tmp_path / "a.json").read_text())
     assert len(report["per_class"]) == 10 and 0 <= report["reference_agreement"] <= 1
     assert (tmp_path / "a.png").exists()
+
+
+def test_adaptive_mode_uses_the_student(tmp_path):
+    models, counts = random_teachers(3)
+    write_teachers(tmp_path / "t", models, counts)
+    student = build_model("lenet5", 3, 10, 16)
+    save_checkpoint(ModelCheckpoint("fedinv.student", model_spec("lenet5", 3, 10, 16), student.state_dict()),
+                    tmp_path / "student.pt")
+    res = CliRunner().invoke(cli, ["-q", "synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "a.h5"),
+                                   "--num-images", "8", "--batch-size", "8", "--iterations", "2", "--device", "cpu",
+                                   "--student", str(tmp_path / "student.pt"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    import json
+    stats = json.loads(res.output)
+    assert 0 < stats["last_losses"]["comp"] <= 1, "the competition term is on with a student"
+    wrong = build_model("lenet5", 3, 7, 16)
+    with pytest.raises(ConfigError, match="predicts 7 classes"):
+        synthesize(tmp_path / "t", tmp_path / "b.h5", small_cfg(), student=wrong, progress=False)

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from ..config import SynthesisConfig, click_options, pick
+from ..checkpoint import MODEL_KINDS, load_checkpoint
 from ..inversion.synthesize import synthesize
+from ..runtime import resolve_device
 
 
 @click.command("synthesize")
@@ -18,9 +20,12 @@ from ..inversion.synthesize import synthesize
               help="HDF5 store to write (appended batch by batch)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run into the existing --out (same "
               "settings and teachers); the result equals an uninterrupted run")
+@click.option("--student", "student_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="adaptive mode: a model checkpoint to compete with (the --a-comp Jensen-Shannon term)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar")
 @click_options(SynthesisConfig)
-def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, progress: bool, **kwargs) -> None:
+def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Path | None, progress: bool,
+                   **kwargs) -> None:
     """Synthesize training images from the teachers by sampling DeepInversion.
 
     Each batch is optimized with Adam for --iterations steps; at each step --teachers-per-step of
@@ -28,5 +33,8 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, progress: bool, 
     ensemble's soft labels and provenance go to the HDF5 store OUT, flushed per batch.
     """
     cfg = pick(SynthesisConfig, kwargs)
-    stats = synthesize(teachers_dir, out, cfg, resume=resume, progress=progress)
+    student = None
+    if student_path is not None:
+        student = load_checkpoint(student_path, kind=MODEL_KINDS).build(resolve_device(cfg.device))
+    stats = synthesize(teachers_dir, out, cfg, resume=resume, student=student, progress=progress)
     click.echo(json.dumps({"out": str(out), **stats}, indent=2))

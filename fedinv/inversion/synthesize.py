@@ -101,6 +101,12 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
     if not teachers.info.hflip and cfg.flip:
         log.info("%s: flips change labels here, so --flip is ignored", teachers.info.name)
         cfg = type(cfg)(**{**to_dict(cfg), "flip": False})
+    if student is not None:
+        want = (teachers.set.num_classes, teachers.info.image_shape)
+        student = student.to(device).eval().requires_grad_(False)
+        probe = student(torch.zeros(1, *teachers.info.image_shape, device=device))
+        if probe.shape[1] != want[0]:
+            raise ConfigError(f"the student predicts {probe.shape[1]} classes, the teachers {want[0]}")
     bounds = pixel_bounds(teachers.info, device)
     num_batches = math.ceil(cfg.num_images / cfg.batch_size)
     stats: dict[str, Any] = {"batches": 0, "images": 0, "seconds": 0.0}
