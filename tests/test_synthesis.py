@@ -179,6 +179,8 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
     assert stats["batches"] == 3, "only the missing batches are made"
     for a, b in zip(read_rows(tmp_path / "killed.h5"), read_rows(tmp_path / "straight.h5")):
         assert torch.equal(a, b)
+    again = synthesize(tmp_path / "t", tmp_path / "killed.h5", small_cfg(), resume=True, progress=False)
+    assert again["batches"] == 0 and again["n_valid"] == 50, "a complete store (short last batch) is left as is"
 
 
 def test_reader_with_two_dataloader_workers(tmp_path):

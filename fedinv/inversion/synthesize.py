@@ -111,9 +111,10 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
     num_batches = math.ceil(cfg.num_images / cfg.batch_size)
     stats: dict[str, Any] = {"batches": 0, "images": 0, "seconds": 0.0}
     with StoreWriter(out, store_meta(teachers, cfg), resume=resume, chunk_rows=cfg.batch_size) as store:
-        start = store.n_valid // cfg.batch_size
-        if store.n_valid != min(start * cfg.batch_size, cfg.num_images):
-            raise ConfigError(f"{out} holds {store.n_valid} images, not a whole number of batches of {cfg.batch_size}")
+        n = store.n_valid
+        if n < cfg.num_images and n % cfg.batch_size:
+            raise ConfigError(f"{out} holds {n} images, not a whole number of batches of {cfg.batch_size}")
+        start = num_batches if n >= cfg.num_images else n // cfg.batch_size
         if start:
             log.info("resuming %s after %d of %d batches", out, start, num_batches)
         bar = tqdm(total=num_batches, initial=start, desc="synthesize", unit="batch", disable=not progress)

@@ -32,9 +32,9 @@ class TermWeights:
     comp_temperature: float = 3.0
 
 
-def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStatistics, x: torch.Tensor, y: torch.Tensor, seen: torch.Tensor,
-                  weight: torch.Tensor, student_logits: torch.Tensor | None, tw: TermWeights,
-                  ) -> torch.Tensor:
+def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStatistics, x: torch.Tensor,
+                  y: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor, student_logits: torch.Tensor | None,
+                  tw: TermWeights) -> torch.Tensor:
     """One teacher's [ce, bn, comp] on images x [B, C, H, W] with targets y [B].
 
     forward: the teacher (a module, or its functional call); stats: a collector on its BN layers.
@@ -54,6 +54,9 @@ def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStat
 
 class TeacherSet:
     """N frozen teachers (eval mode) with their label counts [N, K].
+
+    The set takes the modules over: they are moved to `device`, frozen, put in eval mode and (on
+    the looped path) converted to channels_last in place.
 
     `terms(x, y, idx, ...)` returns the [len(idx), 3] tensor of (ce, bn, comp) for the sampled
     teachers `idx`. `batched=None` chooses the vmap path on CUDA when all teachers share one
