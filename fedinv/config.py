@@ -203,3 +203,44 @@ class SynthesisConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.jitter < 0:
             raise ConfigError(f"jitter must be >= 0, got {self.jitter}")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """How the student learns from the synthetic store (one-shot-dataset-distillation.txt §III-A)."""
+
+    model: str = option("bncnn", "student model name from the registry")
+    epochs: int = option(30, "passes over the store")
+    batch_size: int = option(256, "minibatch size")
+    lr: float = option(0.1, "SGD learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "step", "constant"))
+    kd_weight: float = option(1.0, "weight of the KD loss against the teacher ensemble")
+    ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels")
+    temperature: float = option(4.0, "KD temperature")
+    kd_source: str = option("auto", "KD targets: teachers (ensemble on the augmented batch), soft-labels (stored "
+                            "in the store), auto (teachers when given)", choices=("auto", "teachers", "soft-labels"))
+    augment: bool = option(True, "random crop and (where the dataset allows) flip of the synthetic images")
+    local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)")
+    adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student per "
+                                      "epoch and appended to the store (0 = off)")
+    buffer_batches: int = option(16, "store reading: batches read and shuffled together (memory bound)")
+    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    seed: int = option(0, "random seed of initialization and data order")
+
+    def __post_init__(self) -> None:
+        for name in ("schedule", "kd_source", "precision"):
+            _check_choice(self, name)
+        for name in ("epochs", "batch_size", "buffer_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("kd_weight", "ce_weight", "local_weight", "adaptive_batches"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kd_weight == 0 and self.ce_weight == 0 and self.local_weight == 0:
+            raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")

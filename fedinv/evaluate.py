@@ -7,8 +7,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import __version__
 from .data.batches import batches
 from .data.datasets import ImageTensors
+from .errors import ConfigError
+from .viz import confusion_plot
 
 
 @torch.no_grad()
@@ -61,3 +64,18 @@ def ensemble_probs(logits: Sequence[torch.Tensor], weights: torch.Tensor | None 
     if weights is None:
         return probs.mean(0)
     return (probs * weights.to(probs.dtype)[:, None, :]).sum(0)
+
+
+def evaluate_checkpoint(ckpt: "ModelCheckpoint", test: ImageTensors,  # noqa: F821
+                        device: torch.device) -> tuple[dict, "Image.Image"]:  # noqa: F821
+    """(report dict, confusion-matrix picture) of a model checkpoint on a test split."""
+    if ckpt.image_shape != test.info.image_shape or ckpt.num_classes != test.info.num_classes:
+        raise ConfigError(f"the checkpoint takes {ckpt.image_shape} images of {ckpt.num_classes} classes; "
+                          f"{test.info.name} has {test.info.image_shape} and {test.info.num_classes}")
+    logits = predict_logits(ckpt.build(device), test, device)
+    k = test.info.num_classes
+    cm = confusion_matrix(logits, test.labels, k)
+    report = {"fedinv_version": __version__, "dataset": test.info.name, "num_test": len(test),
+              "model": ckpt.model, "accuracy": accuracy(logits, test.labels),
+              "per_class_accuracy": per_class_accuracy(logits, test.labels, k), "confusion_matrix": cm.tolist()}
+    return report, confusion_plot(cm.numpy(), test.info.class_names)

@@ -8,11 +8,17 @@ Layout (schema 1):
     /n_valid      int64   scalar  rows written and flushed; readers trust it, resume truncates to it
     root attrs:   schema_version, fedinv_version, num_classes, image_shape, mean, std, seed,
                   config (JSON), teachers (JSON: file name -> sha256), dataset (JSON: name, class_names)
+
+The file uses HDF5's default (earliest) format, not libver="latest": the newer superblock marks a
+file "open for writing" until it is closed, and a writer that is killed leaves the mark, after
+which HDF5 refuses to open the file again (only the h5clear tool removes it). A killed synthesis
+must resume from the file as it is.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,7 +57,7 @@ class StoreWriter:
             self._truncate(int(self.file["n_valid"][()]))
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.path, "w", libver="latest")
+        self.file = h5py.File(self.path, "w")
         for k, v in attrs.items():
             self.file.attrs[k] = v
         rows = max(1, chunk_rows)
@@ -195,3 +201,41 @@ def read_labels(path: str | Path) -> torch.Tensor:
     n = read_meta(path)["n_valid"]
     with h5py.File(path, "r") as f:
         return torch.from_numpy(f["labels"][:n])
+
+
+META_KEYS = ("num_classes", "image_shape", "mean", "std", "seed", "config", "teachers", "dataset")
+
+
+def writer_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of `read_meta` a StoreWriter is opened with (to append to an existing store)."""
+    return {k: meta[k] for k in META_KEYS}
+
+
+def iterate_store(path: str | Path, batch_size: int, gen: torch.Generator, buffer_batches: int = 16,
+                  limit: int | None = None):
+    """Yield shuffled (images uint8 [B, C, H, W], labels [B], soft [B, K]) over the first `limit`
+    (default n_valid) rows, reading `buffer_batches` random blocks of rows at a time.
+
+    Memory is bounded by the buffer, not by the store: a store of 200k images streams in the
+    same footprint as one of 10k. Each row is visited exactly once per call.
+    """
+    n = read_meta(path)["n_valid"] if limit is None else limit
+    blocks = torch.randperm(math.ceil(n / batch_size), generator=gen).tolist()
+    with h5py.File(path, "r") as f:
+        images, labels, soft = f["images"], f["labels"], f["soft_labels"]
+        carry: list[tuple[torch.Tensor, ...]] = []
+        for start in range(0, len(blocks), buffer_batches):
+            chunk = sorted(blocks[start:start + buffer_batches])
+            parts = [(torch.from_numpy(images[b * batch_size:min(n, (b + 1) * batch_size)]),
+                      torch.from_numpy(labels[b * batch_size:min(n, (b + 1) * batch_size)]),
+                      torch.from_numpy(soft[b * batch_size:min(n, (b + 1) * batch_size)].astype(np.float32)))
+                     for b in chunk]
+            x, y, s = (torch.cat(t) for t in zip(*(carry + parts)))
+            order = torch.randperm(len(y), generator=gen)
+            x, y, s = x[order], y[order], s[order]
+            full = len(y) - len(y) % batch_size
+            for i in range(0, full, batch_size):
+                yield x[i:i + batch_size], y[i:i + batch_size], s[i:i + batch_size]
+            carry = [(x[full:], y[full:], s[full:])] if full < len(y) else []
+        if carry and len(carry[0][1]):
+            yield carry[0]

@@ -45,6 +45,13 @@ def label_count_plot(counts: np.ndarray, class_names: Sequence[str] = (), title:
     return img
 
 
+def rows_per_class(labels: np.ndarray, per_class: int, classes: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Indices of up to `per_class` randomly chosen rows of each class in `classes` (seeded)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in classes]
+    return np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
+
+
 def class_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], per_class: int,
                classes: Sequence[int] | None = None, scale: int = 2) -> Image.Image:
     """One row per class of up to `per_class` images, class names on the left.
@@ -103,4 +110,27 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: 
     for g, name in enumerate(groups):
         x0 = left + g * group_w + gap // 2
         draw.text((x0, top + height + 4), name[:10], fill="black", font=font)
+    return img
+
+
+def confusion_plot(cm: np.ndarray, class_names: Sequence[str], cell: int = 34) -> Image.Image:
+    """A confusion matrix (rows: true label, columns: predicted), each row shaded by its share."""
+    cm = np.asarray(cm)
+    k = len(cm)
+    font = _font()
+    left = 12 + max(int(font.getlength(n)) for n in class_names)
+    top = 24
+    img = Image.new("RGB", (left + k * cell + 10, top + k * cell + 40), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 6), "predicted ->", fill="black", font=font)
+    shares = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    for i in range(k):
+        draw.text((6, top + i * cell + cell // 2 - 6), class_names[i], fill="black", font=font)
+        draw.text((left + i * cell + cell // 2 - 4, top + k * cell + 6), str(i), fill="black", font=font)
+        for j in range(k):
+            shade = int(255 * (1 - shares[i, j]))
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=(shade, shade, 255), outline=(230, 230, 230))
+            text = str(int(cm[i, j]))
+            draw.text((x0 + 3, y0 + cell // 2 - 6), text, fill="white" if shares[i, j] > 0.5 else "black", font=font)
     return img

@@ -10,6 +10,8 @@ import click
 from .. import __version__
 from ..errors import FedinvError
 from .partition import partition_cmd, models_cmd
+from .run import run_cmd
+from .student import evaluate_cmd, train_student_cmd
 from .synthesize import synthesize_cmd
 from .teachers import train_teachers_cmd
 from .view import audit_cmd, view_cmd
@@ -33,7 +35,8 @@ class _Group(click.Group):
 def cli(verbose: int, quiet: bool) -> None:
     """fedinv: one-shot, data-free federated learning.
 
-    Pipeline: partition -> train-teachers -> synthesize -> train-student.
+    Pipeline: partition -> train-teachers -> synthesize -> train-student -> evaluate;
+    `fedinv run CONFIG.toml` runs it all in one run folder.
     """
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -45,6 +48,9 @@ cli.add_command(train_teachers_cmd)
 cli.add_command(synthesize_cmd)
 cli.add_command(view_cmd)
 cli.add_command(audit_cmd)
+cli.add_command(train_student_cmd)
+cli.add_command(evaluate_cmd)
+cli.add_command(run_cmd)
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from ..config import DataConfig, PartitionConfig, click_options, pick
 from ..data.datasets import load_dataset
 from ..data.partition import make_partition, save_partition
 from ..models import MODELS
-from ..viz import label_count_plot
 
 
 @click.command("partition")
@@ -24,10 +23,8 @@ def partition_cmd(out: Path, **kwargs) -> None:
     train = load_dataset(data_cfg, "train")
     part = make_partition(train.labels.numpy(), train.info.num_classes, part_cfg, data_cfg)
     manifest = save_partition(part, train.labels.numpy(), out, train.info.class_names)
-    png = out.with_suffix(".png")
-    title = f"{train.info.name}: {part_cfg.scheme}" + (f" alpha={part_cfg.alpha}" if part_cfg.scheme == "dirichlet" else "")
-    label_count_plot(manifest["label_counts"], train.info.class_names, title).save(png)
-    click.echo(f"{out}: {part.num_nodes} nodes, sizes {manifest['node_sizes']}; label counts in {png}")
+    click.echo(f"{out}: {part.num_nodes} nodes, sizes {manifest['node_sizes']}; "
+               f"label counts in {out.with_suffix('.png')}")
 
 
 @click.command("models")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
 from ..audit import audit_store, nan_to_none
@@ -16,7 +15,7 @@ from ..errors import ConfigError
 from ..inversion.synthesize import load_teacher_set
 from ..runtime import resolve_device, save_json
 from ..store import read_labels, read_meta, read_rows
-from ..viz import bar_chart, class_grid
+from ..viz import bar_chart, class_grid, rows_per_class
 from .teachers import parse_nodes
 
 
@@ -38,22 +37,18 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
     """
     if per_class < 1:
         raise ConfigError(f"--per-class must be >= 1, got {per_class}")
-    rng = np.random.default_rng(seed)
     if store is not None:
         meta = read_meta(store)
         names = meta["dataset"]["class_names"]
         labels = read_labels(store).numpy()
         wanted = parse_nodes(classes) or list(range(len(names)))
-        rows = np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in wanted]
-                              ) if len(labels) else np.empty(0, dtype=np.int64)
-        images, labels_t, _ = read_rows(store, rows)
+        images, labels_t, _ = read_rows(store, rows_per_class(labels, per_class, wanted, seed))
     else:
         data = load_dataset(pick(DataConfig, kwargs), split)
         names = data.info.class_names
         wanted = parse_nodes(classes) or list(range(len(names)))
-        lab = data.labels.numpy()
-        rows = np.concatenate([rng.permutation(np.flatnonzero(lab == k))[:per_class] for k in wanted])
-        images, labels_t = data.images[torch.as_tensor(rows)], data.labels[torch.as_tensor(rows)]
+        rows = torch.as_tensor(rows_per_class(data.labels.numpy(), per_class, wanted, seed))
+        images, labels_t = data.images[rows], data.labels[rows]
     bad = [k for k in wanted if not 0 <= k < len(names)]
     if bad:
         raise ConfigError(f"classes {bad} out of range 0..{len(names) - 1}")

@@ -19,6 +19,7 @@ from .. import __version__
 from ..config import DataConfig, PartitionConfig, from_dict, to_dict
 from ..errors import ConfigError
 from ..runtime import save_json
+from ..viz import label_count_plot
 
 Indices = list[np.ndarray]
 
@@ -164,7 +165,8 @@ def make_partition(labels: np.ndarray | "torch.Tensor", num_classes: int, cfg: P
 
 def save_partition(part: Partition, labels: np.ndarray, path: str | Path,
                    class_names: tuple[str, ...] = ()) -> dict:
-    """Write the JSON manifest (config, indices, label counts, hash); returns it."""
+    """Write the JSON manifest (config, indices, label counts, hash) and, beside it, a PNG of the
+    label counts per node; returns the manifest."""
     counts = part.label_counts(np.asarray(labels))
     manifest = {
         "format": "fedinv.partition", "schema_version": 1, "fedinv_version": __version__,
@@ -175,6 +177,9 @@ def save_partition(part: Partition, labels: np.ndarray, path: str | Path,
         "indices": [i.tolist() for i in part.indices],
     }
     save_json(manifest, path)
+    cfg = part.config
+    title = f"{part.data.dataset}: {cfg.scheme}" + (f" alpha={cfg.alpha}" if cfg.scheme == "dirichlet" else "")
+    label_count_plot(counts, class_names, title).save(Path(path).with_suffix(".png"))
     return manifest
 
 

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..nodes import load_teachers
 from ..runtime import generator, resolve_device, resolve_precision, sha256_file
 from ..store import StoreWriter
-from .engine import invert_batch
+from .engine import Inverted, StepCallback, invert_batch
 from .labels import sample_labels
 from .teachers import TeacherSet
 
@@ -88,6 +88,35 @@ def store_meta(teachers: Teachers, cfg: SynthesisConfig) -> dict[str, Any]:
             "dataset": {"name": info.name, "class_names": list(info.class_names), "hflip": info.hflip}}
 
 
+@torch.no_grad()
+def check_student(student: nn.Module, teachers: Teachers, device: torch.device) -> None:
+    """A student must take the teachers' images and predict their classes."""
+    was_training = student.training
+    student.eval()
+    probe = student(torch.zeros(1, *teachers.info.image_shape, device=device))
+    student.train(was_training)
+    if probe.shape[1] != teachers.set.num_classes:
+        raise ConfigError(f"the student predicts {probe.shape[1]} classes, the teachers {teachers.set.num_classes}")
+
+
+def make_batch(teachers: Teachers, cfg: SynthesisConfig, b: int, size: int, *,
+               bounds: tuple[torch.Tensor, torch.Tensor], amp_dtype: torch.dtype | None,
+               student: nn.Module | None = None, on_step: StepCallback | None = None,
+               ) -> tuple[tuple[torch.Tensor, ...], Inverted]:
+    """Synthesize batch `b` (labels, images, soft labels, provenance), drawn from (seed, b) alone.
+
+    Returns the store row tuple (images uint8, labels, soft labels, source) and the engine result.
+    """
+    gen = generator(cfg.seed, 3, b)
+    y = sample_labels(cfg.label_sampler, teachers.set.counts, size, gen)
+    inv = invert_batch(teachers.set, y, cfg, batch_index=b, bounds=bounds, gen=gen, amp_dtype=amp_dtype,
+                       student=student, on_step=on_step)
+    soft = teachers.set.ensemble_probs(inv.x).clamp_min(1e-8).log()
+    mask = inv.teacher_mask if len(teachers.set) <= 31 else -1
+    source = torch.tensor([[b, mask]] * size, dtype=torch.int32)
+    return (to_uint8(inv.x, teachers.info), y, soft, source), inv
+
+
 def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, *, resume: bool = False,
                student: nn.Module | None = None, progress: bool = True) -> dict[str, Any]:
     """Synthesize `cfg.num_images` images from the teachers in `teachers_dir` into the store `out`.
@@ -102,11 +131,8 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
         log.info("%s: flips change labels here, so --flip is ignored", teachers.info.name)
         cfg = type(cfg)(**{**to_dict(cfg), "flip": False})
     if student is not None:
-        want = (teachers.set.num_classes, teachers.info.image_shape)
         student = student.to(device).eval().requires_grad_(False)
-        probe = student(torch.zeros(1, *teachers.info.image_shape, device=device))
-        if probe.shape[1] != want[0]:
-            raise ConfigError(f"the student predicts {probe.shape[1]} classes, the teachers {want[0]}")
+        check_student(student, teachers, device)
     bounds = pixel_bounds(teachers.info, device)
     num_batches = math.ceil(cfg.num_images / cfg.batch_size)
     stats: dict[str, Any] = {"batches": 0, "images": 0, "seconds": 0.0}
@@ -120,19 +146,14 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
         bar = tqdm(total=num_batches, initial=start, desc="synthesize", unit="batch", disable=not progress)
         for b in range(start, num_batches):
             t0 = time.perf_counter()
-            gen = generator(cfg.seed, 3, b)
             size = min(cfg.batch_size, cfg.num_images - b * cfg.batch_size)
-            y = sample_labels(cfg.label_sampler, teachers.set.counts, size, gen)
 
             def show(step: int, losses: dict[str, float]) -> None:
                 bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
 
-            inv = invert_batch(teachers.set, y, cfg, batch_index=b, bounds=bounds, gen=gen, amp_dtype=amp_dtype,
-                               student=student, on_step=show if progress else None)
-            soft = teachers.set.ensemble_probs(inv.x).clamp_min(1e-8).log()
-            mask = inv.teacher_mask if len(teachers.set) <= 31 else -1
-            source = torch.tensor([[b, mask]] * size, dtype=torch.int32)
-            store.append(to_uint8(inv.x, teachers.info), y, soft, source)
+            batch, inv = make_batch(teachers, cfg, b, size, bounds=bounds, amp_dtype=amp_dtype, student=student,
+                                    on_step=show if progress else None)
+            store.append(*batch)
             dt = time.perf_counter() - t0
             stats["batches"] += 1
             stats["images"] += size

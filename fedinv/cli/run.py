@@ -1,0 +1,30 @@
+"""`fedinv run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..pipeline import RunConfig, run_pipeline
+
+
+@click.command("run")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="run folder (default: runs/<config file name>)")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
+def run_cmd(config: Path, out: Path | None, progress: bool) -> None:
+    """Run the one-shot pipeline from a TOML CONFIG in one run folder:
+    partition -> train-teachers -> synthesize -> train-student -> evaluate -> view.
+
+    CONFIG has the tables [data], [partition], [teachers], [synthesis], [student], each setting
+    fields of that stage (the options of the matching command, with underscores). A complete
+    stage is skipped and an interrupted one continues, so rerunning a killed run finishes it.
+    Examples: assets/configs/.
+    """
+    cfg = RunConfig.from_toml(config)
+    summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress)
+    click.echo(json.dumps({k: v for k, v in summary.items() if k != "student_history"}, indent=2))
+

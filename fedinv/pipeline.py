@@ -1,0 +1,127 @@
+"""`fedinv run CONFIG.toml`: the one-shot pipeline in one run folder, resumable stage by stage.
+
+partition -> train-teachers -> synthesize -> train-student -> evaluate -> view. Each stage is
+skipped when its artifact is complete and was made with the same config, and continues when it
+was interrupted (teachers, synthesis and the student all resume), so rerunning a killed run
+finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, from_dict,
+                     to_dict)
+from .data.datasets import load_dataset
+from .data.partition import load_partition, make_partition, save_partition
+from .errors import ConfigError
+from .evaluate import evaluate_checkpoint
+from .checkpoint import STUDENT, load_checkpoint
+from .inversion.synthesize import synthesize
+from .nodes import train_teachers
+from .runtime import resolve_device, save_json
+from .store import read_labels, read_rows
+from .student.train import train_student
+from .viz import class_grid, rows_per_class
+
+log = logging.getLogger(__name__)
+
+SECTIONS = {"data": DataConfig, "partition": PartitionConfig, "teachers": TeacherConfig,
+            "synthesis": SynthesisConfig, "student": StudentConfig}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All stages' configs; each TOML table [data], [partition], [teachers], [synthesis], [student]
+    may set any field of its stage and leaves the rest at their defaults."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    teachers: TeacherConfig = field(default_factory=TeacherConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config {path} not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        extra = set(data) - set(SECTIONS)
+        if extra:
+            raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: {', '.join(SECTIONS)}")
+        return cls(**{name: from_dict(c, data.get(name, {})) for name, c in SECTIONS.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: to_dict(getattr(self, name)) for name in SECTIONS}
+
+
+def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json)."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    saved = run / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) != cfg.to_dict():
+        raise ConfigError(f"{run} holds a run with another config ({saved}); use another run folder")
+    save_json(cfg.to_dict(), saved)
+    train = load_dataset(cfg.data, "train")
+    test = load_dataset(cfg.data, "test")
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:  # wall time of each stage in this invocation
+        nonlocal clock
+        seconds[stage] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    manifest = run / "partition.json"
+    if manifest.is_file():
+        part = load_partition(manifest)
+        if part.config != cfg.partition or part.data != cfg.data:
+            raise ConfigError(f"{manifest} was made with another partition config")
+        log.info("partition: %s is complete, skipped", manifest)
+    else:
+        part = make_partition(train.labels.numpy(), train.info.num_classes, cfg.partition, cfg.data)
+        save_partition(part, train.labels.numpy(), manifest, train.info.class_names)
+    lap("partition")
+
+    teacher_report = train_teachers(part, cfg.teachers, run / "teachers", progress=progress)
+    lap("train_teachers")
+    syn = synthesize(run / "teachers", run / "synthetic.h5", cfg.synthesis, resume=True, progress=progress)
+    log.info("synthesis: %s", {k: syn[k] for k in ("batches", "n_valid")})
+    lap("synthesize")
+
+    student_report_path = run / "student" / "report.json"
+    if student_report_path.is_file() and json.loads(student_report_path.read_text())["config"] == to_dict(cfg.student):
+        log.info("student: %s is complete, skipped", student_report_path)
+        student_report = json.loads(student_report_path.read_text())
+    else:
+        student_report = train_student(run / "synthetic.h5", run / "student", cfg.student,
+                                       teachers_dir=run / "teachers", test=test, progress=progress)
+
+    lap("train_student")
+    ckpt = load_checkpoint(run / "student" / "student.pt", kind=STUDENT)
+    evaluation, picture = evaluate_checkpoint(ckpt, test, resolve_device(cfg.student.device))
+    save_json(evaluation, run / "evaluation.json")
+    picture.save(run / "confusion.png")
+    lap("evaluate")
+    labels = read_labels(run / "synthetic.h5").numpy()
+    images, labels_t, _ = read_rows(run / "synthetic.h5", rows_per_class(labels, 8, range(train.info.num_classes)))
+    class_grid(images, labels_t, train.info.class_names, per_class=8, scale=3).save(run / "synthetic.png")
+    lap("view")
+
+    summary = {"fedavg_accuracy": teacher_report["fedavg_accuracy"],
+               "ensemble_accuracy": teacher_report["ensemble_accuracy"],
+               "student_accuracy": evaluation["accuracy"], "synthetic_images": int(len(labels)),
+               "student_history": student_report["history"], "stage_seconds": seconds}
+    save_json(summary, run / "summary.json")
+    return summary
