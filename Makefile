@@ -32,15 +32,11 @@ data:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "no apt-get here: fedinv will download Fashion-MNIST with --download"; fi
 
-# The one-shot pipeline so far: split, train the nodes' teachers, synthesize images from them, and
-# draw them. Rerunning continues where an interrupted run stopped.
+# The one-shot pipeline on Fashion-MNIST (assets/configs/demo.toml): partition, teachers,
+# synthesis, student, evaluation and image grids in $(RUN). Rerunning continues where an
+# interrupted run stopped.
 demo: install data
-	$(VENV)/bin/fedinv partition --dataset fashion-mnist --scheme dirichlet --alpha 0.5 \
-		--num-nodes 5 --out $(RUN)/partition.json
-	$(VENV)/bin/fedinv train-teachers --partition $(RUN)/partition.json --out $(RUN)/teachers
-	$(VENV)/bin/fedinv synthesize --teachers $(RUN)/teachers --out $(RUN)/synthetic.h5 \
-		--num-images 512 --iterations 500 --resume
-	$(VENV)/bin/fedinv view $(RUN)/synthetic.h5 --out $(RUN)/synthetic.png --per-class 8 --scale 3
+	$(VENV)/bin/fedinv run assets/configs/demo.toml --out $(RUN)
 
 test: install
 	$(PY) -m pytest -q

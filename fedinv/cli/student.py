@@ -28,14 +28,16 @@ from ..student.train import train_student
                    "adaptive mode; without it the stored soft labels are the targets")
 @click.option("--data-root", default="data", show_default=True, help="where the test set (and local data) live")
 @click.option("--test/--no-test", default=True, show_default=True,
-              help="evaluate on the dataset's test split after every epoch")
+              help="evaluate on the dataset's test split during and after training")
+@click.option("--eval-every", default=10, show_default=True, help="test accuracy every N epochs (and after the last)")
 @click.option("--local-partition", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="partition manifest, to mix in one node's real data (with --local-node, --local-weight)")
 @click.option("--local-node", type=int, default=None, help="the node whose real data the student holds")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
 @click_options(StudentConfig)
 def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_root: str, test: bool,
-                      local_partition: Path | None, local_node: int | None, progress: bool, **kwargs) -> None:
+                      eval_every: int, local_partition: Path | None, local_node: int | None, progress: bool,
+                      **kwargs) -> None:
     """Train a student on a synthetic store by distillation from the teacher ensemble.
 
     Reads the store in shuffled blocks (memory does not grow with its size). Resumable: rerun
@@ -55,7 +57,7 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
         local = load_dataset(part.data, "train").subset(part.indices[local_node])
     test_data = load_dataset(data_cfg, "test") if test else None
     report = train_student(store, out, cfg, teachers_dir=teachers_dir, local=local, test=test_data,
-                           progress=progress)
+                           eval_every=eval_every, progress=progress)
     keys = ("test_accuracy", "ensemble_accuracy", "fedavg_accuracy", "store_images")
     click.echo(json.dumps({k: report.get(k) for k in keys}, indent=2))
 
@@ -68,12 +70,13 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
 @click_options(DataConfig)
 def evaluate_cmd(checkpoint: Path, out: Path | None, device: str, **kwargs) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a teacher or student CHECKPOINT on a
-    test set (--dataset; default: the dataset the checkpoint records)."""
+    test set: --dataset when given, else the dataset the checkpoint records."""
     ckpt = load_checkpoint(checkpoint, kind=MODEL_KINDS)
-    data_cfg = pick(DataConfig, kwargs)
     recorded = ckpt.extra.get("dataset", {}).get("name")
-    if recorded and data_cfg.dataset == DataConfig().dataset and recorded != data_cfg.dataset:
-        data_cfg = DataConfig(**{**kwargs, "dataset": recorded})
+    given = click.get_current_context().get_parameter_source("dataset") != click.core.ParameterSource.DEFAULT
+    if recorded and not given:
+        kwargs["dataset"] = recorded
+    data_cfg = pick(DataConfig, kwargs)
     test = load_dataset(data_cfg, "test")
     report, picture = evaluate_checkpoint(ckpt, test, resolve_device(device))
     report["checkpoint"] = str(checkpoint)

@@ -95,8 +95,11 @@ def adaptive_round(store: Path, teachers: Teachers, student: nn.Module, count: i
 
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                   teachers_dir: str | Path | None = None, local: ImageTensors | None = None,
-                  test: ImageTensors | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable)."""
+                  test: ImageTensors | None = None, eval_every: int = 10, progress: bool = True) -> dict[str, Any]:
+    """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable).
+
+    With `test`, test accuracy is recorded every `eval_every` epochs and after the last.
+    """
     store, out_dir = Path(store), Path(out_dir)
     meta = read_meta(store)
     info = store_info(meta)
@@ -167,7 +170,7 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
             bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", lr=f"{lr:.3g}")
         record = {"epoch": epoch + 1, "store_images": n, "loss": sums["loss"] / sums["seen"],
                   "train_accuracy": sums["correct"] / sums["seen"], "seconds": time.perf_counter() - t0}
-        if test is not None:
+        if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
             record["test_accuracy"] = accuracy(predict_logits(student, test, device), test.labels)
         history.append(record)
         log.info("student epoch %d/%d: %s", epoch + 1, cfg.epochs,
