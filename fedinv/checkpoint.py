@@ -104,7 +104,8 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
     state = raw.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: state_dict missing or not a dict of tensors")
-    ckpt = ModelCheckpoint(raw["format"], model, state, raw.get("label_counts"), raw.get("config") or {}, raw.get("seed"),
+    ckpt = ModelCheckpoint(raw["format"], model, state, raw.get("label_counts"), raw.get("config") or {},
+                           raw.get("seed"),
                            raw.get("metrics") or {}, raw.get("extra") or {}, raw.get("fedinv_version", "?"))
     if num_classes is not None and ckpt.num_classes != num_classes:
         raise CheckpointError(f"{path}: model has {ckpt.num_classes} classes, expected {num_classes}")

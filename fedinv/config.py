@@ -223,8 +223,9 @@ class StudentConfig:
                             "in the store), auto (teachers when given)", choices=("auto", "teachers", "soft-labels"))
     augment: bool = option(True, "random crop and (where the dataset allows) flip of the synthetic images")
     local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)")
-    adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student per "
-                                      "epoch and appended to the store (0 = off)")
+    adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student and "
+                                      "appended to the store every --adaptive-every epochs (0 = off)")
+    adaptive_every: int = option(1, "adaptive mode: epochs between rounds of new batches (first round at epoch 1)")
     buffer_batches: int = option(16, "store reading: batches read and shuffled together (memory bound)")
     precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
                             choices=("auto", "fp32", "bf16", "fp16"))
@@ -234,7 +235,7 @@ class StudentConfig:
     def __post_init__(self) -> None:
         for name in ("schedule", "kd_source", "precision"):
             _check_choice(self, name)
-        for name in ("epochs", "batch_size", "buffer_batches"):
+        for name in ("epochs", "batch_size", "buffer_batches", "adaptive_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("kd_weight", "ce_weight", "local_weight", "adaptive_batches"):

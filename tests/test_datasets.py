@@ -70,7 +70,8 @@ def test_imagefolder(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     cfg = DataConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=12)
     train, test = load_dataset(cfg, "train"), load_dataset(cfg, "test")
     assert train.images.shape == (8, 3, 12, 12) and test.images.shape == (4, 3, 12, 12)

@@ -46,7 +46,8 @@ def test_bn_stat_loss_by_hand():
     layer0 = math.sqrt(5) + 2.0
     layer1 = 0.0 + 1.0
     assert bn_stat_loss(means, variances, rmeans, rvars).item() == pytest.approx(layer0 + layer1)
-    assert bn_stat_loss(means, variances, rmeans, rvars, first_multiplier=10).item() == pytest.approx(10 * layer0 + layer1)
+    weighted = bn_stat_loss(means, variances, rmeans, rvars, first_multiplier=10)
+    assert weighted.item() == pytest.approx(10 * layer0 + layer1)
 
 
 def test_channel_stats_biased():

@@ -74,7 +74,7 @@ def test_student_learns_a_tiny_task_above_chance(tmp_path):
 def test_student_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
     real_store(tmp_path / "s.h5", n=300)
     cfg = StudentConfig(model="lenet5", epochs=3, batch_size=32, device="cpu", ce_weight=1.0)
-    straight = train_student(tmp_path / "s.h5", tmp_path / "a", cfg, progress=False)
+    train_student(tmp_path / "s.h5", tmp_path / "a", cfg, progress=False)
     import fedinv.student.train as st
     real_save = st.save_torch
 

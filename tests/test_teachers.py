@@ -98,7 +98,8 @@ def test_cli_errors_are_one_clear_line(tmp_path, args, message):
 
 def test_cli_unknown_model_and_scheme(tmp_path):
     runner = CliRunner()
-    runner.invoke(cli, ["partition", "--dataset", "synthetic-tiny", "--num-nodes", "2", "--out", str(tmp_path / "p.json")])
+    runner.invoke(cli, ["partition", "--dataset", "synthetic-tiny", "--num-nodes", "2",
+                        "--out", str(tmp_path / "p.json")])
     res = runner.invoke(cli, ["train-teachers", "--partition", str(tmp_path / "p.json"), "--out", str(tmp_path / "t"),
                               "--model", "resnet19"])
     assert res.exit_code == 2 and "unknown model 'resnet19'; known: bncnn, cnn1" in res.output

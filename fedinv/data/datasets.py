@@ -8,7 +8,6 @@ faster than a per-sample PIL pipeline and moves to the GPU as one copy.
 from __future__ import annotations
 
 import gzip
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from ..errors import ConfigError, DatasetNotFoundError, unknown
+from ..errors import DatasetNotFoundError, unknown
 
 # Where Debian's package `dataset-fashion-mnist` installs the IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -168,22 +167,29 @@ def _load_imagefolder(cfg: DataConfig, split: str) -> ImageTensors:
              for p in sorted((folder / name).iterdir()) if p.suffix.lower() in exts]
     if not files:
         raise DatasetNotFoundError(f"imagefolder: no images under {folder}")
-    opened = [Image.open(p) for p, _ in files]
-    mode = "L" if all(im.mode in ("L", "1", "I;16") for im in opened) else "RGB"
-    arrays = [np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR)) for im in opened]
+    grayscale = all(_image_mode(p) in ("L", "1", "I;16") for p in (root / "train").rglob("*")
+                    if p.suffix.lower() in exts)
+    mode = "L" if grayscale else "RGB"
+    arrays = []
+    for p, _ in files:  # one file open at a time
+        with Image.open(p) as im:
+            arrays.append(np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR)))
     images = torch.from_numpy(np.stack(arrays))
     images = images.unsqueeze(1) if mode == "L" else images.permute(0, 3, 1, 2)
     labels = torch.tensor([c for _, c in files], dtype=torch.long)
     # Normalization from the training images themselves (the test split reuses it).
-    train_dir = root / "train"
-    stats_src = images if split == "train" else None
-    if stats_src is None:
-        stats_src = _load_imagefolder(cfg, "train").images
-    x = stats_src.float().div(255)
+    x = (images if split == "train" else _load_imagefolder(cfg, "train").images).float().div(255)
     mean = tuple(round(v, 4) for v in x.mean(dim=(0, 2, 3)).tolist())
     std = tuple(round(max(v, 1e-3), 4) for v in x.std(dim=(0, 2, 3)).tolist())
-    info = DatasetInfo(f"imagefolder", len(classes), images.shape[1], size, mean, std, tuple(classes))
-    return ImageTensors(images.contiguous(), labels, info, split, str(train_dir.parent))
+    info = DatasetInfo("imagefolder", len(classes), images.shape[1], size, mean, std, tuple(classes))
+    return ImageTensors(images.contiguous(), labels, info, split, str(root))
+
+
+def _image_mode(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.mode
 
 
 def synthetic_tiny(split: str, seed: int = 1234) -> ImageTensors:

@@ -3,8 +3,9 @@
 Per step: a shuffled batch from the store (augmented), KD against the teacher ensemble (the
 teachers on the augmented batch, or the stored soft labels) and/or CE on the stored labels,
 plus, optionally, CE on a node's own real data. In adaptive mode, new batches are synthesized
-against the current student at the start of every epoch and appended to the store
-(one-shot-dataset-distillation.txt §III-A: an initial pool, then new batches per epoch).
+against the current student at the start of every `adaptive_every`-th epoch and appended to the
+store (one-shot-dataset-distillation.txt §III-A: an initial pool, then new batches per epoch; on a
+CPU a batch costs minutes, hence the spacing).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        if cfg.adaptive_batches:
+        if cfg.adaptive_batches and epoch % cfg.adaptive_every == 0:
             adaptive_round(store, teachers, student, cfg.adaptive_batches, device, progress)
         n = read_meta(store)["n_valid"]
         steps = math.ceil(n / cfg.batch_size)
