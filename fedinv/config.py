@@ -7,10 +7,8 @@ fills `--help`, and travels (as values) inside every artifact the stage writes.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigError
@@ -21,6 +19,12 @@ T = TypeVar("T")
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field with help text (and optional valid choices) for the CLI and docs."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _at_least(cfg: Any, minimum: int, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
 
 
 def _check_choice(cfg: Any, name: str) -> None:
@@ -56,14 +60,9 @@ class PartitionConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self, "scheme")
-        if self.num_nodes < 1:
-            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        _at_least(self, 1, "num_nodes", "min_size", "classes_per_node")
         if self.scheme == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"dirichlet alpha must be > 0, got {self.alpha}")
-        if self.min_size < 1:
-            raise ConfigError(f"min_size must be >= 1, got {self.min_size}")
-        if self.classes_per_node < 1:
-            raise ConfigError(f"classes_per_node must be >= 1, got {self.classes_per_node}")
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,7 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         for name in ("schedule", "precision"):
             _check_choice(self, name)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _at_least(self, 1, "epochs", "batch_size")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 
@@ -107,13 +104,6 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     if extra:
         raise ConfigError(f"unknown {cls.__name__} field(s) {sorted(extra)}; known: {', '.join(sorted(names))}")
     return cls(**values)
-
-
-def load_toml(path: str | Path, section: str, cls: type[T]) -> T:
-    """Read one `[section]` table of a TOML file into `cls`."""
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    return from_dict(cls, data.get(section, {}))
 
 
 _CLICK_TYPES: dict[Any, Any] = {int: int, float: float, str: str}
@@ -194,15 +184,10 @@ class SynthesisConfig:
     def __post_init__(self) -> None:
         for name in ("label_sampler", "precision", "batched"):
             _check_choice(self, name)
-        for name in ("num_images", "batch_size", "iterations"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.teachers_per_step < 0:
-            raise ConfigError(f"teachers_per_step must be >= 0, got {self.teachers_per_step}")
+        _at_least(self, 1, "num_images", "batch_size", "iterations")
+        _at_least(self, 0, "teachers_per_step", "jitter")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.jitter < 0:
-            raise ConfigError(f"jitter must be >= 0, got {self.jitter}")
 
 
 @dataclass(frozen=True)
@@ -235,12 +220,8 @@ class StudentConfig:
     def __post_init__(self) -> None:
         for name in ("schedule", "kd_source", "precision"):
             _check_choice(self, name)
-        for name in ("epochs", "batch_size", "buffer_batches", "adaptive_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("kd_weight", "ce_weight", "local_weight", "adaptive_batches"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _at_least(self, 1, "epochs", "batch_size", "buffer_batches", "adaptive_every")
+        _at_least(self, 0, "kd_weight", "ce_weight", "local_weight", "adaptive_batches")
         if self.kd_weight == 0 and self.ce_weight == 0 and self.local_weight == 0:
             raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
         if not self.temperature > 0:
