@@ -113,11 +113,16 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
         raise CheckpointError(f"{path}: model takes input {ckpt.image_shape}, expected {tuple(image_shape)}")
     if ckpt.label_counts is not None and len(ckpt.label_counts) != ckpt.num_classes:
         raise CheckpointError(f"{path}: {len(ckpt.label_counts)} label counts for {ckpt.num_classes} classes")
-    # Shapes are checked by building the model once: a mismatch is an error here, not later.
+    # Shapes are checked against the model built on the meta device (no memory, no init): a
+    # mismatch is an error here, not later, and callers build the real model once.
     try:
-        ckpt.build()
+        with torch.device("meta"):
+            expected = build_model(model["name"], model["in_channels"], model["num_classes"],
+                                   model["image_size"]).state_dict()
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from e
+    wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        raise CheckpointError(f"{path}: weights do not fit model {model['name']!r}: "
+                              f"missing, unexpected or mis-shaped: {', '.join(wrong[:5])}")
     return ckpt

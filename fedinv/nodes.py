@@ -162,18 +162,21 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
 
 
 def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path, *,
-                   nodes: Sequence[int] | None = None, progress: bool = True) -> dict[str, Any]:
+                   nodes: Sequence[int] | None = None, progress: bool = True,
+                   train: ImageTensors | None = None, test: ImageTensors | None = None) -> dict[str, Any]:
     """Train the teachers of `nodes` (default: all) and write `report.json` over every finished node.
 
     A node whose `node-K.pt` exists is skipped when it was trained with the same config and
-    partition; a different one is an error (use another output folder).
+    partition; a different one is an error (use another output folder). `train`/`test` are the
+    partition's dataset splits, loaded here unless given.
     """
     out_dir = Path(out_dir)
     nodes = list(range(partition.num_nodes)) if nodes is None else list(nodes)
     bad = [k for k in nodes if not 0 <= k < partition.num_nodes]
     if bad:
         raise ConfigError(f"node(s) {bad} out of range; the partition has nodes 0..{partition.num_nodes - 1}")
-    train, test = load_dataset(partition.data, "train"), load_dataset(partition.data, "test")
+    train = train if train is not None else load_dataset(partition.data, "train")  # callers that hold
+    test = test if test is not None else load_dataset(partition.data, "test")  # them pass them in
     if partition.num_classes != train.info.num_classes or max(int(i.max()) for i in partition.indices) >= len(train):
         raise ConfigError(f"the partition ({partition.num_classes} classes) does not fit dataset "
                           f"{train.info.name!r} ({len(train)} samples, {train.info.num_classes} classes)")

@@ -94,16 +94,17 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
         save_partition(part, train.labels.numpy(), manifest, train.info.class_names)
     lap("partition")
 
-    teacher_report = train_teachers(part, cfg.teachers, run / "teachers", progress=progress)
+    teacher_report = train_teachers(part, cfg.teachers, run / "teachers", progress=progress, train=train, test=test)
     lap("train_teachers")
     syn = synthesize(run / "teachers", run / "synthetic.h5", cfg.synthesis, resume=True, progress=progress)
     log.info("synthesis: %s", {k: syn[k] for k in ("batches", "n_valid")})
     lap("synthesize")
 
     student_report_path = run / "student" / "report.json"
-    if student_report_path.is_file() and json.loads(student_report_path.read_text())["config"] == to_dict(cfg.student):
+    done = json.loads(student_report_path.read_text()) if student_report_path.is_file() else None
+    if done is not None and done["config"] == to_dict(cfg.student):
         log.info("student: %s is complete, skipped", student_report_path)
-        student_report = json.loads(student_report_path.read_text())
+        student_report = done
     else:
         student_report = train_student(run / "synthetic.h5", run / "student", cfg.student,
                                        teachers_dir=run / "teachers", test=test, progress=progress)
