@@ -21,7 +21,8 @@ from .runtime import save_torch
 
 TEACHER = "fedinv.teacher"
 STUDENT = "fedinv.student"
-MODEL_KINDS = (TEACHER, STUDENT)
+GLOBAL = "fedinv.global"  # the global model of a multi-round run
+MODEL_KINDS = (TEACHER, STUDENT, GLOBAL)
 SCHEMA_VERSION = 1
 
 

@@ -7,8 +7,10 @@ fills `--help`, and travels (as values) inside every artifact the stage writes.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigError
@@ -138,6 +140,22 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
     return decorate
 
 
+def read_toml_tables(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Read a TOML file of tables named like the keys of `defaults` (config instances); each table
+    overrides fields of its default, and unknown tables or fields are errors naming the known ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    extra = set(data) - set(defaults)
+    if extra:
+        raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: {', '.join(defaults)}")
+    return {name: from_dict(type(d), {**to_dict(d), **data.get(name, {})}) for name, d in defaults.items()}
+
+
 def pick(cls: type[T], values: dict[str, Any]) -> T:
     """Build `cls` from the entries of `values` that are its fields (the rest are ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -207,6 +225,9 @@ class StudentConfig:
     kd_source: str = option("auto", "KD targets: teachers (ensemble on the augmented batch), soft-labels (stored "
                             "in the store), auto (teachers when given)", choices=("auto", "teachers", "soft-labels"))
     augment: bool = option(True, "random crop and (where the dataset allows) flip of the synthetic images")
+    mixup: bool = option(False, "mix each synthetic image with another of the batch (weight ~ U(0, 1)) before "
+                                "KD; the teachers label the mixed images, so the student is queried between "
+                                "the synthesized points (needs KD from the teachers and ce_weight 0)")
     local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)")
     adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student and "
                                       "appended to the store every --adaptive-every epochs (0 = off)")
@@ -226,3 +247,92 @@ class StudentConfig:
             raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.mixup and (self.ce_weight or self.kd_source == "soft-labels"):
+            raise ConfigError("mixup needs KD targets from the teachers (kd_source auto or teachers) and ce_weight 0: "
+                              "stored labels do not describe mixed images")
+
+
+ALGORITHMS = ("fedavg", "fedprox", "feddyn", "scaffold", "moon", "feddistill", "feddistill-query")
+SERVER_STEPS = ("none", "ftg", "feddf", "fedgen")
+
+
+@dataclass(frozen=True)
+class FederateConfig:
+    """Multi-round federated training (`fedinv federate`): the rounds, the nodes' local update, and
+    the algorithm's constants. Defaults follow the FedFTG reference code (DESIGN.md) where it has
+    one, scaled to a 2-core CPU (1 local epoch instead of 5)."""
+
+    algorithm: str = option("fedavg", "local update and aggregation: fedavg, fedprox (mu), feddyn (alpha), "
+                            "scaffold (control variates), moon (model-contrastive), feddistill (a personal "
+                            "model per node distills into the global copy), feddistill-query (the server "
+                            "distills the nodes' models on a held-out validation set instead of averaging)",
+                            choices=ALGORITHMS)
+    server: str = option("none", "server step after aggregation: none, ftg (FedFTG: generator + fine-tuning), "
+                         "feddf (ensemble distillation on generated images), fedgen (feature generator shared "
+                         "with the nodes)", choices=SERVER_STEPS)
+    model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
+    rounds: int = option(50, "communication rounds")
+    participation: float = option(0.5, "fraction of the nodes taking part in each round (at least one)")
+    local_epochs: int = option(1, "epochs over its split each participating node runs per round")
+    batch_size: int = option(50, "local minibatch size")
+    augment: bool = option(False, "random crop (and flip where the dataset allows) of the local batches")
+    lr: float = option(0.05, "local SGD learning rate")
+    lr_decay: float = option(0.998, "local learning rate multiplied by this every round")
+    momentum: float = option(0.0, "local SGD momentum (0: plain SGD, as SCAFFOLD and FedDyn assume)")
+    weight_decay: float = option(1e-3, "local SGD weight decay")
+    server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)")
+    mu: float = option(1e-4, "fedprox: weight of the proximal term (mu/2)||w - w_global||^2; "
+                             "moon: weight of the contrastive term (set 1 for MOON)")
+    feddyn_alpha: float = option(1e-2, "feddyn: the dynamic regularizer's alpha")
+    moon_temperature: float = option(0.5, "moon: temperature of the contrastive term")
+    distill_temperature: float = option(3.0, "feddistill: KD temperature of personal -> global copy, and of "
+                                             "the query variant's server distillation")
+    distill_weight: float = option(1.0, "feddistill: weight of the KD term beside CE")
+    personal_model: str = option("", "feddistill: the personal model's architecture (empty = --model)")
+    validation_size: int = option(5000, "feddistill-query: training samples held out for the server "
+                                        "(not given to any node)")
+    server_epochs: int = option(2, "feddistill-query: server distillation epochs over the validation set")
+    eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)")
+    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    seed: int = option(0, "random seed of initialization, node sampling and data order")
+
+    def __post_init__(self) -> None:
+        for name in ("algorithm", "server", "precision"):
+            _check_choice(self, name)
+        _at_least(self, 1, "rounds", "local_epochs", "batch_size", "eval_every", "server_epochs")
+        if not 0 < self.participation <= 1:
+            raise ConfigError(f"participation must be in (0, 1], got {self.participation}")
+        if not self.lr > 0 or not self.server_lr > 0:
+            raise ConfigError(f"lr and server_lr must be > 0, got {self.lr}, {self.server_lr}")
+        if self.algorithm == "feddyn" and not self.feddyn_alpha > 0:
+            raise ConfigError(f"feddyn_alpha must be > 0, got {self.feddyn_alpha}")
+        if self.algorithm == "feddistill-query" and self.server != "none":
+            raise ConfigError("feddistill-query replaces aggregation by distillation; server must be none")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The server's generator step (FedFTG, FedDF, FedGen). Defaults from the FedFTG reference code:
+    10 iterations per round of 1 generator step and 5 global-model steps, generator Adam 0.01,
+    global SGD 0.1, both decayed by 0.998 per round."""
+
+    iterations: int = option(10, "server iterations per round")
+    generator_steps: int = option(1, "generator updates per iteration")
+    model_steps: int = option(5, "global-model updates per iteration (ftg, feddf)")
+    batch_size: int = option(64, "generated samples per step")
+    nz: int = option(100, "noise dimension")
+    generator_lr: float = option(0.01, "generator Adam learning rate")
+    model_lr: float = option(0.1, "global-model SGD learning rate of the fine-tuning")
+    lr_decay: float = option(0.998, "both learning rates multiplied by this every round")
+    lambda_md: float = option(1.0, "ftg: weight of hard-sample mining (maximize KL(ensemble || global))")
+    lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
+    temperature: float = option(1.0, "KD temperature of the fine-tuning")
+    fedgen_weight: float = option(1.0, "fedgen: weight of the nodes' CE on generated features")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
+        _at_least(self, 0, "model_steps")
+        if not self.generator_lr > 0 or not self.model_lr > 0 or not self.temperature > 0:
+            raise ConfigError("generator_lr, model_lr and temperature must be > 0")

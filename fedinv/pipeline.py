@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, from_dict,
+from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, read_toml_tables,
                      to_dict)
 from .data.datasets import load_dataset
 from .data.partition import load_partition, make_partition, save_partition
@@ -49,17 +48,7 @@ class RunConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config {path} not found")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from e
-        extra = set(data) - set(SECTIONS)
-        if extra:
-            raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: {', '.join(SECTIONS)}")
-        return cls(**{name: from_dict(c, data.get(name, {})) for name, c in SECTIONS.items()})
+        return cls(**read_toml_tables(path, {name: c() for name, c in SECTIONS.items()}))
 
     def to_dict(self) -> dict[str, Any]:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}

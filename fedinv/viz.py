@@ -1,7 +1,8 @@
-"""Pictures: image grids (torchvision.utils), label counts per node and bar charts (Pillow)."""
+"""Pictures: image grids (torchvision.utils), label counts per node, bar charts and curves (Pillow)."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -133,4 +134,45 @@ def confusion_plot(cm: np.ndarray, class_names: Sequence[str], cell: int = 34) -
             draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=(shade, shade, 255), outline=(230, 230, 230))
             text = str(int(cm[i, j]))
             draw.text((x0 + 3, y0 + cell // 2 - 6), text, fill="white" if shares[i, j] > 0.5 else "black", font=font)
+    return img
+
+
+def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "", x_label: str = "round",
+              width: int = 560, height: int = 300) -> Image.Image:
+    """One polyline per entry of `curves` ({name: [(x, y), ...]}), axes scaled to the data, legend below."""
+    font = _font()
+    palette = ((66, 114, 196), (237, 125, 49), (112, 173, 71), (165, 165, 165), (255, 192, 0), (91, 155, 213),
+               (158, 72, 14), (99, 37, 110), (38, 68, 120), (200, 30, 30))
+    points = [p for c in curves.values() for p in c]
+    x_max = max((p[0] for p in points), default=1.0)
+    y_lo = min((p[1] for p in points), default=0.0)
+    y_lo, y_hi = math.floor(y_lo * 10) / 10, 1.0
+    left, top, right, bottom = 44, 28, 16, 40
+    legend_rows = (len(curves) + 2) // 3
+    img = Image.new("RGB", (width, top + height + bottom + 16 * legend_rows), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 6), title, fill="black", font=font)
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return (left + x / max(x_max, 1e-9) * (width - left - right),
+                top + height - (y - y_lo) / max(y_hi - y_lo, 1e-9) * height)
+
+    for i in range(6):
+        tick = y_lo + (y_hi - y_lo) * i / 5
+        _, y = xy(0, tick)
+        draw.line((left, y, width - right, y), fill=(225, 225, 225))
+        draw.text((2, y - 6), f"{tick:.2f}", fill="black", font=font)
+    draw.text((width - right - 6 * len(f"{x_label} {x_max:g}"), top + height + 4), f"{x_label} {x_max:g}",
+              fill="black", font=font)
+    draw.text((left, top + height + 4), "0", fill="black", font=font)
+    for i, (name, curve) in enumerate(curves.items()):
+        color = palette[i % len(palette)]
+        pts = [xy(x, y) for x, y in curve]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        elif pts:
+            draw.ellipse((pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2), fill=color)
+        lx, ly = left + (i % 3) * 170, top + height + 22 + (i // 3) * 16
+        draw.rectangle((lx, ly + 2, lx + 10, ly + 12), fill=color)
+        draw.text((lx + 14, ly), name, fill="black", font=font)
     return img

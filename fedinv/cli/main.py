@@ -9,6 +9,7 @@ import click
 
 from .. import __version__
 from ..errors import FedinvError
+from .federate import federate_cmd, federate_report_cmd
 from .partition import partition_cmd, models_cmd
 from .run import run_cmd
 from .student import evaluate_cmd, train_student_cmd
@@ -36,7 +37,9 @@ def cli(verbose: int, quiet: bool) -> None:
     """fedinv: one-shot, data-free federated learning.
 
     Pipeline: partition -> train-teachers -> synthesize -> train-student -> evaluate;
-    `fedinv run CONFIG.toml` runs it all in one run folder.
+    `fedinv run CONFIG.toml` runs it all in one run folder. Multi-round mode (FedAvg, FedProx,
+    FedDyn, SCAFFOLD, MOON, FedDistill, with FedFTG / FedDF / FedGen server steps):
+    `fedinv federate CONFIG.toml`.
     """
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -51,6 +54,8 @@ cli.add_command(audit_cmd)
 cli.add_command(train_student_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(run_cmd)
+cli.add_command(federate_cmd)
+cli.add_command(federate_report_cmd)
 
 
 def main() -> None:

@@ -33,3 +33,54 @@ def weighted_average(states: Sequence[dict[str, torch.Tensor]], weights: Sequenc
         else:
             out[k] = torch.stack([s[k] for s in states]).max(0).values
     return out
+
+
+def server_step(global_state: dict[str, torch.Tensor], average: dict[str, torch.Tensor],
+                server_lr: float = 1.0) -> dict[str, torch.Tensor]:
+    """w_global + server_lr * (average - w_global) on floating tensors; buffers that count
+    (integers) are taken from `average`. server_lr = 1 is plain FedAvg."""
+    out = {}
+    for k, avg in average.items():
+        g = global_state[k]
+        out[k] = (g.double() + server_lr * (avg.double() - g.double())).to(g.dtype) if g.is_floating_point() else avg
+    return out
+
+
+def feddyn_aggregate(global_state: dict[str, torch.Tensor], states: Sequence[dict[str, torch.Tensor]],
+                     weights: Sequence[float], h: dict[str, torch.Tensor], alpha: float,
+                     num_nodes: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """FedDyn's server (Acar et al. 2021, Algorithm 1), for the parameters named in `h`:
+
+        h     <- h - alpha * (|P| / N) * sum_k w_k (theta_k - theta_global)
+        theta <- sum_k w_k theta_k - h / alpha
+
+    with w the normalized `weights` over the participants P (uniform w gives the paper's
+    (1/N) sum). Tensors not in `h` (BN buffers) are averaged. Returns (new global state, new h).
+    """
+    avg = weighted_average(states, weights)
+    frac = len(states) / num_nodes
+    new_h, out = {}, dict(avg)
+    for k, hk in h.items():
+        drift = avg[k].double() - global_state[k].double()
+        new_h[k] = (hk.double() - alpha * frac * drift).to(hk.dtype)
+        out[k] = (avg[k].double() - new_h[k].double() / alpha).to(avg[k].dtype)
+    return out, new_h
+
+
+def scaffold_aggregate(global_state: dict[str, torch.Tensor], states: Sequence[dict[str, torch.Tensor]],
+                       weights: Sequence[float], c: dict[str, torch.Tensor],
+                       delta_cs: Sequence[dict[str, torch.Tensor]], num_nodes: int,
+                       server_lr: float = 1.0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """SCAFFOLD's server (Karimireddy et al. 2020, Algorithm 1, lines 16-17):
+
+        x <- x + server_lr * (weighted mean of the participants' models - x)
+        c <- c + (|S| / N) * mean_i delta_c_i
+
+    so that c stays the mean of all N nodes' control variates. Returns (new global, new c).
+    """
+    if len(delta_cs) != len(states):
+        raise ValueError(f"{len(states)} states but {len(delta_cs)} control-variate updates")
+    new_global = server_step(global_state, weighted_average(states, weights), server_lr)
+    new_c = {k: (ck.double() + sum(d[k].double() for d in delta_cs) / num_nodes).to(ck.dtype)
+             for k, ck in c.items()}
+    return new_global, new_c

@@ -94,6 +94,13 @@ def adaptive_round(store: Path, teachers: Teachers, student: nn.Module, count: i
     return n
 
 
+def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """x [B, C, H, W] -> lam * x + (1 - lam) * x[perm], lam ~ U(0, 1) per image, perm a shuffle."""
+    lam = torch.rand(len(x), 1, 1, 1, generator=gen).to(x.device, x.dtype)
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    return lam * x + (1 - lam) * x[perm]
+
+
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                   teachers_dir: str | Path | None = None, local: ImageTensors | None = None,
                   test: ImageTensors | None = None, eval_every: int = 10, progress: bool = True) -> dict[str, Any]:
@@ -109,6 +116,8 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
     source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")
     if (source == "teachers" or cfg.adaptive_batches) and teachers_dir is None:
         raise ConfigError("KD from the teachers and adaptive mode need --teachers")
+    if cfg.mixup and source != "teachers":
+        raise ConfigError("mixup needs KD from the teachers: give --teachers")
     if cfg.local_weight and local is None:
         raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
     teachers = load_teacher_set(teachers_dir, device) if teachers_dir else None
@@ -151,6 +160,8 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
             if cfg.augment:
                 x = random_crop_flip(x, pad, info.hflip, gen)
             x, y = normalize(x, info), yb.to(device)
+            if cfg.mixup:
+                x = mix_pairs(x, gen)
             with autocast(device, amp_dtype):
                 if source == "teachers":
                     targets = teachers.set.ensemble_probs(x).clamp_min(1e-8).log()

@@ -1,0 +1,50 @@
+"""`fedinv federate` and `fedinv federate-report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..federated.report import compare, load_run
+from ..federated.rounds import FederatedRunConfig, federate
+from ..runtime import save_json
+
+
+@click.command("federate")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="run folder (default: runs/<config file name>)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last finished round")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
+def federate_cmd(config: Path, out: Path | None, resume: bool, progress: bool) -> None:
+    """Multi-round federated training from a TOML CONFIG.
+
+    CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
+    scaffold, moon, feddistill, feddistill-query; server: none, ftg, feddf, fedgen; rounds,
+    participation, local epochs, learning rates, ...) and [generator] (the server step's
+    settings). Every field and its default: `FederateConfig` and `GeneratorConfig` in
+    fedinv/config.py, and assets/configs/fmnist-rounds.toml. Writes OUT/metrics.jsonl (a line per
+    round), OUT/checkpoint.pt (every round), and at the end OUT/global.pt and OUT/report.json.
+    """
+    cfg = FederatedRunConfig.from_toml(config)
+    report = federate(cfg, out or Path("runs") / config.stem, resume=resume, progress=progress)
+    click.echo(json.dumps({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
+
+
+@click.command("federate-report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="folder for table.md, accuracy.png and summary.json")
+@click.option("--target", "targets", type=float, multiple=True, default=(0.8, 0.85), show_default=True,
+              help="test accuracy targets for the rounds-to-target columns (repeatable)")
+def federate_report_cmd(runs: tuple[Path, ...], out: Path, targets: tuple[float, ...]) -> None:
+    """Compare `fedinv federate` RUNS: rounds to each target accuracy, final accuracy, wall time per
+    round and the server step's share of it, and an accuracy-vs-round plot (one curve per run)."""
+    rows, table, plot = compare([load_run(r) for r in runs], targets)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table)
+    plot.save(out / "accuracy.png")
+    save_json({"runs": [str(r) for r in runs], "targets": list(targets), "rows": rows}, out / "summary.json")
+    click.echo(table)

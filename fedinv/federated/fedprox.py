@@ -1,0 +1,29 @@
+"""FedProx (Li et al. 2020): FedAvg with the proximal term (mu / 2) ||w - w_global||^2 locally."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .fedavg import FedAvg
+from .local import LocalContext, cross_entropy_objective
+
+
+def proximal_term(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum over parameters of ||p - anchor||^2 (a pure function of tensors)."""
+    return sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
+
+
+class FedProx(FedAvg):
+    name = "fedprox"
+
+    def objective(self, ctx: LocalContext) -> Callable:
+        anchor = {k: v.to(ctx.device) for k, v in ctx.global_state.items()}
+        mu = self.cfg.mu
+
+        def objective(model, x, y):
+            out = cross_entropy_objective(model, x, y)
+            prox = proximal_term(dict(model.named_parameters()), anchor)
+            return {**out, "loss": out["loss"] + mu / 2 * prox, "prox": prox.detach()}
+        return objective

@@ -1,0 +1,165 @@
+"""FedFTG's server step (fedftg-*.txt), and FedDF's as its plain special case.
+
+After aggregation, per round: `iterations` times, train the conditional generator
+`generator_steps` times on
+
+    fidelity  CE(class-level ensemble of the round's local models (G(z, y)), y)
+  - lambda_md  KL(ensemble || global)      (hard-sample mining: seek where they disagree)
+  + lambda_div diversity(z, G(z, y)) / M   (M local models)
+
+with labels y drawn in proportion to the participants' class counts (customized label
+sampling); then take `model_steps` SGD steps of the global model on KL(ensemble || global) over
+fresh generated samples. FedDF: the plain mean ensemble, uniform labels, no hard-sample mining.
+The generator and its Adam state persist from round to round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import FederateConfig, GeneratorConfig
+from ..data.datasets import DatasetInfo
+from ..evaluate import class_shares
+from ..inversion.generator import ImageGenerator, to_model_input
+from ..runtime import generator as rng
+from ..student.distill import kd_loss
+from .local import RoundInfo, State, cpu_state
+
+
+def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """[M, B, K] logits of M local models, [M, K] class shares (columns sum to 1) -> [B, K]:
+    each model's logit for class k weighted by its share of class k (FedFTG's class-level ensemble)."""
+    return (logits * shares.to(logits.dtype)[:, None, :]).sum(0)
+
+
+def label_distribution(label_counts: torch.Tensor) -> torch.Tensor:
+    """[M, K] counts -> [K]: customized label sampling, p(y) proportional to the participants'
+    total count of y. A class nobody holds is never drawn."""
+    total = label_counts.double().sum(0)
+    return (total / total.sum()).float()
+
+
+def diversity_loss(noise: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """exp(-mean_ij ||z_i - z_j||^2_mean * |G_i - G_j|_mean): small when samples from distant
+    noises are far apart (FedGen's and FedFTG's diversity term). noise [B, nz], output [B, ...]."""
+    out = output.flatten(1)
+    noise_dist = (noise[:, None, :] - noise[None, :, :]).pow(2).mean(-1)
+    out_dist = (out[:, None, :] - out[None, :, :]).abs().mean(-1)
+    return torch.exp(-(noise_dist * out_dist).mean())
+
+
+def generator_objective(ensemble: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+                        output: torch.Tensor, *, lambda_md: float, lambda_div: float,
+                        num_models: int) -> dict[str, torch.Tensor]:
+    """The generator's loss and its named parts (all [B]-means)."""
+    fidelity = F.cross_entropy(ensemble, y)
+    md = F.kl_div(F.log_softmax(global_logits, 1), F.log_softmax(ensemble, 1), reduction="batchmean",
+                  log_target=True)
+    div = diversity_loss(noise, output)
+    loss = fidelity - lambda_md * md + lambda_div * div / num_models
+    return {"loss": loss, "fidelity": fidelity.detach(), "hard_mining": md.detach(), "diversity": div.detach()}
+
+
+@dataclass
+class ServerModels:
+    """The round's frozen local models and how to weigh them."""
+
+    models: list[nn.Module]
+    shares: torch.Tensor  # [M, K]
+    label_p: torch.Tensor  # [K]
+
+    def ensemble(self, x: torch.Tensor) -> torch.Tensor:
+        return class_level_logits(torch.stack([m(x) for m in self.models]), self.shares)
+
+
+class GeneratorServer:
+    """The ftg / feddf server step, with its generator state kept in the round checkpoint."""
+
+    def __init__(self, kind: str, cfg: FederateConfig, gcfg: GeneratorConfig, info: DatasetInfo):
+        if kind not in ("ftg", "feddf"):
+            raise ValueError(f"unknown generator server step {kind!r}; known: ftg, feddf")
+        self.kind, self.cfg, self.gcfg, self.info = kind, cfg, gcfg, info
+
+    def new_generator(self) -> ImageGenerator:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng(self.cfg.seed, 8).initial_seed())
+            return ImageGenerator(self.gcfg.nz, self.info.num_classes, self.info.channels, self.info.image_size)
+
+    def init_state(self) -> dict[str, Any]:
+        g = self.new_generator()
+        opt = torch.optim.Adam(g.parameters(), lr=self.gcfg.generator_lr)
+        return {"generator": g.state_dict(), "optimizer": opt.state_dict()}
+
+    def server_models(self, build, local_states: Sequence[State], label_counts: torch.Tensor,
+                      device: torch.device) -> ServerModels:
+        models = []
+        for s in local_states:
+            m = build()
+            m.load_state_dict(s)
+            models.append(m.to(device).eval().requires_grad_(False))
+        m = len(models)
+        if self.kind == "ftg":
+            shares, p = class_shares(label_counts).float(), label_distribution(label_counts)
+        else:
+            k = self.info.num_classes
+            shares, p = torch.full((m, k), 1.0 / m), torch.full((k,), 1.0 / k)
+        return ServerModels(models, shares.to(device), p)
+
+    def step(self, build, global_state: State, local_states: Sequence[State], label_counts: torch.Tensor,
+             state: dict[str, Any], rnd: RoundInfo) -> tuple[State, dict[str, Any], dict[str, float]]:
+        """One round's server step; returns (new global state, new generator state, metrics)."""
+        g, device, gcfg = self.new_generator(), rnd.device, self.gcfg
+        g.load_state_dict(state["generator"])
+        g.to(device).train()
+        g_opt = torch.optim.Adam(g.parameters(), lr=gcfg.generator_lr)
+        g_opt.load_state_dict(state["optimizer"])
+        decay = gcfg.lr_decay ** rnd.round
+        for group in g_opt.param_groups:
+            group["lr"] = gcfg.generator_lr * decay
+        model = build()
+        model.load_state_dict(global_state)
+        # BN of the global model stays in eval mode: generated batches must not overwrite the
+        # running statistics aggregated from real data; its affine parameters still learn.
+        model.to(device).eval()
+        m_opt = torch.optim.SGD(model.parameters(), lr=gcfg.model_lr * decay)
+        server = self.server_models(build, local_states, label_counts, device)
+        lambda_md = gcfg.lambda_md if self.kind == "ftg" else 0.0
+        sums: dict[str, float] = {}
+
+        def sample() -> tuple[torch.Tensor, torch.Tensor]:
+            y = torch.multinomial(server.label_p, gcfg.batch_size, replacement=True, generator=rnd.gen)
+            z = torch.randn(gcfg.batch_size, gcfg.nz, generator=rnd.gen)
+            return z.to(device), y.to(device)
+
+        for _ in range(gcfg.iterations):
+            model.requires_grad_(False)
+            for _ in range(gcfg.generator_steps):
+                z, y = sample()
+                out = g(z, y)
+                x = to_model_input(out, self.info)
+                parts = generator_objective(server.ensemble(x), model(x), y, z, out, lambda_md=lambda_md,
+                                            lambda_div=gcfg.lambda_div, num_models=len(server.models))
+                g_opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                g_opt.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            model.requires_grad_(True)
+            for _ in range(gcfg.model_steps):
+                z, y = sample()
+                with torch.no_grad():
+                    x = to_model_input(g(z, y), self.info)
+                    target = server.ensemble(x)
+                loss = kd_loss(model(x), target, gcfg.temperature)
+                m_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                m_opt.step()
+                sums["distill"] = sums.get("distill", 0.0) + loss.item()
+        n_g, n_m = gcfg.iterations * gcfg.generator_steps, max(gcfg.iterations * gcfg.model_steps, 1)
+        metrics = {f"server_{k}": v / (n_m if k == "distill" else n_g) for k, v in sums.items()}
+        return cpu_state(model), {"generator": cpu_state(g), "optimizer": g_opt.state_dict()}, metrics

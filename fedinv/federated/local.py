@@ -1,0 +1,147 @@
+"""What every local update shares: the context a node trains in, its result, and the SGD loop.
+
+An algorithm (one file each: fedavg, fedprox, feddyn, scaffold, moon, feddistill) supplies the
+objective of a batch, optionally a gradient correction, and the state it keeps per node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import FederateConfig
+from ..data.batches import batches
+from ..data.datasets import ImageTensors
+from ..models import build_model
+from ..runtime import autocast, generator
+
+State = dict[str, torch.Tensor]
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclass
+class LocalContext:
+    """Everything a node's update may read. Tensors of states live on the CPU."""
+
+    node: int
+    round: int
+    data: ImageTensors
+    global_state: State
+    node_state: dict[str, Any]  # what this node kept from earlier rounds ({} at first)
+    broadcast: dict[str, Any]  # what the server sends beside the model (SCAFFOLD's c, FedGen's generator)
+    lr: float
+    cfg: FederateConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    gen: torch.Generator  # data order of this node in this round
+    label_counts: torch.Tensor  # [K] of this node
+    extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None  # FedGen's term, given (model, batch size)
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What the server's aggregation and server step may read about the round."""
+
+    round: int
+    num_nodes: int
+    device: torch.device
+    gen: torch.Generator  # the server's random stream of this round
+
+
+@dataclass
+class LocalResult:
+    state: State  # the node's model after the update (CPU)
+    num_samples: int
+    node_state: dict[str, Any] = field(default_factory=dict)
+    upload: dict[str, Any] = field(default_factory=dict)  # extra to the server (SCAFFOLD's delta c)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def cpu_state(model: nn.Module) -> State:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def param_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters()]
+
+
+def cross_entropy_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    logits = model(x)
+    return {"loss": nn.functional.cross_entropy(logits, y), "correct": (logits.argmax(1) == y).sum(), "logits": logits}
+
+
+def local_sgd(model: nn.Module, ctx: LocalContext, objective: Objective,
+              correct_grads: Callable[[], None] | None = None) -> dict[str, float]:
+    """`cfg.local_epochs` of SGD over the node's data; returns mean loss, accuracy and steps.
+
+    `correct_grads` runs after backward and before the step (SCAFFOLD adds c - c_i there).
+    """
+    cfg = ctx.cfg
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=ctx.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp_dtype == torch.float16 else None
+    loss_sum = correct = seen = steps = 0.0
+    for _ in range(cfg.local_epochs):
+        for x, y in batches(ctx.data, cfg.batch_size, device=ctx.device, generator=ctx.gen, shuffle=True,
+                            augment=cfg.augment):
+            with autocast(ctx.device, ctx.amp_dtype):
+                out = objective(model, x, y)
+                if ctx.extra_loss is not None:
+                    out = {**out, "loss": out["loss"] + ctx.extra_loss(model, len(y))}
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(out["loss"]).backward()
+                scaler.unscale_(opt)
+                if correct_grads is not None:
+                    correct_grads()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                out["loss"].backward()
+                if correct_grads is not None:
+                    correct_grads()
+                opt.step()
+            steps += 1
+            loss_sum += out["loss"].item() * len(y)
+            correct += out["correct"].item() if "correct" in out else 0
+            seen += len(y)
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"node {ctx.node}, round {ctx.round}: the local loss diverged; lower --lr")
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": steps}
+
+
+def load_global(build: Callable[[], nn.Module], ctx: LocalContext) -> nn.Module:
+    """A fresh model holding the global weights, on the node's device."""
+    model = build()
+    model.load_state_dict(ctx.global_state)
+    return model.to(ctx.device)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The model's last linear layer (its classifier head)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer to serve as the head")
+    return linears[-1]
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input of the head [B, D], logits [B, K]) in one forward pass."""
+    seen: list[torch.Tensor] = []
+    handle = head_of(model).register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return seen[-1].flatten(1), logits
+
+
+def seeded_model(name: str, info: "DatasetInfo", seed: int, *parts: int) -> nn.Module:  # noqa: F821
+    """Registry model `name` initialized from (seed, *parts) without touching torch's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(generator(seed, *parts).initial_seed())
+        return build_model(name, info.channels, info.num_classes, info.image_size)

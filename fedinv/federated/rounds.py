@@ -1,0 +1,238 @@
+"""`fedinv federate`: the multi-round loop, resumable round by round.
+
+Per round: sample the participating nodes, run the algorithm's local update on each, aggregate,
+run the server step (FedFTG / FedDF / FedGen) if any, evaluate every k rounds, append the round's
+metrics to metrics.jsonl and checkpoint everything (global model, server state, every node's
+kept state). Every random draw comes from (seed, what, round, node), so a run resumed from its
+checkpoint ends with the same model as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoint import GLOBAL, ModelCheckpoint, model_spec, save_checkpoint
+from ..config import DataConfig, FederateConfig, GeneratorConfig, PartitionConfig, read_toml_tables, to_dict
+from ..data.datasets import ImageTensors, load_dataset
+from ..data.partition import make_partition, save_partition
+from ..errors import ConfigError
+from ..evaluate import accuracy, per_class_accuracy, predict_logits
+from ..runtime import atomic_path, generator, resolve_device, resolve_precision, save_json, save_torch
+from .feddistill import FedDistill, FedDistillQuery
+from .feddyn import FedDyn
+from .fedavg import FedAvg
+from .fedgen import FedGenServer, feature_dim
+from .fedprox import FedProx
+from .ftg import GeneratorServer
+from .local import LocalContext, RoundInfo, param_names, seeded_model
+from .moon import Moon
+from .scaffold import Scaffold
+
+log = logging.getLogger(__name__)
+
+ALGORITHM_CLASSES: dict[str, type[FedAvg]] = {c.name: c for c in (FedAvg, FedProx, FedDyn, Scaffold, Moon,
+                                                                   FedDistill, FedDistillQuery)}
+SECTIONS = {"data": DataConfig, "partition": PartitionConfig, "federate": FederateConfig,
+            "generator": GeneratorConfig}
+# Fields that change where a run computes, not what it computes: a resume may change them.
+_RUNTIME_FIELDS = {"federate": ("device", "eval_every")}
+
+
+@dataclass(frozen=True)
+class FederatedRunConfig:
+    """A multi-round run: TOML tables [data], [partition], [federate], [generator]; each may set
+    any field of its config and leaves the rest at their defaults."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=lambda: PartitionConfig(num_nodes=10, alpha=0.3))
+    federate: FederateConfig = field(default_factory=FederateConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "FederatedRunConfig":
+        default = cls()
+        return cls(**read_toml_tables(path, {name: getattr(default, name) for name in SECTIONS}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: to_dict(getattr(self, name)) for name in SECTIONS}
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    return {s: {k: v for k, v in fields.items() if k not in _RUNTIME_FIELDS.get(s, ())} for s, fields in d.items()}
+
+
+def split_validation(train: ImageTensors, size: int, seed: int) -> tuple[ImageTensors, ImageTensors]:
+    """(the nodes' pool, the server's held-out validation set) for feddistill-query."""
+    if not 0 < size < len(train):
+        raise ConfigError(f"validation_size must be in 1..{len(train) - 1}, got {size}")
+    order = torch.randperm(len(train), generator=generator(seed, 9))
+    return train.subset(order[size:].sort().values), train.subset(order[:size].sort().values)
+
+
+def participants(num_nodes: int, fraction: float, seed: int, rnd: int) -> list[int]:
+    """The nodes of round `rnd`: max(1, round(fraction * N)) of N, drawn from (seed, round)."""
+    m = max(1, int(round(fraction * num_nodes)))
+    return sorted(torch.randperm(num_nodes, generator=generator(seed, 3, rnd))[:m].tolist())
+
+
+def rounds_to_target(history: list[dict[str, Any]], target: float) -> int | None:
+    """The first round (1-based) whose evaluated accuracy reaches `target`, or None."""
+    for row in history:
+        if row.get("test_accuracy") is not None and row["test_accuracy"] >= target:
+            return row["round"]
+    return None
+
+
+def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+             train: ImageTensors | None = None, test: ImageTensors | None = None,
+             stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or with `resume`, continue) a multi-round run in `out_dir`; returns the report.
+
+    `stop_after` ends the call after that many rounds in all (the run can be resumed), for
+    tests and for splitting a long run over sessions.
+    """
+    out = Path(out_dir)
+    fc, gcfg = cfg.federate, cfg.generator
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not resume:
+        raise ConfigError(f"{out} already holds a run ({ckpt_path}); pass --resume to continue it, "
+                          f"or use another --out folder")
+    device = resolve_device(fc.device)
+    amp_dtype = resolve_precision(fc.precision, device)
+    train = train if train is not None else load_dataset(cfg.data, "train")
+    test = test if test is not None else load_dataset(cfg.data, "test")
+    info = train.info
+
+    pool, validation = train, None
+    if fc.algorithm == "feddistill-query":
+        pool, validation = split_validation(train, fc.validation_size, fc.seed)
+    part = make_partition(pool.labels.numpy(), info.num_classes, cfg.partition, cfg.data)
+    counts = torch.from_numpy(part.label_counts(pool.labels.numpy()))
+    splits = [pool.subset(idx) for idx in part.indices]
+    num_nodes = part.num_nodes
+
+    algo = (FedDistillQuery(fc, info, validation) if fc.algorithm == "feddistill-query"
+            else ALGORITHM_CLASSES[fc.algorithm](fc, info))
+    global_model = seeded_model(fc.model, info, fc.seed, 6)
+    server_step = None
+    if fc.server in ("ftg", "feddf"):
+        server_step = GeneratorServer(fc.server, fc, gcfg, info)
+    elif fc.server == "fedgen":
+        server_step = FedGenServer(fc, gcfg, info, feature_dim(global_model))
+
+    start, history = 0, []
+    global_state = {k: v.clone() for k, v in global_model.state_dict().items()}
+    server_state = algo.init_server(global_state, param_names(global_model))
+    if server_step is not None:
+        server_state["server_step"] = server_step.init_state()
+    node_states: dict[int, dict[str, Any]] = {}
+    if ckpt_path.exists():
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        same = _comparable(saved["config"]) == _comparable(cfg.to_dict())
+        if not same or saved["partition_sha256"] != part.content_hash():
+            raise ConfigError(f"{ckpt_path} was made with another config or partition; use another --out folder")
+        start, history = saved["round"], saved["history"]
+        global_state, server_state = saved["global"], saved["server"]
+        node_states = {int(k): v for k, v in saved["nodes"].items()}
+        log.info("resuming %s after round %d of %d", out, start, fc.rounds)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        save_partition(part, pool.labels.numpy(), out / "partition.json", info.class_names)
+        save_json(cfg.to_dict(), out / "config.json")
+
+    end = fc.rounds if stop_after is None else min(fc.rounds, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=fc.rounds, desc=f"{fc.algorithm}"
+               f"{'+' + fc.server if fc.server != 'none' else ''}", unit="round", disable=not progress)
+    for rnd in bar:
+        t0 = time.perf_counter()
+        who = participants(num_nodes, fc.participation, fc.seed, rnd)
+        lr = fc.lr * fc.lr_decay ** rnd
+        broadcast = algo.broadcast(server_state)
+        results = []
+        for k in who:
+            gen = generator(fc.seed, 4, rnd, k)
+            extra = (server_step.node_loss(server_state["server_step"], device, gen)
+                     if isinstance(server_step, FedGenServer) else None)
+            ctx = LocalContext(node=k, round=rnd, data=splits[k], global_state=global_state,
+                               node_state=node_states.get(k, {}), broadcast=broadcast, lr=lr, cfg=fc, device=device,
+                               amp_dtype=amp_dtype, gen=gen, label_counts=counts[k], extra_loss=extra)
+            res = algo.local_update(ctx)
+            if res.node_state:
+                node_states[k] = res.node_state
+            results.append(res)
+        info_r = RoundInfo(rnd, num_nodes, device, generator(fc.seed, 5, rnd))
+        global_state, server_state = algo.aggregate(global_state, results, server_state, info_r)
+        t_local = time.perf_counter() - t0
+        row: dict[str, Any] = {"round": rnd + 1, "nodes": who, "lr": lr,
+                               "local_loss": float(np.mean([r.metrics["loss"] for r in results])),
+                               "local_accuracy": float(np.mean([r.metrics["accuracy"] for r in results]))}
+        if server_step is not None:
+            t1 = time.perf_counter()
+            global_state, server_state["server_step"], metrics = server_step.step(
+                algo.build, global_state, [r.state for r in results], counts[who], server_state["server_step"],
+                info_r)
+            row.update(metrics, server_seconds=time.perf_counter() - t1)
+        row["seconds"] = time.perf_counter() - t0
+        row["local_seconds"] = t_local
+        if (rnd + 1) % fc.eval_every == 0 or rnd + 1 == fc.rounds:
+            model = algo.build()
+            model.load_state_dict(global_state)
+            row["test_accuracy"] = accuracy(predict_logits(model.to(device), test, device), test.labels)
+            row.update(algo.evaluate_nodes(node_states, test, device))
+            bar.set_postfix(acc=f"{row['test_accuracy']:.4f}")
+        history.append(row)
+        log.info("round %d/%d: %s", rnd + 1, fc.rounds, row)
+        save_torch({"format": "fedinv.federated-run", "fedinv_version": __version__, "round": rnd + 1,
+                    "config": cfg.to_dict(), "seed": fc.seed, "partition_sha256": part.content_hash(),
+                    "global": global_state, "server": server_state,
+                    "nodes": {str(k): v for k, v in node_states.items()}, "history": history}, ckpt_path)
+        with atomic_path(out / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+
+    done = len(history) == fc.rounds
+    report = round_report(cfg, history, done)
+    if done:
+        model = algo.build()
+        model.load_state_dict(global_state)
+        logits = predict_logits(model.to(device), test, device)
+        report["per_class_accuracy"] = per_class_accuracy(logits, test.labels, info.num_classes)
+        save_checkpoint(ModelCheckpoint(GLOBAL, model_spec(fc.model, info.channels, info.num_classes, info.image_size),
+                                        {k: v.detach().cpu() for k, v in global_state.items()},
+                                        config=cfg.to_dict(), seed=fc.seed,
+                                        metrics={"test_accuracy": report["final_accuracy"]},
+                                        extra={"dataset": info.name, "rounds": fc.rounds,
+                                               "partition_sha256": part.content_hash()}), out / "global.pt")
+        save_json(report, out / "report.json")
+    return report
+
+
+def round_report(cfg: FederatedRunConfig, history: list[dict[str, Any]], done: bool,
+                 targets: tuple[float, ...] = (0.8, 0.85)) -> dict[str, Any]:
+    """Final accuracy, rounds to each target, mean wall time per round (and of its server step)."""
+    fc = cfg.federate
+    evaluated = [r for r in history if r.get("test_accuracy") is not None]
+    server = [r["server_seconds"] for r in history if "server_seconds" in r]
+    report: dict[str, Any] = {
+        "fedinv_version": __version__, "config": cfg.to_dict(), "seed": fc.seed, "complete": done,
+        "method": fc.algorithm + ("" if fc.server == "none" else "+" + fc.server),
+        "rounds": len(history), "final_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
+        "best_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
+        "seconds_per_round": float(np.mean([r["seconds"] for r in history])) if history else None,
+        "server_seconds_per_round": float(np.mean(server)) if server else None,
+    }
+    for t in targets:
+        report[f"rounds_to_{round(t * 100)}"] = rounds_to_target(history, t)
+    if evaluated and "personal_accuracy" in evaluated[-1]:
+        report["personal_accuracy"] = evaluated[-1]["personal_accuracy"]
+    report["history"] = history
+    return report

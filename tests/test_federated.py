@@ -1,0 +1,193 @@
+"""Multi-round mode: aggregation rules against hand computations, the FedFTG pieces against
+hand-built counts, two rounds of every method on synthetic-tiny, and resume after a stop."""
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedinv.cli.main import cli
+from fedinv.config import DataConfig, FederateConfig, GeneratorConfig, PartitionConfig
+from fedinv.errors import ConfigError
+from fedinv.federated.aggregate import feddyn_aggregate, scaffold_aggregate, server_step
+from fedinv.federated.fedprox import proximal_term
+from fedinv.federated.ftg import class_level_logits, diversity_loss, generator_objective, label_distribution
+from fedinv.federated.moon import contrastive_loss
+from fedinv.federated.rounds import FederatedRunConfig, federate, participants, rounds_to_target
+from fedinv.federated.scaffold import scaffold_control_update
+from fedinv.inversion.generator import FeatureGenerator, ImageGenerator
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def test_server_step_moves_by_the_server_lr():
+    g, avg = {"w": t(1.0, 2.0), "n": torch.tensor(3)}, {"w": t(3.0, 0.0), "n": torch.tensor(5)}
+    assert torch.allclose(server_step(g, avg, 1.0)["w"], t(3.0, 0.0))
+    assert torch.allclose(server_step(g, avg, 0.5)["w"], t(2.0, 1.0))
+    assert server_step(g, avg, 0.5)["n"] == 5
+
+
+def test_feddyn_aggregate_by_hand():
+    g = {"w": t(1.0), "bn": t(0.0)}
+    states = [{"w": t(3.0), "bn": t(1.0)}, {"w": t(5.0), "bn": t(3.0)}]
+    h = {"w": t(0.5)}
+    alpha, n = 0.1, 4
+    new, new_h = feddyn_aggregate(g, states, [1, 3], h, alpha, n)
+    avg = 0.25 * 3 + 0.75 * 5  # 4.5
+    h_expected = 0.5 - alpha * (2 / 4) * (avg - 1.0)  # 0.325
+    assert new_h["w"].item() == pytest.approx(h_expected)
+    assert new["w"].item() == pytest.approx(avg - h_expected / alpha)
+    assert new["bn"].item() == pytest.approx(0.25 * 1 + 0.75 * 3)  # buffers: plain weighted average
+
+
+def test_scaffold_control_update_by_hand():
+    c_i, c = {"w": t(1.0)}, {"w": t(0.5)}
+    new = scaffold_control_update(c_i, c, {"w": t(2.0)}, {"w": t(1.0)}, steps=4, lr=0.5)
+    assert new["w"].item() == pytest.approx(1.0 - 0.5 + (2.0 - 1.0) / (4 * 0.5))
+
+
+def test_scaffold_server_c_stays_the_mean_of_all_node_controls():
+    torch.manual_seed(0)
+    n = 5
+    c = {"w": torch.zeros(3)}
+    c_nodes = [{"w": torch.zeros(3)} for _ in range(n)]
+    g = {"w": torch.zeros(3)}
+    for rnd in range(6):
+        who = participants(n, 0.4, 0, rnd)
+        deltas, states = [], []
+        for k in who:
+            new_ck = {"w": torch.randn(3)}
+            deltas.append({"w": new_ck["w"] - c_nodes[k]["w"]})
+            c_nodes[k] = new_ck
+            states.append({"w": torch.randn(3)})
+        g, c = scaffold_aggregate(g, states, [1.0] * len(who), c, deltas, n)
+        assert torch.allclose(c["w"], torch.stack([ck["w"] for ck in c_nodes]).mean(0), atol=1e-6)
+        assert torch.allclose(g["w"], torch.stack([s["w"] for s in states]).mean(0), atol=1e-6)
+
+
+def test_proximal_term_and_contrastive_loss_by_hand():
+    assert proximal_term({"a": t(1.0, 2.0)}, {"a": t(0.0, 0.0)}).item() == pytest.approx(5.0)
+    z, zg, zp = t(1.0, 0.0)[None], t(1.0, 0.0)[None], t(0.0, 1.0)[None]
+    tau = 0.5
+    expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(0 / tau)))
+    assert contrastive_loss(z, zg, zp, tau).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ftg_label_sampler_and_class_level_ensemble_against_counts():
+    counts = torch.tensor([[30, 0, 10], [10, 20, 0]])
+    assert torch.allclose(label_distribution(counts), t(40, 20, 10) / 70)
+    logits = torch.tensor([[[1.0, 2.0, 3.0]], [[5.0, 7.0, 11.0]]])  # [M=2, B=1, K=3]
+    from fedinv.evaluate import class_shares
+    shares = class_shares(counts)  # class 0: 3/4, 1/4; class 1: 0, 1; class 2: 1, 0
+    out = class_level_logits(logits, shares)
+    assert torch.allclose(out, t(0.75 * 1 + 0.25 * 5, 7.0, 3.0)[None])
+
+
+def test_diversity_loss_by_hand_and_generator_objective_signs():
+    z = t(0.0, 0.0, 1.0, 1.0).view(2, 2)  # squared distance mean 1
+    out = t(0.0, 2.0).view(2, 1)  # l1 distance 2
+    # pairs (0,1) and (1,0) contribute 1*2 each, the diagonal 0: mean over 4 = 1
+    assert diversity_loss(z, out).item() == pytest.approx(math.exp(-1.0))
+    y = torch.tensor([0, 1])
+    ens, glob = t(2.0, 0.0, 0.0, 2.0).view(2, 2), t(0.0, 0.0, 0.0, 0.0).view(2, 2)
+    with_md = generator_objective(ens, glob, y, z, out, lambda_md=1.0, lambda_div=0.0, num_models=2)
+    no_md = generator_objective(ens, glob, y, z, out, lambda_md=0.0, lambda_div=0.0, num_models=2)
+    assert with_md["hard_mining"] > 0 and with_md["loss"] < no_md["loss"]  # mining rewards disagreement
+
+
+def test_generators_shapes():
+    g = ImageGenerator(8, 10, 1, 28)
+    x = g(torch.randn(4, 8), torch.tensor([0, 1, 2, 9]))
+    assert x.shape == (4, 1, 28, 28) and x.abs().max() <= 1
+    f = FeatureGenerator(8, 10, 32, hidden=16)
+    assert f(torch.randn(4, 8), torch.tensor([0, 1, 2, 9])).shape == (4, 32)
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        ImageGenerator(8, 10, 3, 30)
+
+
+def test_rounds_to_target():
+    hist = [{"round": 1, "test_accuracy": 0.5}, {"round": 2}, {"round": 3, "test_accuracy": 0.82},
+            {"round": 4, "test_accuracy": 0.86}]
+    assert rounds_to_target(hist, 0.8) == 3 and rounds_to_target(hist, 0.85) == 4
+    assert rounds_to_target(hist, 0.9) is None
+
+
+def tiny_run(algorithm="fedavg", server="none", rounds=2, **kw) -> FederatedRunConfig:
+    return FederatedRunConfig(
+        DataConfig("synthetic-tiny"), PartitionConfig(num_nodes=4, alpha=1.0),
+        FederateConfig(algorithm=algorithm, server=server, model="lenet5", rounds=rounds, batch_size=32,
+                       device="cpu", validation_size=200, **kw),
+        GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16))
+
+
+METHODS = [("fedavg", "none"), ("fedprox", "none"), ("feddyn", "none"), ("scaffold", "none"), ("moon", "none"),
+           ("feddistill", "none"), ("feddistill-query", "none"), ("fedavg", "ftg"), ("scaffold", "ftg"),
+           ("fedavg", "feddf"), ("fedavg", "fedgen")]
+
+
+@pytest.mark.parametrize("algorithm,server", METHODS)
+def test_two_rounds_of_every_method(tmp_path, tiny_train, algorithm, server):
+    report = federate(tiny_run(algorithm, server), tmp_path, progress=False, train=tiny_train)
+    assert report["complete"] and report["rounds"] == 2 and len(report["history"]) == 2
+    assert 0.0 <= report["final_accuracy"] <= 1.0
+    assert all(math.isfinite(r["local_loss"]) for r in report["history"])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]
+    assert (tmp_path / "global.pt").is_file() and (tmp_path / "report.json").is_file()
+    if server in ("ftg", "feddf"):
+        assert report["server_seconds_per_round"] > 0 and "server_distill" in report["history"][0]
+    if algorithm == "feddistill":
+        assert 0.0 <= report["personal_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("algorithm,server", [("scaffold", "ftg"), ("feddyn", "none"), ("feddistill", "none"),
+                                              ("moon", "fedgen")])
+def test_resume_after_a_stop_gives_the_same_model(tmp_path, tiny_train, algorithm, server):
+    cfg = tiny_run(algorithm, server, rounds=3, participation=0.5)
+    whole = federate(cfg, tmp_path / "whole", progress=False, train=tiny_train)
+    part = federate(cfg, tmp_path / "split", progress=False, train=tiny_train, stop_after=1)
+    assert not part["complete"] and not (tmp_path / "split" / "report.json").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        federate(cfg, tmp_path / "split", progress=False, train=tiny_train)
+    resumed = federate(cfg, tmp_path / "split", resume=True, progress=False, train=tiny_train)
+    a = torch.load(tmp_path / "whole" / "global.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "split" / "global.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["final_accuracy"] == whole["final_accuracy"]
+    assert [r["round"] for r in resumed["history"]] == [1, 2, 3]
+
+
+def test_resume_refuses_another_config(tmp_path, tiny_train):
+    federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
+    with pytest.raises(ConfigError, match="another config"):
+        federate(tiny_run(rounds=2, lr=0.01), tmp_path, resume=True, progress=False, train=tiny_train)
+
+
+def test_config_errors_name_the_options():
+    with pytest.raises(ConfigError, match="fedavg, fedprox, feddyn, scaffold"):
+        FederateConfig(algorithm="fedsgd")
+    with pytest.raises(ConfigError, match="none, ftg, feddf, fedgen"):
+        FederateConfig(server="ftgg")
+    with pytest.raises(ConfigError, match="participation"):
+        FederateConfig(participation=0)
+
+
+def test_federate_cli_and_report(tmp_path):
+    cfg = tmp_path / "fl.toml"
+    cfg.write_text('[data]\ndataset = "synthetic-tiny"\n[partition]\nnum_nodes = 3\nalpha = 1.0\n'
+                   '[federate]\nmodel = "lenet5"\nrounds = 2\nbatch_size = 32\nserver = "ftg"\n'
+                   '[generator]\niterations = 1\nbatch_size = 8\n')
+    res = CliRunner().invoke(cli, ["-q", "federate", str(cfg), "--out", str(tmp_path / "a"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["rounds"] == 2
+    res = CliRunner().invoke(cli, ["-q", "federate", str(cfg), "--out", str(tmp_path / "a"), "--no-progress"])
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = CliRunner().invoke(cli, ["-q", "federate-report", str(tmp_path / "a"), "--out", str(tmp_path / "cmp"),
+                                   "--target", "0.1"])
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "fedavg+ftg" in table and (tmp_path / "cmp" / "accuracy.png").is_file()
