@@ -32,9 +32,10 @@ CONFIGS = Path(__file__).parent.parent / "assets" / "configs"
 @click.option("--alphas", default="0.1,0.3,0.5", show_default=True)
 @click.option("--out", default="runs/oneshot", show_default=True, help="run folders go here")
 @click.option("--adaptive-batches", default=1, show_default=True, help="adaptive student: new batches per round")
-@click.option("--adaptive-every", default=20, show_default=True, help="adaptive student: epochs between rounds")
+@click.option("--adaptive-every", default=4, show_default=True, help="adaptive student: epochs between rounds")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also append each JSON line here")
 @click.option("--device", default="auto", show_default=True)
-def main(alphas, out, adaptive_batches, adaptive_every, device):
+def main(alphas, out, adaptive_batches, adaptive_every, json_out, device):
     for alpha in alphas.split(","):
         cfg = RunConfig.from_toml(CONFIGS / f"fmnist-dirichlet-{alpha}.toml")
         cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), device=device)
@@ -53,13 +54,17 @@ def main(alphas, out, adaptive_batches, adaptive_every, device):
                           test=load_dataset(cfg.data, "test"), progress=False)
             summary["stage_seconds"]["train_student_adaptive"] = time.perf_counter() - t0
         adaptive = json.loads((adaptive_dir / "report.json").read_text())
-        print(json.dumps({"alpha": float(alpha), "fedavg_accuracy": summary["fedavg_accuracy"],
+        line = json.dumps({"alpha": float(alpha), "fedavg_accuracy": summary["fedavg_accuracy"],
                           "ensemble_accuracy": summary["ensemble_accuracy"],
                           "student_accuracy": summary["student_accuracy"],
                           "student_adaptive_accuracy": adaptive["test_accuracy"],
                           "synthetic_images": summary["synthetic_images"],
                           "adaptive_store_images": adaptive["store_images"],
-                          "stage_seconds": summary["stage_seconds"], "fedinv_version": __version__}), flush=True)
+                          "stage_seconds": summary["stage_seconds"], "fedinv_version": __version__})
+        print(line, flush=True)
+        if json_out:
+            with open(json_out, "a") as f:
+                f.write(line + "\n")
 
 
 if __name__ == "__main__":
