@@ -29,6 +29,7 @@ import torch
 
 from . import __version__
 from .errors import ConfigError
+from .runtime import atomic_path
 
 SCHEMA_VERSION = 1
 
@@ -239,3 +240,31 @@ def iterate_store(path: str | Path, batch_size: int, gen: torch.Generator, buffe
             carry = [(x[full:], y[full:], s[full:])] if full < len(y) else []
         if carry and len(carry[0][1]):
             yield carry[0]
+
+
+def merge_shards(shards: list[Path], out: str | Path, batch_size: int) -> int:
+    """Interleave the stores of a W-rank run (rank r holds batches r, r + W, ...) into one store
+    `out` in batch order, as a single process would have written it; returns its row count.
+    Written under a temporary name and renamed, so `out` is whole or absent."""
+    metas = [read_meta(s) for s in shards]
+    if any(writer_meta(m) != writer_meta(metas[0]) for m in metas[1:]):
+        raise ConfigError(f"the shards {[str(s) for s in shards]} were made with different settings")
+    world, total = len(shards), sum(m["n_valid"] for m in metas)
+    files = [h5py.File(s, "r") for s in shards]
+    try:
+        with atomic_path(out) as tmp:
+            tmp.unlink()
+            with StoreWriter(tmp, writer_meta(metas[0]), chunk_rows=batch_size) as writer:
+                b = 0
+                while writer.n_valid < total:
+                    f, start = files[b % world], (b // world) * batch_size
+                    stop = min(start + batch_size, metas[b % world]["n_valid"])
+                    if start >= stop:
+                        raise ConfigError(f"shard {shards[b % world]} is missing batch {b}; run every rank to the end")
+                    writer.append(*(torch.from_numpy(f[name][start:stop])
+                                    for name in ("images", "labels", "soft_labels", "source")))
+                    b += 1
+    finally:
+        for f in files:
+            f.close()
+    return total

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import ConfigError
 from ..federated.report import compare, load_run
 from ..federated.rounds import FederatedRunConfig, federate
 from ..runtime import save_json
@@ -16,9 +17,13 @@ from ..runtime import save_json
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last finished round")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last finished round "
+              "(in-process engine)")
+@click.option("--engine", type=click.Choice(["inprocess", "flower"]), default="inprocess", show_default=True,
+              help="inprocess: fedinv's own loop; flower: the same code as a Flower app on Flower's simulation "
+                   "engine (needs the extra: pip install 'fedinv[flower]')")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
-def federate_cmd(config: Path, out: Path | None, resume: bool, progress: bool) -> None:
+def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, progress: bool) -> None:
     """Multi-round federated training from a TOML CONFIG.
 
     CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
@@ -29,7 +34,17 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, progress: bool) -
     round), OUT/checkpoint.pt (every round), and at the end OUT/global.pt and OUT/report.json.
     """
     cfg = FederatedRunConfig.from_toml(config)
-    report = federate(cfg, out or Path("runs") / config.stem, resume=resume, progress=progress)
+    out = out or Path("runs") / config.stem
+    if engine == "flower":
+        if resume:
+            raise ConfigError("--resume works with the in-process engine only")
+        try:
+            from ..flower.simulation import federate_flower
+        except ImportError as e:
+            raise ConfigError(f"--engine flower needs Flower: pip install 'fedinv[flower]' ({e})") from e
+        report = federate_flower(cfg, out)
+    else:
+        report = federate(cfg, out, resume=resume, progress=progress)
     click.echo(json.dumps({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
 
 

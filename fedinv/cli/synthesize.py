@@ -9,7 +9,7 @@ import click
 
 from ..config import SynthesisConfig, click_options, pick
 from ..checkpoint import MODEL_KINDS, load_checkpoint
-from ..inversion.synthesize import synthesize
+from ..distributed import rank_device, synthesize_distributed, world_from_env
 from ..runtime import resolve_device
 
 
@@ -31,10 +31,18 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
     Each batch is optimized with Adam for --iterations steps; at each step --teachers-per-step of
     the N teachers are sampled and their losses averaged. Images, target labels, the teacher
     ensemble's soft labels and provenance go to the HDF5 store OUT, flushed per batch.
+
+    Several processes: `torchrun --nproc-per-node K -m fedinv synthesize ...` splits the batches
+    over K ranks (gloo on CPU, one GPU each on CUDA); rank 0 merges their shards into OUT, which
+    then holds what one process would have written.
     """
     cfg = pick(SynthesisConfig, kwargs)
+    world = world_from_env()
     student = None
     if student_path is not None:
-        student = load_checkpoint(student_path, kind=MODEL_KINDS).build(resolve_device(cfg.device))
-    stats = synthesize(teachers_dir, out, cfg, resume=resume, student=student, progress=progress)
-    click.echo(json.dumps({"out": str(out), **stats}, indent=2))
+        student = load_checkpoint(student_path, kind=MODEL_KINDS).build(
+            resolve_device(rank_device(cfg.device, world)))
+    stats = synthesize_distributed(teachers_dir, out, cfg, resume=resume, student=student, progress=progress,
+                                   world=world)
+    if world.rank == 0:
+        click.echo(json.dumps({"out": str(out), **stats}, indent=2))

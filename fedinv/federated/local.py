@@ -59,6 +59,7 @@ class LocalResult:
     node_state: dict[str, Any] = field(default_factory=dict)
     upload: dict[str, Any] = field(default_factory=dict)  # extra to the server (SCAFFOLD's delta c)
     metrics: dict[str, float] = field(default_factory=dict)
+    label_counts: torch.Tensor | None = None  # [K] of the node; set by the round loop, read by server steps
 
 
 def cpu_state(model: nn.Module) -> State:

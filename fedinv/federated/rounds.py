@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..checkpoint import GLOBAL, ModelCheckpoint, model_spec, save_checkpoint
 from ..config import DataConfig, FederateConfig, GeneratorConfig, PartitionConfig, read_toml_tables, to_dict
-from ..data.datasets import ImageTensors, load_dataset
-from ..data.partition import make_partition, save_partition
+from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
+from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits
 from ..runtime import atomic_path, generator, resolve_device, resolve_precision, save_json, save_torch
@@ -34,7 +34,7 @@ from .fedavg import FedAvg
 from .fedgen import FedGenServer, feature_dim
 from .fedprox import FedProx
 from .ftg import GeneratorServer
-from .local import LocalContext, RoundInfo, param_names, seeded_model
+from .local import LocalContext, LocalResult, RoundInfo, State, param_names, seeded_model
 from .moon import Moon
 from .scaffold import Scaffold
 
@@ -93,6 +93,102 @@ def rounds_to_target(history: list[dict[str, Any]], target: float) -> int | None
     return None
 
 
+@dataclass(frozen=True)
+class NodeData:
+    """The training data as the nodes hold it: the partition of the pool, one split per node."""
+
+    partition: Partition
+    pool: ImageTensors  # what was split (the training set less the server's validation set)
+    splits: tuple[ImageTensors, ...]
+    counts: torch.Tensor  # [N, K] label counts
+    validation: ImageTensors | None  # feddistill-query: the server's held-out set
+
+
+def node_data(cfg: FederatedRunConfig, train: ImageTensors) -> NodeData:
+    fc = cfg.federate
+    pool, validation = train, None
+    if fc.algorithm == "feddistill-query":
+        pool, validation = split_validation(train, fc.validation_size, fc.seed)
+    part = make_partition(pool.labels.numpy(), train.info.num_classes, cfg.partition, cfg.data)
+    counts = torch.from_numpy(part.label_counts(pool.labels.numpy()))
+    return NodeData(part, pool, tuple(pool.subset(idx) for idx in part.indices), counts, validation)
+
+
+class Federation:
+    """What runs the rounds, shared by the in-process and the Flower engines: the algorithm, the
+    server step, and the two halves of a round (a node's update; the server's aggregation)."""
+
+    def __init__(self, cfg: FederatedRunConfig, info: DatasetInfo, validation: ImageTensors | None = None):
+        fc = cfg.federate
+        self.cfg, self.fc, self.info = cfg, fc, info
+        self.device = resolve_device(fc.device)
+        self.amp_dtype = resolve_precision(fc.precision, self.device)
+        self.algo = (FedDistillQuery(fc, info, validation) if fc.algorithm == "feddistill-query"
+                     else ALGORITHM_CLASSES[fc.algorithm](fc, info))
+        self.server_step: GeneratorServer | FedGenServer | None = None
+        if fc.server in ("ftg", "feddf"):
+            self.server_step = GeneratorServer(fc.server, fc, cfg.generator, info)
+        elif fc.server == "fedgen":
+            self.server_step = FedGenServer(fc, cfg.generator, info, feature_dim(self.algo.build()))
+
+    def initial_states(self) -> tuple[State, dict[str, Any]]:
+        """(global model state, server state) before round 1, both from the seed."""
+        model = seeded_model(self.fc.model, self.info, self.fc.seed, 6)
+        global_state = {k: v.clone() for k, v in model.state_dict().items()}
+        server_state = self.algo.init_server(global_state, param_names(model))
+        if self.server_step is not None:
+            server_state["server_step"] = self.server_step.init_state()
+        return global_state, server_state
+
+    def broadcast(self, server_state: dict[str, Any]) -> dict[str, Any]:
+        """What the nodes receive beside the global model (tensors only, nested dicts)."""
+        out = self.algo.broadcast(server_state)
+        if isinstance(self.server_step, FedGenServer):
+            s = server_state["server_step"]
+            out["fedgen"] = {"generator": s["generator"], "label_p": s["label_p"]}
+        return out
+
+    def lr(self, rnd: int) -> float:
+        return self.fc.lr * self.fc.lr_decay ** rnd
+
+    def node_update(self, k: int, rnd: int, data: ImageTensors, label_counts: torch.Tensor, global_state: State,
+                    node_state: dict[str, Any], broadcast: dict[str, Any]) -> LocalResult:
+        """Node k's part of round `rnd` (0-based); its random stream is (seed, round, k)."""
+        gen = generator(self.fc.seed, 4, rnd, k)
+        extra = (self.server_step.node_loss(broadcast["fedgen"], self.device, gen)
+                 if isinstance(self.server_step, FedGenServer) else None)
+        ctx = LocalContext(node=k, round=rnd, data=data, global_state=global_state, node_state=node_state,
+                           broadcast=broadcast, lr=self.lr(rnd), cfg=self.fc, device=self.device,
+                           amp_dtype=self.amp_dtype, gen=gen, label_counts=label_counts, extra_loss=extra)
+        result = self.algo.local_update(ctx)
+        result.label_counts = label_counts.clone()
+        return result
+
+    def server_round(self, rnd: int, global_state: State, server_state: dict[str, Any],
+                     results: list[LocalResult], num_nodes: int) -> tuple[State, dict[str, Any], dict[str, Any]]:
+        """Aggregate the round's results (in node order) and run the server step; returns
+        (global state, server state, metrics of the round)."""
+        info_r = RoundInfo(rnd, num_nodes, self.device, generator(self.fc.seed, 5, rnd))
+        t0 = time.perf_counter()
+        global_state, server_state = self.algo.aggregate(global_state, results, server_state, info_r)
+        row: dict[str, Any] = {"local_loss": float(np.mean([r.metrics["loss"] for r in results])),
+                               "local_accuracy": float(np.mean([r.metrics["accuracy"] for r in results])),
+                               "aggregate_seconds": time.perf_counter() - t0}
+        if self.server_step is not None:
+            t1 = time.perf_counter()
+            counts = torch.stack([r.label_counts for r in results])
+            global_state, server_state["server_step"], metrics = self.server_step.step(
+                self.algo.build, global_state, [r.state for r in results], counts, server_state["server_step"],
+                info_r)
+            row.update(metrics, server_seconds=time.perf_counter() - t1)
+        return global_state, server_state, row
+
+    def test_accuracy(self, global_state: State, test: ImageTensors) -> float:
+        model = self.algo.build()
+        model.load_state_dict(global_state)
+        return accuracy(predict_logits(model.to(self.device), test, self.device), test.labels)
+
+
 def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
              train: ImageTensors | None = None, test: ImageTensors | None = None,
              stop_after: int | None = None) -> dict[str, Any]:
@@ -102,44 +198,24 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
     tests and for splitting a long run over sessions.
     """
     out = Path(out_dir)
-    fc, gcfg = cfg.federate, cfg.generator
+    fc = cfg.federate
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise ConfigError(f"{out} already holds a run ({ckpt_path}); pass --resume to continue it, "
                           f"or use another --out folder")
-    device = resolve_device(fc.device)
-    amp_dtype = resolve_precision(fc.precision, device)
     train = train if train is not None else load_dataset(cfg.data, "train")
     test = test if test is not None else load_dataset(cfg.data, "test")
-    info = train.info
-
-    pool, validation = train, None
-    if fc.algorithm == "feddistill-query":
-        pool, validation = split_validation(train, fc.validation_size, fc.seed)
-    part = make_partition(pool.labels.numpy(), info.num_classes, cfg.partition, cfg.data)
-    counts = torch.from_numpy(part.label_counts(pool.labels.numpy()))
-    splits = [pool.subset(idx) for idx in part.indices]
-    num_nodes = part.num_nodes
-
-    algo = (FedDistillQuery(fc, info, validation) if fc.algorithm == "feddistill-query"
-            else ALGORITHM_CLASSES[fc.algorithm](fc, info))
-    global_model = seeded_model(fc.model, info, fc.seed, 6)
-    server_step = None
-    if fc.server in ("ftg", "feddf"):
-        server_step = GeneratorServer(fc.server, fc, gcfg, info)
-    elif fc.server == "fedgen":
-        server_step = FedGenServer(fc, gcfg, info, feature_dim(global_model))
+    data = node_data(cfg, train)
+    fed = Federation(cfg, train.info, data.validation)
+    phash = data.partition.content_hash()
 
     start, history = 0, []
-    global_state = {k: v.clone() for k, v in global_model.state_dict().items()}
-    server_state = algo.init_server(global_state, param_names(global_model))
-    if server_step is not None:
-        server_state["server_step"] = server_step.init_state()
+    global_state, server_state = fed.initial_states()
     node_states: dict[int, dict[str, Any]] = {}
     if ckpt_path.exists():
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         same = _comparable(saved["config"]) == _comparable(cfg.to_dict())
-        if not same or saved["partition_sha256"] != part.content_hash():
+        if not same or saved["partition_sha256"] != phash:
             raise ConfigError(f"{ckpt_path} was made with another config or partition; use another --out folder")
         start, history = saved["round"], saved["history"]
         global_state, server_state = saved["global"], saved["server"]
@@ -147,71 +223,69 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
         log.info("resuming %s after round %d of %d", out, start, fc.rounds)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        save_partition(part, pool.labels.numpy(), out / "partition.json", info.class_names)
+        save_partition(data.partition, data.pool.labels.numpy(), out / "partition.json", train.info.class_names)
         save_json(cfg.to_dict(), out / "config.json")
 
     end = fc.rounds if stop_after is None else min(fc.rounds, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=fc.rounds, desc=f"{fc.algorithm}"
-               f"{'+' + fc.server if fc.server != 'none' else ''}", unit="round", disable=not progress)
+    bar = tqdm(range(start, end), initial=start, total=fc.rounds, desc=method_name(fc), unit="round",
+               disable=not progress)
     for rnd in bar:
         t0 = time.perf_counter()
-        who = participants(num_nodes, fc.participation, fc.seed, rnd)
-        lr = fc.lr * fc.lr_decay ** rnd
-        broadcast = algo.broadcast(server_state)
+        who = participants(data.partition.num_nodes, fc.participation, fc.seed, rnd)
+        broadcast = fed.broadcast(server_state)
         results = []
         for k in who:
-            gen = generator(fc.seed, 4, rnd, k)
-            extra = (server_step.node_loss(server_state["server_step"], device, gen)
-                     if isinstance(server_step, FedGenServer) else None)
-            ctx = LocalContext(node=k, round=rnd, data=splits[k], global_state=global_state,
-                               node_state=node_states.get(k, {}), broadcast=broadcast, lr=lr, cfg=fc, device=device,
-                               amp_dtype=amp_dtype, gen=gen, label_counts=counts[k], extra_loss=extra)
-            res = algo.local_update(ctx)
+            res = fed.node_update(k, rnd, data.splits[k], data.counts[k], global_state, node_states.get(k, {}),
+                                  broadcast)
             if res.node_state:
                 node_states[k] = res.node_state
             results.append(res)
-        info_r = RoundInfo(rnd, num_nodes, device, generator(fc.seed, 5, rnd))
-        global_state, server_state = algo.aggregate(global_state, results, server_state, info_r)
         t_local = time.perf_counter() - t0
-        row: dict[str, Any] = {"round": rnd + 1, "nodes": who, "lr": lr,
-                               "local_loss": float(np.mean([r.metrics["loss"] for r in results])),
-                               "local_accuracy": float(np.mean([r.metrics["accuracy"] for r in results]))}
-        if server_step is not None:
-            t1 = time.perf_counter()
-            global_state, server_state["server_step"], metrics = server_step.step(
-                algo.build, global_state, [r.state for r in results], counts[who], server_state["server_step"],
-                info_r)
-            row.update(metrics, server_seconds=time.perf_counter() - t1)
-        row["seconds"] = time.perf_counter() - t0
-        row["local_seconds"] = t_local
+        global_state, server_state, metrics = fed.server_round(rnd, global_state, server_state, results,
+                                                               data.partition.num_nodes)
+        row = {"round": rnd + 1, "nodes": who, "lr": fed.lr(rnd), **metrics,
+               "local_seconds": t_local, "seconds": time.perf_counter() - t0}
         if (rnd + 1) % fc.eval_every == 0 or rnd + 1 == fc.rounds:
-            model = algo.build()
-            model.load_state_dict(global_state)
-            row["test_accuracy"] = accuracy(predict_logits(model.to(device), test, device), test.labels)
-            row.update(algo.evaluate_nodes(node_states, test, device))
+            row["test_accuracy"] = fed.test_accuracy(global_state, test)
+            row.update(fed.algo.evaluate_nodes(node_states, test, fed.device))
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}")
         history.append(row)
         log.info("round %d/%d: %s", rnd + 1, fc.rounds, row)
         save_torch({"format": "fedinv.federated-run", "fedinv_version": __version__, "round": rnd + 1,
-                    "config": cfg.to_dict(), "seed": fc.seed, "partition_sha256": part.content_hash(),
+                    "config": cfg.to_dict(), "seed": fc.seed, "partition_sha256": phash,
                     "global": global_state, "server": server_state,
                     "nodes": {str(k): v for k, v in node_states.items()}, "history": history}, ckpt_path)
-        with atomic_path(out / "metrics.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+        write_metrics(history, out)
+    return finish(cfg, fed, global_state, history, test, out, phash)
 
+
+def method_name(fc: FederateConfig) -> str:
+    return fc.algorithm + ("" if fc.server == "none" else "+" + fc.server)
+
+
+def write_metrics(history: list[dict[str, Any]], out: Path) -> None:
+    """metrics.jsonl: one line per finished round (rewritten whole, so a resume never duplicates)."""
+    with atomic_path(out / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+
+
+def finish(cfg: FederatedRunConfig, fed: Federation, global_state: State, history: list[dict[str, Any]],
+           test: ImageTensors, out: Path, phash: str) -> dict[str, Any]:
+    """The report; when every round is done, also global.pt and report.json."""
+    fc, info = cfg.federate, fed.info
     done = len(history) == fc.rounds
     report = round_report(cfg, history, done)
     if done:
-        model = algo.build()
+        model = fed.algo.build()
         model.load_state_dict(global_state)
-        logits = predict_logits(model.to(device), test, device)
+        logits = predict_logits(model.to(fed.device), test, fed.device)
         report["per_class_accuracy"] = per_class_accuracy(logits, test.labels, info.num_classes)
         save_checkpoint(ModelCheckpoint(GLOBAL, model_spec(fc.model, info.channels, info.num_classes, info.image_size),
                                         {k: v.detach().cpu() for k, v in global_state.items()},
                                         config=cfg.to_dict(), seed=fc.seed,
                                         metrics={"test_accuracy": report["final_accuracy"]},
                                         extra={"dataset": info.name, "rounds": fc.rounds,
-                                               "partition_sha256": part.content_hash()}), out / "global.pt")
+                                               "partition_sha256": phash}), out / "global.pt")
         save_json(report, out / "report.json")
     return report
 
@@ -224,7 +298,7 @@ def round_report(cfg: FederatedRunConfig, history: list[dict[str, Any]], done: b
     server = [r["server_seconds"] for r in history if "server_seconds" in r]
     report: dict[str, Any] = {
         "fedinv_version": __version__, "config": cfg.to_dict(), "seed": fc.seed, "complete": done,
-        "method": fc.algorithm + ("" if fc.server == "none" else "+" + fc.server),
+        "method": method_name(fc),
         "rounds": len(history), "final_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
         "best_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
         "seconds_per_round": float(np.mean([r["seconds"] for r in history])) if history else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -118,12 +119,17 @@ def make_batch(teachers: Teachers, cfg: SynthesisConfig, b: int, size: int, *,
 
 
 def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, *, resume: bool = False,
-               student: nn.Module | None = None, progress: bool = True) -> dict[str, Any]:
+               student: nn.Module | None = None, progress: bool = True,
+               shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Synthesize `cfg.num_images` images from the teachers in `teachers_dir` into the store `out`.
 
     Batch b is drawn from generator (seed, b): a resumed run continues at the first batch not in
-    the store and writes exactly what an uninterrupted run would.
+    the store and writes exactly what an uninterrupted run would. `shard=(r, W)` writes only the
+    batches b with b mod W == r (one rank of a distributed run; see `fedinv.distributed`).
     """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ConfigError(f"shard {rank} of {world} does not exist")
     device = resolve_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
     teachers = load_teacher_set(teachers_dir, device, cfg.batched)
@@ -136,17 +142,19 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
     bounds = pixel_bounds(teachers.info, device)
     num_batches = math.ceil(cfg.num_images / cfg.batch_size)
     stats: dict[str, Any] = {"batches": 0, "images": 0, "seconds": 0.0}
+    mine = list(range(rank, num_batches, world))
+    sizes = [min(cfg.batch_size, cfg.num_images - b * cfg.batch_size) for b in mine]
     with StoreWriter(out, store_meta(teachers, cfg), resume=resume, chunk_rows=cfg.batch_size) as store:
         n = store.n_valid
-        if n < cfg.num_images and n % cfg.batch_size:
-            raise ConfigError(f"{out} holds {n} images, not a whole number of batches of {cfg.batch_size}")
-        start = num_batches if n >= cfg.num_images else n // cfg.batch_size
+        ends = list(itertools.accumulate(sizes))
+        if n and n not in ends:
+            raise ConfigError(f"{out} holds {n} images, not a whole number of this run's batches")
+        start = ends.index(n) + 1 if n else 0
         if start:
-            log.info("resuming %s after %d of %d batches", out, start, num_batches)
-        bar = tqdm(total=num_batches, initial=start, desc="synthesize", unit="batch", disable=not progress)
-        for b in range(start, num_batches):
+            log.info("resuming %s after %d of %d batches", out, start, len(mine))
+        bar = tqdm(total=len(mine), initial=start, desc="synthesize", unit="batch", disable=not progress)
+        for b, size in zip(mine[start:], sizes[start:]):
             t0 = time.perf_counter()
-            size = min(cfg.batch_size, cfg.num_images - b * cfg.batch_size)
 
             def show(step: int, losses: dict[str, float]) -> None:
                 bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})

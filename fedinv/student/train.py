@@ -33,6 +33,7 @@ from ..inversion.synthesize import Teachers, check_student, load_teacher_set, ma
 from ..models import build_model
 from ..nodes import lr_at
 from ..runtime import autocast, generator, resolve_device, resolve_precision, save_json, save_torch
+from ..distributed import World, process_group, rank_device, world_from_env
 from ..store import StoreWriter, iterate_store, read_meta, writer_meta
 from .distill import kd_loss
 
@@ -103,15 +104,30 @@ def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                   teachers_dir: str | Path | None = None, local: ImageTensors | None = None,
-                  test: ImageTensors | None = None, eval_every: int = 10, progress: bool = True) -> dict[str, Any]:
+                  test: ImageTensors | None = None, eval_every: int = 10, progress: bool = True,
+                  world: World | None = None) -> dict[str, Any]:
     """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable).
 
-    With `test`, test accuracy is recorded every `eval_every` epochs and after the last.
+    With `test`, test accuracy is recorded every `eval_every` epochs and after the last. Under
+    torchrun (`world` from its environment) the student trains with DistributedDataParallel: each
+    rank takes every K-th batch of the same shuffled order (an effective batch of K x batch_size),
+    and rank 0 writes the checkpoints and the report (the other ranks return {}).
     """
-    store, out_dir = Path(store), Path(out_dir)
+    world = world or world_from_env()
+    if world.is_distributed and (cfg.adaptive_batches or cfg.local_weight):
+        raise ConfigError("adaptive mode and local data run in one process; drop torchrun, or set "
+                          "adaptive_batches and local_weight to 0")
+    with process_group(world, rank_device(cfg.device, world)):
+        return _train_student(Path(store), Path(out_dir), cfg, teachers_dir=teachers_dir, local=local, test=test,
+                              eval_every=eval_every, progress=progress and world.rank == 0, world=world)
+
+
+def _train_student(store: Path, out_dir: Path, cfg: StudentConfig, *, teachers_dir: str | Path | None,
+                   local: ImageTensors | None, test: ImageTensors | None, eval_every: int, progress: bool,
+                   world: World) -> dict[str, Any]:
     meta = read_meta(store)
     info = store_info(meta)
-    device = resolve_device(cfg.device)
+    device = resolve_device(rank_device(cfg.device, world))
     amp_dtype = resolve_precision(cfg.precision, device)
     source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")
     if (source == "teachers" or cfg.adaptive_batches) and teachers_dir is None:
@@ -140,6 +156,9 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
         check_student(student, teachers, device)
     local_batches = _cycle(local, cfg.batch_size, device, cfg.seed) if local is not None and cfg.local_weight else None
     pad = max(1, info.image_size // 14)
+    net: nn.Module = student
+    if world.is_distributed:
+        net = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -148,11 +167,20 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
         n = read_meta(store)["n_valid"]
         steps = math.ceil(n / cfg.batch_size)
         student.train()
-        sums = {"loss": 0.0, "correct": 0.0, "seen": 0}
+        sums = {"loss": 0.0, "correct": 0.0, "seen": 0, "steps": 0}
         gen = generator(cfg.seed, 4, epoch)
-        bar = tqdm(iterate_store(store, cfg.batch_size, gen, cfg.buffer_batches, limit=n), total=steps,
+        # Ranks must share the batch order: it gets its own stream, augmentation one per rank.
+        order_gen = generator(cfg.seed, 4, epoch) if world.is_distributed else gen
+        if world.is_distributed:
+            gen = generator(cfg.seed, 6, epoch, world.rank)
+        bar = tqdm(iterate_store(store, cfg.batch_size, order_gen, cfg.buffer_batches, limit=n), total=steps,
                    desc=f"student epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
+        usable = steps - steps % world.size  # every rank takes the same number of steps
         for i, (xb, yb, soft) in enumerate(bar):
+            if i >= usable:
+                break
+            if i % world.size != world.rank:
+                continue
             lr = lr_at(round((epoch + i / steps) * 10_000), cfg.epochs * 10_000, cfg.lr, cfg.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -167,7 +195,7 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                     targets = teachers.set.ensemble_probs(x).clamp_min(1e-8).log()
                 else:
                     targets = soft.to(device)
-                out = student_objective(student, x, y, targets, cfg)
+                out = student_objective(net, x, y, targets, cfg)
                 loss = out["loss"]
                 if local_batches is not None:
                     xl, yl = next(local_batches)
@@ -179,20 +207,26 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
             sums["loss"] += loss.item() * len(y)
             sums["correct"] += out["correct"].item()
             sums["seen"] += len(y)
+            sums["steps"] += 1
             bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", lr=f"{lr:.3g}")
         record = {"epoch": epoch + 1, "store_images": n, "loss": sums["loss"] / sums["seen"],
-                  "train_accuracy": sums["correct"] / sums["seen"], "seconds": time.perf_counter() - t0}
+                  "train_accuracy": sums["correct"] / sums["seen"], "steps_per_rank": sums["steps"],
+                  "seconds": time.perf_counter() - t0}
         if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
             record["test_accuracy"] = accuracy(predict_logits(student, test, device), test.labels)
         history.append(record)
         log.info("student epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
-        save_torch({"epoch": epoch + 1, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "history": history, "config": to_dict(cfg)}, partial)
+        if world.rank == 0:
+            save_torch({"epoch": epoch + 1, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                        "history": history, "config": to_dict(cfg)}, partial)
+
+    if world.rank != 0:
+        return {}
 
     report: dict[str, Any] = {"fedinv_version": __version__, "config": to_dict(cfg), "seed": cfg.seed,
                               "store": str(store), "store_images": read_meta(store)["n_valid"],
-                              "kd_source": source, "history": history}
+                              "kd_source": source, "world_size": world.size, "history": history}
     if test is not None:
         logits = predict_logits(student, test, device)
         report.update(test_accuracy=accuracy(logits, test.labels),

@@ -1,0 +1,1 @@
+"""Flower engine for the multi-round mode (the optional extra `fedinv[flower]`)."""
