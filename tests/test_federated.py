@@ -191,3 +191,34 @@ def test_federate_cli_and_report(tmp_path):
     assert res.exit_code == 0, res.output
     table = (tmp_path / "cmp" / "table.md").read_text()
     assert "fedavg+ftg" in table and (tmp_path / "cmp" / "accuracy.png").is_file()
+
+
+@pytest.mark.slow
+def test_killed_federate_resumes_to_the_same_model(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "fl.toml"
+    cfg.write_text('[data]\ndataset = "synthetic-tiny"\n[partition]\nnum_nodes = 3\nalpha = 1.0\n'
+                   '[federate]\nalgorithm = "scaffold"\nserver = "ftg"\nmodel = "lenet5"\nrounds = 6\n'
+                   'batch_size = 16\n[generator]\niterations = 3\nbatch_size = 16\n')
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "fedinv", "-q", "federate", str(cfg), "--no-progress", "--out"]
+    proc = subprocess.Popen(cmd + [str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics, deadline = tmp_path / "killed" / "metrics.jsonl", time.time() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "killed" / "report.json").exists()
+    subprocess.run(cmd + [str(tmp_path / "killed"), "--resume"], env=env, check=True, capture_output=True)
+    subprocess.run(cmd + [str(tmp_path / "straight")], env=env, check=True, capture_output=True)
+    a = torch.load(tmp_path / "killed" / "global.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "straight" / "global.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 6

@@ -41,3 +41,21 @@ def test_flower_simulation_matches_in_process(tmp_path, tiny_train, server):
     assert [r["nodes"] for r in flower["history"]] == [r["nodes"] for r in local["history"]]
     assert flower["final_accuracy"] == local["final_accuracy"]
     assert flower["engine"] == "flower" and (tmp_path / "flower" / "metrics.jsonl").is_file()
+
+
+def test_teachers_over_flower_equal_in_process_teachers(tmp_path, tiny_partition):
+    from fedinv.data.partition import load_partition
+    from fedinv.flower.teachers import train_teachers_flower
+    from fedinv.nodes import train_teachers
+    from conftest import tiny_teacher_config
+
+    torch.set_num_threads(1)  # as each Flower ClientApp (one CPU): the same reductions, the same weights
+    part, cfg = load_partition(tiny_partition), tiny_teacher_config(epochs=1)
+    local = train_teachers(part, cfg, tmp_path / "inprocess", progress=False)
+    flower = train_teachers_flower(part, cfg, tmp_path / "flower", num_cpus=1)
+    for k in range(part.num_nodes):
+        a = torch.load(tmp_path / "inprocess" / f"node-{k}.pt", weights_only=True)
+        b = torch.load(tmp_path / "flower" / f"node-{k}.pt", weights_only=True)
+        assert a["label_counts"] == b["label_counts"]
+        assert all(torch.equal(a["state_dict"][n], b["state_dict"][n]) for n in a["state_dict"])
+    assert flower["ensemble_accuracy"] == local["ensemble_accuracy"] and flower["engine"] == "flower"

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
+from .engines import engine_option, flower_module
 from ..federated.report import compare, load_run
 from ..federated.rounds import FederatedRunConfig, federate
 from ..runtime import save_json
@@ -19,9 +20,7 @@ from ..runtime import save_json
               help="run folder (default: runs/<config file name>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last finished round "
               "(in-process engine)")
-@click.option("--engine", type=click.Choice(["inprocess", "flower"]), default="inprocess", show_default=True,
-              help="inprocess: fedinv's own loop; flower: the same code as a Flower app on Flower's simulation "
-                   "engine (needs the extra: pip install 'fedinv[flower]')")
+@engine_option("the same code as a Flower app on Flower's simulation engine (no --resume)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
 def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, progress: bool) -> None:
     """Multi-round federated training from a TOML CONFIG.
@@ -38,11 +37,7 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, prog
     if engine == "flower":
         if resume:
             raise ConfigError("--resume works with the in-process engine only")
-        try:
-            from ..flower.simulation import federate_flower
-        except ImportError as e:
-            raise ConfigError(f"--engine flower needs Flower: pip install 'fedinv[flower]' ({e})") from e
-        report = federate_flower(cfg, out)
+        report = flower_module("simulation").federate_flower(cfg, out)
     else:
         report = federate(cfg, out, resume=resume, progress=progress)
     click.echo(json.dumps({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))

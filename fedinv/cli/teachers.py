@@ -11,6 +11,7 @@ from ..config import TeacherConfig, click_options, pick
 from ..data.partition import load_partition
 from ..errors import ConfigError
 from ..nodes import train_teachers
+from .engines import engine_option, flower_module
 
 
 def parse_nodes(text: str | None) -> list[int] | None:
@@ -34,9 +35,12 @@ def parse_nodes(text: str | None) -> list[int] | None:
               help="teachers folder: node-K.pt per node, report.json, partial/ epoch checkpoints")
 @click.option("--nodes", default=None, help="train only these nodes, e.g. 0,3 or 0-2 (default: all); in a real "
               "deployment each node trains its own and sends node-K.pt")
+@engine_option("each node trains in a Flower ClientApp (simulation engine) and the ServerApp collects the "
+               "teachers (all nodes, no resume)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
 @click_options(TeacherConfig)
-def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, progress: bool, **kwargs) -> None:
+def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engine: str, progress: bool,
+                       **kwargs) -> None:
     """Train one teacher per node on its split of the partition.
 
     Resumable: rerun the same command after an interruption; finished nodes are skipped and a
@@ -44,7 +48,13 @@ def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, progr
     teacher-ensemble and one-shot FedAvg test accuracy.
     """
     cfg = pick(TeacherConfig, kwargs)
-    report = train_teachers(load_partition(partition_path), cfg, out, nodes=parse_nodes(nodes), progress=progress)
+    if engine == "flower":
+        if nodes:
+            raise ConfigError("--nodes works with the in-process engine only; the Flower engine trains every node")
+        report = flower_module("teachers").train_teachers_flower(load_partition(partition_path), cfg, out)
+    else:
+        report = train_teachers(load_partition(partition_path), cfg, out, nodes=parse_nodes(nodes),
+                                progress=progress)
     summary = {k: report[k] for k in ("node_accuracy", "ensemble_accuracy", "ensemble_mean_accuracy",
                                       "fedavg_accuracy")}
     click.echo(json.dumps(summary, indent=2))

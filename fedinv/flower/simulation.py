@@ -13,7 +13,7 @@ from ..runtime import save_json
 from .app import FedinvStrategy, make_client_app, make_server_app
 
 # Offline-friendly: no telemetry from Flower, no usage statistics from Ray.
-_QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 
 
 def federate_flower(cfg: FederatedRunConfig, out_dir: str | Path, *, num_cpus: int | None = None,
@@ -27,7 +27,7 @@ def federate_flower(cfg: FederatedRunConfig, out_dir: str | Path, *, num_cpus: i
     if (out / "checkpoint.pt").exists() or (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a run; the Flower engine starts fresh runs only (no --resume): "
                           f"use another --out folder")
-    for key, value in _QUIET_ENV.items():
+    for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     out.mkdir(parents=True, exist_ok=True)
     save_json(cfg.to_dict(), out / "config.json")
