@@ -330,9 +330,11 @@ class GeneratorConfig:
     lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
     temperature: float = option(1.0, "KD temperature of the fine-tuning")
     fedgen_weight: float = option(1.0, "fedgen: weight of the nodes' CE on generated features")
+    save_every: int = option(0, "ftg, feddf: append a batch of generated images (with the round's ensemble "
+                                "soft labels) to OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
-        _at_least(self, 0, "model_steps")
+        _at_least(self, 0, "model_steps", "save_every")
         if not self.generator_lr > 0 or not self.model_lr > 0 or not self.temperature > 0:
             raise ConfigError("generator_lr, model_lr and temperature must be > 0")

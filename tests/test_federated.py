@@ -222,3 +222,21 @@ def test_killed_federate_resumes_to_the_same_model(tmp_path):
     b = torch.load(tmp_path / "straight" / "global.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_ftg_saves_generated_batches_for_view(tmp_path, tiny_train):
+    from dataclasses import replace
+
+    from fedinv.store import read_meta, read_rows
+
+    cfg = tiny_run("fedavg", "ftg")
+    cfg = replace(cfg, generator=replace(cfg.generator, save_every=1))
+    federate(cfg, tmp_path / "run", progress=False, train=tiny_train)
+    store = tmp_path / "run" / "generated.h5"
+    assert read_meta(store)["n_valid"] == 2 * 16
+    images, labels, soft = read_rows(store)
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
+    assert torch.allclose(soft.exp().sum(1), torch.ones(32), atol=1e-2)  # ensemble log-probabilities
+    res = CliRunner().invoke(cli, ["view", str(store), "--out", str(tmp_path / "g.png"), "--per-class", "2"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "g.png").is_file()

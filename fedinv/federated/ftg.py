@@ -84,6 +84,7 @@ class GeneratorServer:
         if kind not in ("ftg", "feddf"):
             raise ValueError(f"unknown generator server step {kind!r}; known: ftg, feddf")
         self.kind, self.cfg, self.gcfg, self.info = kind, cfg, gcfg, info
+        self.last_samples: tuple[torch.Tensor, ...] | None = None  # of the latest step, when save_every
 
     def new_generator(self) -> ImageGenerator:
         with torch.random.fork_rng(devices=[]):
@@ -109,6 +110,17 @@ class GeneratorServer:
             k = self.info.num_classes
             shares, p = torch.full((m, k), 1.0 / m), torch.full((k,), 1.0 / k)
         return ServerModels(models, shares.to(device), p)
+
+    @torch.no_grad()
+    def _samples(self, g: nn.Module, server: ServerModels, sample) -> tuple[torch.Tensor, ...]:
+        """A batch of the generator's images as store rows (uint8 images, labels, ensemble log-probs)."""
+        z, y = sample()
+        g.eval()
+        out = g(z, y)
+        x = to_model_input(out, self.info)
+        soft = server.ensemble(x).float().log_softmax(-1)
+        images = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return images.cpu(), y.cpu(), soft.cpu()
 
     def step(self, build, global_state: State, local_states: Sequence[State], label_counts: torch.Tensor,
              state: dict[str, Any], rnd: RoundInfo) -> tuple[State, dict[str, Any], dict[str, float]]:
@@ -160,6 +172,7 @@ class GeneratorServer:
                 loss.backward()
                 m_opt.step()
                 sums["distill"] = sums.get("distill", 0.0) + loss.item()
+        self.last_samples = self._samples(g, server, sample) if gcfg.save_every else None
         n_g, n_m = gcfg.iterations * gcfg.generator_steps, max(gcfg.iterations * gcfg.model_steps, 1)
         metrics = {f"server_{k}": v / (n_m if k == "distill" else n_g) for k, v in sums.items()}
         return cpu_state(model), {"generator": cpu_state(g), "optimizer": g_opt.state_dict()}, metrics

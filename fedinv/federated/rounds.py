@@ -28,6 +28,7 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits
 from ..runtime import atomic_path, generator, resolve_device, resolve_precision, save_json, save_torch
+from ..store import StoreWriter
 from .feddistill import FedDistill, FedDistillQuery
 from .feddyn import FedDyn
 from .fedavg import FedAvg
@@ -251,12 +252,26 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}")
         history.append(row)
         log.info("round %d/%d: %s", rnd + 1, fc.rounds, row)
+        gcfg = cfg.generator
+        if isinstance(fed.server_step, GeneratorServer) and gcfg.save_every and (rnd + 1) % gcfg.save_every == 0:
+            save_samples(fed, out / "generated.h5", rnd)
         save_torch({"format": "fedinv.federated-run", "fedinv_version": __version__, "round": rnd + 1,
                     "config": cfg.to_dict(), "seed": fc.seed, "partition_sha256": phash,
                     "global": global_state, "server": server_state,
                     "nodes": {str(k): v for k, v in node_states.items()}, "history": history}, ckpt_path)
         write_metrics(history, out)
     return finish(cfg, fed, global_state, history, test, out, phash)
+
+
+def save_samples(fed: Federation, path: Path, rnd: int) -> None:
+    """Append the server step's latest generated batch to the store `path` (source = round, -1)."""
+    images, labels, soft = fed.server_step.last_samples
+    info, cfg = fed.info, fed.cfg
+    meta = {"num_classes": info.num_classes, "image_shape": list(info.image_shape), "mean": list(info.mean),
+            "std": list(info.std), "seed": fed.fc.seed, "config": _comparable(cfg.to_dict()), "teachers": {},
+            "dataset": {"name": info.name, "class_names": list(info.class_names), "hflip": info.hflip}}
+    with StoreWriter(path, meta, resume=path.exists(), chunk_rows=len(labels)) as store:
+        store.append(images, labels, soft, torch.tensor([[rnd + 1, -1]] * len(labels), dtype=torch.int32))
 
 
 def method_name(fc: FederateConfig) -> str:
