@@ -1,4 +1,15 @@
-"""The multi-round mode on Flower's simulation engine gives the in-process engine's models."""
+"""The multi-round mode on Flower's simulation engine, and in its deployment runtime, gives the
+in-process engine's models."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,3 +70,80 @@ def test_teachers_over_flower_equal_in_process_teachers(tmp_path, tiny_partition
         assert a["label_counts"] == b["label_counts"]
         assert all(torch.equal(a["state_dict"][n], b["state_dict"][n]) for n in a["state_dict"])
     assert flower["ensemble_accuracy"] == local["ensemble_accuracy"] and flower["engine"] == "flower"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DEPLOY_TOML = """
+[data]
+dataset = "synthetic-tiny"
+[partition]
+num_nodes = 2
+alpha = 1.0
+[federate]
+algorithm = "fedavg"
+server = "ftg"
+model = "lenet5"
+rounds = 2
+participation = 1.0
+batch_size = 32
+device = "cpu"
+[generator]
+iterations = 2
+model_steps = 2
+batch_size = 16
+nz = 16
+"""
+
+
+@pytest.mark.slow
+def test_deployment_runtime_matches_in_process(tmp_path):
+    """The README's deployment recipe: a SuperLink, two SuperNodes (separate processes, as on separate
+    machines) and `flwr run assets/flower-app`; the ServerApp writes the in-process engine's model."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "flower-superlink").exists():
+        pytest.skip("flower-superlink is not installed beside this Python")
+    (tmp_path / "run.toml").write_text(DEPLOY_TOML)
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    link = free_port()
+    (home / "config.toml").write_text(f'[superlink.fedinv]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FLWR_HOME": str(home),
+           "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "flower.log", "w")
+    procs = [subprocess.Popen(["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                               "--port", str(link)], env=env, stdout=log, stderr=log, start_new_session=True)]
+    try:
+        for k in range(2):
+            procs.append(subprocess.Popen(
+                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", str(free_port()),
+                 "--node-config", f"partition-id={k} num-partitions=2"],
+                env=env, stdout=log, stderr=log, start_new_session=True))
+        out = tmp_path / "deployed"
+        app = Path(__file__).parent.parent / "assets" / "flower-app"
+        res = subprocess.run(["flwr", "run", str(app), "fedinv", "--stream", "--run-config",
+                              f"fedinv-config='{tmp_path / 'run.toml'}' fedinv-out='{out}'"],
+                             env=env, capture_output=True, text=True, timeout=240)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert (out / "report.json").is_file(), (tmp_path / "flower.log").read_text()[-3000:]
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=20)
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+    torch.set_num_threads(1)
+    local = federate(FederatedRunConfig.from_toml(tmp_path / "run.toml"), tmp_path / "inprocess", progress=False)
+    a = torch.load(tmp_path / "inprocess" / "global.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "global.pt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=1e-6, rtol=0), k
+    deployed = json.loads((out / "report.json").read_text())
+    assert deployed["engine"] == "flower" and deployed["final_accuracy"] == local["final_accuracy"]

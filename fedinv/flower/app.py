@@ -37,7 +37,9 @@ from ..config import from_dict
 from ..data.datasets import ImageTensors, dataset_info, load_dataset
 from ..errors import ConfigError
 from ..federated.local import LocalResult
-from ..federated.rounds import (SECTIONS, Federation, FederatedRunConfig, node_data, participants, write_metrics)
+from ..federated.rounds import (SECTIONS, Federation, FederatedRunConfig, finish, node_data, participants,
+                                write_metrics)
+from ..runtime import save_json
 from .records import from_record, to_record
 
 NODE_STATE = "fedinv-node-state"
@@ -185,9 +187,10 @@ def discover(grid: Grid, num_nodes: int, timeout: float = 600.0) -> tuple[dict[i
 
 
 def make_server_app(cfg: FederatedRunConfig | None = None, out: str | Path | None = None,
-                    on_done: Callable[[FedinvStrategy], None] | None = None) -> ServerApp:
+                    on_done: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:
     """The ServerApp of run `cfg` (None: read the TOML named by run config `fedinv-config`, and the
-    output folder from `fedinv-out`). `on_done` receives the strategy after the last round."""
+    output folder from `fedinv-out`). After the last round it writes metrics.jsonl, global.pt and
+    report.json to the output folder, as the in-process engine does; `on_done` receives the report."""
     app = ServerApp()
 
     @app.main()
@@ -195,15 +198,21 @@ def make_server_app(cfg: FederatedRunConfig | None = None, out: str | Path | Non
         c = cfg if cfg is not None else FederatedRunConfig.from_toml(str(context.run_config["fedinv-config"]))
         folder = Path(out) if out is not None else Path(str(context.run_config.get("fedinv-out", "runs/flower")))
         folder.mkdir(parents=True, exist_ok=True)
-        validation = node_data(c, load_dataset(c.data, "train")).validation \
-            if c.federate.algorithm == "feddistill-query" else None
-        fed = Federation(c, dataset_info(c.data), validation)
+        save_json(c.to_dict(), folder / "config.json")
+        data = node_data(c, load_dataset(c.data, "train"))
+        fed = Federation(c, dataset_info(c.data), data.validation if c.federate.algorithm == "feddistill-query" else None)
         node_ids, counts = discover(grid, c.partition.num_nodes)
         strategy = FedinvStrategy(fed, c.partition.num_nodes, load_dataset(c.data, "test"), folder, node_ids, counts)
         strategy.start(grid, ArrayRecord.from_torch_state_dict(strategy.global_state), num_rounds=c.federate.rounds,
                        evaluate_fn=strategy.evaluate)
+        if len(strategy.history) != c.federate.rounds:
+            raise RuntimeError(f"the Flower run ended after {len(strategy.history)} of {c.federate.rounds} rounds")
+        report = finish(c, fed, strategy.global_state, strategy.history, strategy.test, folder,
+                        data.partition.content_hash())
+        report["engine"] = "flower"
+        save_json(report, folder / "report.json")
         if on_done is not None:
-            on_done(strategy)
+            on_done(report)
 
     return app
 

@@ -6,18 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data.datasets import ImageTensors, load_dataset
 from ..errors import ConfigError
-from ..federated.rounds import FederatedRunConfig, finish, node_data
-from ..runtime import save_json
-from .app import FedinvStrategy, make_client_app, make_server_app
+from ..federated.rounds import FederatedRunConfig
+from .app import make_client_app, make_server_app
 
 # Offline-friendly: no telemetry from Flower, no usage statistics from Ray.
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 
 
-def federate_flower(cfg: FederatedRunConfig, out_dir: str | Path, *, num_cpus: int | None = None,
-                    test: ImageTensors | None = None) -> dict[str, Any]:
+def federate_flower(cfg: FederatedRunConfig, out_dir: str | Path, *, num_cpus: int | None = None
+                    ) -> dict[str, Any]:
     """Run `cfg` as a Flower simulation (one virtual SuperNode per partition); writes the same
     metrics.jsonl, global.pt and report.json as the in-process engine, and returns the report.
     Each ClientApp uses `num_cpus` CPU cores (default: all, one node at a time)."""
@@ -29,22 +27,13 @@ def federate_flower(cfg: FederatedRunConfig, out_dir: str | Path, *, num_cpus: i
                           f"use another --out folder")
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(cfg.to_dict(), out / "config.json")
-    done: dict[str, FedinvStrategy] = {}
+    done: dict[str, dict[str, Any]] = {}
     cpus = num_cpus or os.cpu_count() or 1
-    run_simulation(server_app=make_server_app(cfg, out, on_done=lambda s: done.update(strategy=s)),
+    run_simulation(server_app=make_server_app(cfg, out, on_done=lambda r: done.update(report=r)),
                    client_app=make_client_app(cfg), num_supernodes=cfg.partition.num_nodes,
                    backend_config={"client_resources": {"num_cpus": cpus, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": cpus, "include_dashboard": False,
                                                  "log_to_driver": False}})
-    if "strategy" not in done:
+    if "report" not in done:
         raise RuntimeError("the Flower simulation ended before its last round; see the log above")
-    strategy = done["strategy"]
-    test = test if test is not None else load_dataset(cfg.data, "test")
-    phash = node_data(cfg, load_dataset(cfg.data, "train")).partition.content_hash()
-    report = finish(cfg, strategy.fed, strategy.global_state, strategy.history, test, out, phash)
-    report["engine"] = "flower"
-    save_json(report, out / "report.json")
-    return report
-
+    return done["report"]
