@@ -79,6 +79,8 @@ def adaptive_round(store: Path, teachers: Teachers, student: nn.Module, count: i
                    progress: bool) -> int:
     """Synthesize `count` batches against the current student and append them; returns n_valid."""
     meta = read_meta(store)
+    if count <= 0:
+        return meta["n_valid"]
     syn = from_dict(SynthesisConfig, {**meta["config"], "device": str(device)})
     amp_dtype = resolve_precision(syn.precision, device)
     was_training = student.training
@@ -143,12 +145,13 @@ def _train_student(store: Path, out_dir: Path, cfg: StudentConfig, *, teachers_d
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     partial, start, history = out_dir / "partial.pt", 0, []
+    pool = meta["n_valid"]  # the store's rows before any adaptive round of this run
     if partial.is_file():
         state = torch.load(partial, map_location="cpu", weights_only=True)
         if state["config"] == to_dict(cfg):
             student.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            start, history = state["epoch"], state["history"]
+            start, history, pool = state["epoch"], state["history"], state.get("pool", pool)
             log.info("student: resuming after epoch %d of %d", start, cfg.epochs)
         else:
             log.warning("%s was made with another config; starting over", partial)
@@ -160,10 +163,23 @@ def _train_student(store: Path, out_dir: Path, cfg: StudentConfig, *, teachers_d
     if world.is_distributed:
         net = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def save_partial(epoch: int) -> None:
+        if world.rank == 0:
+            save_torch({"epoch": epoch, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                        "history": history, "config": to_dict(cfg), "pool": pool}, partial)
+
+    if cfg.adaptive_batches and start == 0:
+        save_partial(0)  # records the pool size, so a resumed run knows which rounds were appended
+
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         if cfg.adaptive_batches and epoch % cfg.adaptive_every == 0:
-            adaptive_round(store, teachers, student, cfg.adaptive_batches, device, progress)
+            # A run killed after appending (part of) this round but before its epoch checkpoint
+            # appends only the missing batches (each is seeded by its index and the same student).
+            rounds = epoch // cfg.adaptive_every + 1
+            rows_per_batch = from_dict(SynthesisConfig, meta["config"]).batch_size
+            appended = (read_meta(store)["n_valid"] - pool) // rows_per_batch
+            adaptive_round(store, teachers, student, rounds * cfg.adaptive_batches - appended, device, progress)
         n = read_meta(store)["n_valid"]
         steps = math.ceil(n / cfg.batch_size)
         student.train()
@@ -217,9 +233,7 @@ def _train_student(store: Path, out_dir: Path, cfg: StudentConfig, *, teachers_d
         history.append(record)
         log.info("student epoch %d/%d: %s", epoch + 1, cfg.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
-        if world.rank == 0:
-            save_torch({"epoch": epoch + 1, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "history": history, "config": to_dict(cfg)}, partial)
+        save_partial(epoch + 1)
 
     if world.rank != 0:
         return {}
