@@ -168,8 +168,10 @@ def _train_student(store: Path, out_dir: Path, cfg: StudentConfig, *, teachers_d
             save_torch({"epoch": epoch, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
                         "history": history, "config": to_dict(cfg), "pool": pool}, partial)
 
-    if cfg.adaptive_batches and start == 0:
-        save_partial(0)  # records the pool size, so a resumed run knows which rounds were appended
+    if cfg.adaptive_batches:
+        rows_per_batch = from_dict(SynthesisConfig, meta["config"]).batch_size  # of every adaptive batch
+        if start == 0:
+            save_partial(0)  # records the pool size, so a resumed run knows which rounds were appended
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -177,7 +179,6 @@ def _train_student(store: Path, out_dir: Path, cfg: StudentConfig, *, teachers_d
             # A run killed after appending (part of) this round but before its epoch checkpoint
             # appends only the missing batches (each is seeded by its index and the same student).
             rounds = epoch // cfg.adaptive_every + 1
-            rows_per_batch = from_dict(SynthesisConfig, meta["config"]).batch_size
             appended = (read_meta(store)["n_valid"] - pool) // rows_per_batch
             adaptive_round(store, teachers, student, rounds * cfg.adaptive_batches - appended, device, progress)
         n = read_meta(store)["n_valid"]
