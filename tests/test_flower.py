@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Block until something listens on 127.0.0.1:port (a cold start of the SuperLink takes a while)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the SuperLink exited during start-up"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
+
+
 DEPLOY_TOML = """
 [data]
 dataset = "synthetic-tiny"
@@ -118,6 +131,7 @@ def test_deployment_runtime_matches_in_process(tmp_path):
     procs = [subprocess.Popen(["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
                                "--port", str(link)], env=env, stdout=log, stderr=log, start_new_session=True)]
     try:
+        wait_for_port(link, procs[0])
         for k in range(2):
             procs.append(subprocess.Popen(
                 ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", str(free_port()),
