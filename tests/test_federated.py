@@ -13,7 +13,10 @@ from fedinv.config import DataConfig, FederateConfig, GeneratorConfig, Partition
 from fedinv.errors import ConfigError
 from fedinv.federated.aggregate import feddyn_aggregate, scaffold_aggregate, server_step
 from fedinv.federated.fedprox import proximal_term
-from fedinv.federated.ftg import class_level_logits, diversity_loss, generator_objective, label_distribution
+from fedinv.federated.ftg import (GeneratorServer, class_level_logits, diversity_loss,
+                                  generator_objective, label_distribution)
+from fedinv.federated.local import RoundInfo
+from fedinv.models import build_model
 from fedinv.federated.moon import contrastive_loss
 from fedinv.federated.rounds import FederatedRunConfig, federate, participants, rounds_to_target
 from fedinv.federated.scaffold import scaffold_control_update
@@ -107,6 +110,33 @@ def test_generators_shapes():
     assert f(torch.randn(4, 8), torch.tensor([0, 1, 2, 9])).shape == (4, 32)
     with pytest.raises(ConfigError, match="divisible by 4"):
         ImageGenerator(8, 10, 3, 30)
+
+
+def test_ftg_fine_tuning_stays_finite_and_keeps_the_real_bn_statistics(tiny_train):
+    """Regression: on Fashion-MNIST the round-1 fine-tuning diverged to NaN when the global model's BN
+    normalized generated batches with the running statistics of real data (eval mode). Here those
+    statistics are made far off from what generated images give (tiny running variances); the
+    fine-tuning must stay finite and hand back the running statistics it was given."""
+    info = tiny_train.info
+    build = lambda: build_model("bncnn", info.channels, info.num_classes, info.image_size)  # noqa: E731
+    torch.manual_seed(0)
+    local = [build().state_dict() for _ in range(2)]
+    global_state = build().state_dict()
+    bn = {k for k in build().state_dict() if "running" in k or "num_batches" in k}
+    assert len(bn) == 9  # three BN layers: running mean, running var, batch counter
+    for k in bn:
+        if k.endswith("running_var"):
+            global_state[k] = torch.full_like(global_state[k], 1e-4)
+    cfg = FederateConfig(model="bncnn", server="ftg", device="cpu")
+    gcfg = GeneratorConfig(iterations=3, model_steps=5, batch_size=16, nz=16, model_lr=0.1)
+    server = GeneratorServer("ftg", cfg, gcfg, info)
+    counts = torch.tensor([[5] * 5 + [0] * 5, [0] * 5 + [5] * 5])
+    new, _, metrics = server.step(build, global_state, local, counts, server.init_state(),
+                                  RoundInfo(0, 2, torch.device("cpu"), torch.Generator().manual_seed(0)))
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert all(torch.isfinite(v).all() for v in new.values() if v.is_floating_point())
+    assert all(torch.equal(new[k], global_state[k]) for k in bn)
+    assert any(not torch.equal(new[k], global_state[k]) for k in new if k not in bn)
 
 
 def test_rounds_to_target():
