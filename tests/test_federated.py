@@ -112,21 +112,20 @@ def test_generators_shapes():
         ImageGenerator(8, 10, 3, 30)
 
 
-def test_ftg_fine_tuning_stays_finite_and_keeps_the_real_bn_statistics(tiny_train):
+def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
     """Regression: on Fashion-MNIST the round-1 fine-tuning diverged to NaN when the global model's BN
-    normalized generated batches with the running statistics of real data (eval mode). Here those
-    statistics are made far off from what generated images give (tiny running variances); the
-    fine-tuning must stay finite and hand back the running statistics it was given."""
+    normalized generated batches with its running statistics (eval mode): gradients scale with
+    1 / sqrt(running var). Here the running variances are made tiny; the fine-tuning must stay
+    finite, and the running statistics follow the generated batches."""
     info = tiny_train.info
     build = lambda: build_model("bncnn", info.channels, info.num_classes, info.image_size)  # noqa: E731
     torch.manual_seed(0)
     local = [build().state_dict() for _ in range(2)]
     global_state = build().state_dict()
-    bn = {k for k in build().state_dict() if "running" in k or "num_batches" in k}
-    assert len(bn) == 9  # three BN layers: running mean, running var, batch counter
-    for k in bn:
-        if k.endswith("running_var"):
-            global_state[k] = torch.full_like(global_state[k], 1e-4)
+    variances = [k for k in global_state if k.endswith("running_var")]
+    assert len(variances) == 3
+    for k in variances:
+        global_state[k] = torch.full_like(global_state[k], 1e-4)
     cfg = FederateConfig(model="bncnn", server="ftg", device="cpu")
     gcfg = GeneratorConfig(iterations=3, model_steps=5, batch_size=16, nz=16, model_lr=0.1)
     server = GeneratorServer("ftg", cfg, gcfg, info)
@@ -135,8 +134,7 @@ def test_ftg_fine_tuning_stays_finite_and_keeps_the_real_bn_statistics(tiny_trai
                                   RoundInfo(0, 2, torch.device("cpu"), torch.Generator().manual_seed(0)))
     assert all(math.isfinite(v) for v in metrics.values())
     assert all(torch.isfinite(v).all() for v in new.values() if v.is_floating_point())
-    assert all(torch.equal(new[k], global_state[k]) for k in bn)
-    assert any(not torch.equal(new[k], global_state[k]) for k in new if k not in bn)
+    assert all((new[k] > 1e-3).all() for k in variances)
 
 
 def test_rounds_to_target():
