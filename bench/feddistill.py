@@ -1,11 +1,13 @@
 """Benchmark: FedDistill vs FedAvg in the form of feddistill.txt's Table I, on Fashion-MNIST
 (assets/configs/feddistill-fmnist.toml: 5 nodes x 2 classes, CNN1, batch 128, lr 0.01).
 
-For E local epochs in --epochs, runs FedAvg and FedDistill for max(--rounds) rounds and reads the
-central (global) model's accuracy at each N in --rounds from the same run, and FedDistill's local
-(personal) models' mean accuracy. Prints one JSON line per (algorithm, N, E) and a Markdown table.
+--rows takes the table's (N rounds, E local epochs) pairs, by default the paper's four. For each E,
+FedAvg and FedDistill run once for the largest N asked with that E, and the central (global)
+model's accuracy at every N is read from the same run, with FedDistill's local (personal) models'
+mean accuracy. Prints one JSON line per (algorithm, N, E) and a Markdown table.
 
-    python bench/feddistill.py --rounds 10,20 --epochs 1,5 --out runs/feddistill
+    python bench/feddistill.py --out runs/feddistill
+    python bench/feddistill.py --rows 10x1,20x1 --out runs/feddistill
 """
 
 from __future__ import annotations
@@ -23,16 +25,28 @@ from fedinv.federated.rounds import FederatedRunConfig, federate
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "feddistill-fmnist.toml"
 
 
+def parse_rows(rows: str) -> dict[int, list[int]]:
+    """"10x1,20x1,10x5" -> {1: [10, 20], 5: [10]} (E -> sorted Ns)."""
+    wanted: dict[int, list[int]] = {}
+    for item in rows.split(","):
+        n, sep, e = item.strip().partition("x")
+        if not (sep and n.isdigit() and e.isdigit() and int(n) > 0 and int(e) > 0):
+            raise click.BadParameter(f"{item!r}: use NxE with positive integers, e.g. 10x1", param_hint="--rows")
+        wanted.setdefault(int(e), []).append(int(n))
+    return {e: sorted(set(ns)) for e, ns in sorted(wanted.items())}
+
+
 @click.command()
-@click.option("--rounds", default="10,20", show_default=True, help="N: rounds at which accuracy is read")
-@click.option("--epochs", default="1,5", show_default=True, help="E: local epochs, one pair of runs each")
+@click.option("--rows", default="10x1,20x1,10x5,50x1", show_default=True,
+              help="comma-separated NxE: read the accuracy after N rounds of E local epochs each")
 @click.option("--out", default="runs/feddistill", show_default=True, help="run folders go here")
 @click.option("--device", default="auto", show_default=True)
-def main(rounds: str, epochs: str, out: str, device: str) -> None:
+def main(rows: str, out: str, device: str) -> None:
+    wanted = parse_rows(rows)
     base = FederatedRunConfig.from_toml(CONFIG)
     train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
-    ns, table = sorted(int(n) for n in rounds.split(",")), []
-    for e in (int(x) for x in epochs.split(",")):
+    table = []
+    for e, ns in wanted.items():
         for algorithm in ("fedavg", "feddistill"):
             fc = dataclasses.replace(base.federate, algorithm=algorithm, local_epochs=e, rounds=max(ns),
                                      device=device, eval_every=1)
