@@ -3,7 +3,7 @@ half the nodes per round (assets/configs/fmnist-rounds.toml).
 
 Runs each method in its own resumable run folder and prints one JSON object keyed by method name
 (`fedavg`, `fedavg+ftg`, ...), each with rounds_to_80, rounds_to_85, final_accuracy (after
---rounds), seconds_per_round, server_seconds_per_round and server_share (the server step's
+--rounds), mean_last_5_accuracy, best_accuracy, seconds_per_round, server_seconds_per_round and server_share (the server step's
 share of a round's wall time); then writes the comparison table and the accuracy-vs-round PNG
 with `fedinv federate-report`'s code.
 
@@ -56,7 +56,8 @@ def main(methods: str, rounds: int, config: str, out: str, device: str) -> None:
         reports.append(report)
         server_s = report["server_seconds_per_round"]
         result[method] = {k: report[k] for k in ("rounds_to_80", "rounds_to_85", "final_accuracy",
-                                                 "best_accuracy", "seconds_per_round", "server_seconds_per_round")}
+                                                 "mean_last_5_accuracy", "best_accuracy", "seconds_per_round",
+                                                 "server_seconds_per_round")}
         result[method]["server_share"] = server_s / report["seconds_per_round"] if server_s else None
     result["setting"] = {"config": str(config), "rounds": rounds, "fedinv_version": __version__,
                          "partition": dataclasses.asdict(base.partition)}

@@ -18,7 +18,8 @@ from fedinv.federated.ftg import (GeneratorServer, class_level_logits, diversity
 from fedinv.federated.local import RoundInfo
 from fedinv.models import build_model
 from fedinv.federated.moon import contrastive_loss
-from fedinv.federated.rounds import FederatedRunConfig, federate, participants, rounds_to_target
+from fedinv.federated.rounds import (FederatedRunConfig, federate, mean_last_accuracy, participants,
+                                     rounds_to_target)
 from fedinv.federated.scaffold import scaffold_control_update
 from fedinv.inversion.generator import FeatureGenerator, ImageGenerator
 
@@ -142,6 +143,9 @@ def test_rounds_to_target():
             {"round": 4, "test_accuracy": 0.86}]
     assert rounds_to_target(hist, 0.8) == 3 and rounds_to_target(hist, 0.85) == 4
     assert rounds_to_target(hist, 0.9) is None
+    assert mean_last_accuracy(hist, 2) == pytest.approx((0.82 + 0.86) / 2)
+    assert mean_last_accuracy(hist, 10) == pytest.approx((0.5 + 0.82 + 0.86) / 3)
+    assert mean_last_accuracy([{"round": 1}], 5) is None
 
 
 def tiny_run(algorithm="fedavg", server="none", rounds=2, **kw) -> FederatedRunConfig:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..viz import line_plot
-from .rounds import rounds_to_target
+from .rounds import mean_last_accuracy, rounds_to_target
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -36,16 +36,19 @@ def compare(runs: Sequence[dict[str, Any]], targets: Sequence[float]) -> tuple[l
     for r in runs:
         server = [h["server_seconds"] for h in r["history"] if "server_seconds" in h]
         row = {"method": r["method"], "rounds": len(r["history"]), "final_accuracy": r["final_accuracy"],
+               "mean_last_5_accuracy": mean_last_accuracy(r["history"], 5),
                "seconds_per_round": r["seconds_per_round"],
                "server_share": (sum(server) / sum(h["seconds"] for h in r["history"])) if server else None}
         row.update({f"rounds_to_{round(t * 100)}": rounds_to_target(r["history"], t) for t in targets})
         rows.append(row)
-    head = ["method", *[f"rounds to {round(t * 100)}%" for t in targets], "final accuracy", "rounds",
+    head = ["method", *[f"rounds to {round(t * 100)}%" for t in targets], "final accuracy",
+            "mean of last 5", "rounds",
             "s / round", "server share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"], *[str(row[f"rounds_to_{round(t * 100)}"] or "-") for t in targets],
                  f"{100 * row['final_accuracy']:.2f}" if row["final_accuracy"] is not None else "-",
+                 f"{100 * row['mean_last_5_accuracy']:.2f}" if row["mean_last_5_accuracy"] is not None else "-",
                  str(row["rounds"]), f"{row['seconds_per_round']:.1f}",
                  f"{100 * row['server_share']:.0f}%" if row["server_share"] is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")

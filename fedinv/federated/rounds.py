@@ -94,6 +94,13 @@ def rounds_to_target(history: list[dict[str, Any]], target: float) -> int | None
     return None
 
 
+def mean_last_accuracy(history: list[dict[str, Any]], k: int = 5) -> float | None:
+    """Mean test accuracy of the last k evaluated rounds: steadier than one round's figure when
+    the global model swings from round to round (non-IID nodes, partial participation)."""
+    evaluated = [r["test_accuracy"] for r in history if r.get("test_accuracy") is not None][-k:]
+    return sum(evaluated) / len(evaluated) if evaluated else None
+
+
 @dataclass(frozen=True)
 class NodeData:
     """The training data as the nodes hold it: the partition of the pool, one split per node."""
@@ -316,6 +323,7 @@ def round_report(cfg: FederatedRunConfig, history: list[dict[str, Any]], done: b
         "method": method_name(fc),
         "rounds": len(history), "final_accuracy": evaluated[-1]["test_accuracy"] if evaluated else None,
         "best_accuracy": max((r["test_accuracy"] for r in evaluated), default=None),
+        "mean_last_5_accuracy": mean_last_accuracy(history, 5),
         "seconds_per_round": float(np.mean([r["seconds"] for r in history])) if history else None,
         "server_seconds_per_round": float(np.mean(server)) if server else None,
     }
