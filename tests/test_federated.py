@@ -193,6 +193,20 @@ def test_resume_after_a_stop_gives_the_same_model(tmp_path, tiny_train, algorith
     assert [r["round"] for r in resumed["history"]] == [1, 2, 3]
 
 
+def test_a_finished_run_extends_to_more_rounds(tmp_path, tiny_train):
+    whole = federate(tiny_run(rounds=3), tmp_path / "whole", progress=False, train=tiny_train)
+    federate(tiny_run(rounds=2), tmp_path / "ext", progress=False, train=tiny_train)
+    extended = federate(tiny_run(rounds=3), tmp_path / "ext", resume=True, progress=False, train=tiny_train)
+    assert extended["complete"] and extended["rounds"] == 3
+    a = torch.load(tmp_path / "whole" / "global.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "ext" / "global.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["round"] for r in extended["history"]] == [1, 2, 3]
+    assert extended["final_accuracy"] == whole["final_accuracy"]
+    with pytest.raises(ConfigError, match="already run 3 rounds"):
+        federate(tiny_run(rounds=2), tmp_path / "ext", resume=True, progress=False, train=tiny_train)
+
+
 def test_resume_refuses_another_config(tmp_path, tiny_train):
     federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
     with pytest.raises(ConfigError, match="another config"):

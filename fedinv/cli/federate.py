@@ -19,7 +19,7 @@ from ..runtime import save_json
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last finished round "
-              "(in-process engine)")
+              "(in-process engine); a finished run resumed with a larger `rounds` is extended")
 @engine_option("the same code as a Flower app on Flower's simulation engine (no --resume)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
 def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, progress: bool) -> None:

@@ -45,8 +45,9 @@ ALGORITHM_CLASSES: dict[str, type[FedAvg]] = {c.name: c for c in (FedAvg, FedPro
                                                                    FedDistill, FedDistillQuery)}
 SECTIONS = {"data": DataConfig, "partition": PartitionConfig, "federate": FederateConfig,
             "generator": GeneratorConfig}
-# Fields that change where a run computes, not what it computes: a resume may change them.
-_RUNTIME_FIELDS = {"federate": ("device", "eval_every")}
+# Fields a resume may change: where a run computes, how often it evaluates, and how many rounds it
+# runs in all (nothing in a round depends on the total, so a finished run can be extended).
+_RUNTIME_FIELDS = {"federate": ("device", "eval_every", "rounds")}
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,9 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
         if not same or saved["partition_sha256"] != phash:
             raise ConfigError(f"{ckpt_path} was made with another config or partition; use another --out folder")
         start, history = saved["round"], saved["history"]
+        if start > fc.rounds:
+            raise ConfigError(f"{out} has already run {start} rounds, more than rounds = {fc.rounds}; "
+                              f"resume with rounds >= {start}")
         global_state, server_state = saved["global"], saved["server"]
         node_states = {int(k): v for k, v in saved["nodes"].items()}
         log.info("resuming %s after round %d of %d", out, start, fc.rounds)
