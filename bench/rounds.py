@@ -4,8 +4,9 @@ half the nodes per round (assets/configs/fmnist-rounds.toml).
 Runs each method in its own resumable run folder and prints one JSON object keyed by method name
 (`fedavg`, `fedavg+ftg`, ...), each with rounds_to_80, rounds_to_85, final_accuracy (after
 --rounds), mean_last_5_accuracy, best_accuracy, seconds_per_round, server_seconds_per_round and
-server_share (the server step's share of a round's wall time); then writes the comparison table and the accuracy-vs-round PNG
-with `fedinv federate-report`'s code.
+server_share (the server step's share of a round's wall time); then writes the comparison table
+and the accuracy-vs-round PNG with `fedinv federate-report`'s code. Finished runs are read back,
+not re-run; a larger --rounds extends them.
 
     python bench/rounds.py --rounds 30 --out runs/rounds
     python bench/rounds.py --methods fedavg,fedavg+ftg --rounds 10
