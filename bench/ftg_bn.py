@@ -1,0 +1,111 @@
+"""Diagnosis: how FedFTG's server fine-tuning should treat the global model's BatchNorm.
+
+From the global model of a finished `bench/rounds.py` FedAvg run, runs one more round of local
+updates (round --round's participants), aggregates, and then distills the class-level ensemble of
+the round's local models into the aggregate on *real* training images, so that only the BN
+handling differs from one line to the next (no generator involved):
+
+- eval: BN uses its running statistics (gradients scale with 1 / sqrt(running var));
+- train-restore: BN normalizes each batch by its own statistics; the old running statistics are put
+  back afterwards;
+- train-update: the same, and the running statistics follow the batches (fedinv's FedFTG step).
+
+Prints JSON: test accuracy of the aggregate, of the class-level and mean ensembles, of each local
+model, and of the aggregate after --steps KD steps (SGD, --lr, T = 1, batch 64) per BN mode.
+
+    python bench/ftg_bn.py --run runs/rounds/fedavg
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import click
+import torch
+
+from fedinv import __version__
+from fedinv.data.datasets import ImageTensors, load_dataset
+from fedinv.evaluate import accuracy
+from fedinv.federated.ftg import GeneratorServer, class_level_logits
+from fedinv.federated.local import RoundInfo
+from fedinv.config import from_dict
+from fedinv.federated.rounds import SECTIONS, FederatedRunConfig, Federation, node_data, participants
+from fedinv.runtime import generator
+from fedinv.student.distill import kd_loss
+
+
+def normalized(data: ImageTensors) -> torch.Tensor:
+    mean = torch.tensor(data.info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.info.std).view(1, -1, 1, 1)
+    return (data.images.float() / 255 - mean) / std
+
+
+def distill(fed: Federation, state: dict, teacher, x: torch.Tensor, mode: str, steps: int, lr: float,
+            seed: int) -> dict:
+    """KD of `teacher` into a model loaded from `state` on batches of x; returns the new state."""
+    model = fed.algo.build()
+    model.load_state_dict(state)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    model.eval() if mode == "eval" else model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = x[torch.randint(0, len(x), (64,), generator=gen)]
+        with torch.no_grad():
+            target = teacher(batch)
+        loss = kd_loss(model(batch), target, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    new = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if mode == "train-restore":
+        new.update(before)
+    return new
+
+
+@click.command()
+@click.option("--run", "run_dir", default="runs/rounds/fedavg", show_default=True,
+              help="a finished FedAvg run folder of bench/rounds.py (checkpoint.pt, config.json)")
+@click.option("--round", "rnd", default=None, type=int, help="0-based round whose participants update "
+              "(default: the round after the run's last)")
+@click.option("--steps", default=50, show_default=True, help="KD steps (FedFTG: 10 iterations x 5)")
+@click.option("--lr", default=0.1, show_default=True, help="SGD learning rate (FedFTG's default)")
+def main(run_dir: str, rnd: int | None, steps: int, lr: float) -> None:
+    run = Path(run_dir)
+    raw = json.loads((run / "config.json").read_text())
+    cfg = FederatedRunConfig(**{name: from_dict(cls, raw[name]) for name, cls in SECTIONS.items()})
+    cfg = dataclasses.replace(cfg, federate=dataclasses.replace(cfg.federate, server="ftg"))
+    train, test = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
+    data, fed = node_data(cfg, train), Federation(cfg, train.info)
+    saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    global_state, server_state = saved["global"], fed.initial_states()[1]
+    rnd = saved["round"] if rnd is None else rnd
+    who = participants(data.partition.num_nodes, cfg.federate.participation, cfg.federate.seed, rnd)
+    results = [fed.node_update(k, rnd, data.splits[k], data.counts[k], global_state, {}, fed.broadcast(server_state))
+               for k in who]
+    info = RoundInfo(rnd, data.partition.num_nodes, fed.device, generator(cfg.federate.seed, 5, rnd))
+    aggregate, _ = fed.algo.aggregate(global_state, results, server_state, info)
+    step = fed.server_step
+    assert isinstance(step, GeneratorServer)
+    server = step.server_models(fed.algo.build, [r.state for r in results],
+                                torch.stack([r.label_counts for r in results]), torch.device("cpu"))
+    x_test, x_train = normalized(test), normalized(train)
+    with torch.no_grad():
+        logits = torch.cat([torch.stack([m(x) for m in server.models], 1) for x in x_test.split(1000)]).transpose(0, 1)
+    out = {"run": str(run), "round": rnd + 1, "nodes": who, "steps": steps, "lr": lr,
+           "fedinv_version": __version__, "aggregate": fed.test_accuracy(aggregate, test),
+           "ensemble_class_level": accuracy(class_level_logits(logits, server.shares), test.labels),
+           "ensemble_mean_logits": accuracy(logits.mean(0), test.labels),
+           "local_models": [accuracy(z, test.labels) for z in logits], "after_kd": {}}
+    for mode in ("eval", "train-restore", "train-update"):
+        new = distill(fed, aggregate, server.ensemble, x_train, mode, steps, lr, cfg.federate.seed)
+        finite = all(torch.isfinite(v).all() for v in new.values() if v.is_floating_point())
+        out["after_kd"][mode] = fed.test_accuracy(new, test) if finite else math.nan
+    click.echo(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
