@@ -11,7 +11,7 @@ handling differs from one line to the next (no generator involved):
 - train-update: the same, and the running statistics follow the batches (fedinv's FedFTG step).
 
 Prints JSON: test accuracy of the aggregate, of the class-level and mean ensembles, of each local
-model, and of the aggregate after --steps KD steps (SGD, --lr, T = 1, batch 64) per BN mode.
+model, and of the aggregate after --steps KD steps (SGD, --lr, T = 1, batch 64) per BN mode (null: it diverged).
 
     python bench/ftg_bn.py --run runs/rounds/fedavg
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import click
@@ -103,7 +102,7 @@ def main(run_dir: str, rnd: int | None, steps: int, lr: float) -> None:
     for mode in ("eval", "train-restore", "train-update"):
         new = distill(fed, aggregate, server.ensemble, x_train, mode, steps, lr, cfg.federate.seed)
         finite = all(torch.isfinite(v).all() for v in new.values() if v.is_floating_point())
-        out["after_kd"][mode] = fed.test_accuracy(new, test) if finite else math.nan
+        out["after_kd"][mode] = fed.test_accuracy(new, test) if finite else None  # diverged
     click.echo(json.dumps(out))
 
 
