@@ -41,9 +41,8 @@ def compare(runs: Sequence[dict[str, Any]], targets: Sequence[float]) -> tuple[l
                "server_share": (sum(server) / sum(h["seconds"] for h in r["history"])) if server else None}
         row.update({f"rounds_to_{round(t * 100)}": rounds_to_target(r["history"], t) for t in targets})
         rows.append(row)
-    head = ["method", *[f"rounds to {round(t * 100)}%" for t in targets], "final accuracy",
-            "mean of last 5", "rounds",
-            "s / round", "server share"]
+    head = ["method", *[f"rounds to {round(t * 100)}%" for t in targets], "final accuracy", "mean of last 5",
+            "rounds", "s / round", "server share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["method"], *[str(row[f"rounds_to_{round(t * 100)}"] or "-") for t in targets],
