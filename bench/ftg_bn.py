@@ -11,7 +11,8 @@ handling differs from one line to the next (no generator involved):
 - train-update: the same, and the running statistics follow the batches (fedinv's FedFTG step).
 
 Prints JSON: test accuracy of the aggregate, of the class-level and mean ensembles, of each local
-model, and of the aggregate after --steps KD steps (SGD, --lr, T = 1, batch 64) per BN mode (null: it diverged).
+model, and of the aggregate after --steps KD steps (SGD, --lr, T = 1, batch 64) per BN mode
+(null: it diverged).
 
     python bench/ftg_bn.py --run runs/rounds/fedavg
 """
@@ -26,20 +27,15 @@ import click
 import torch
 
 from fedinv import __version__
-from fedinv.data.datasets import ImageTensors, load_dataset
-from fedinv.evaluate import accuracy
+from fedinv.config import from_dict
+from fedinv.data.batches import normalize
+from fedinv.data.datasets import load_dataset
+from fedinv.evaluate import accuracy, predict_logits
 from fedinv.federated.ftg import GeneratorServer, class_level_logits
 from fedinv.federated.local import RoundInfo
-from fedinv.config import from_dict
 from fedinv.federated.rounds import SECTIONS, FederatedRunConfig, Federation, node_data, participants
 from fedinv.runtime import generator
 from fedinv.student.distill import kd_loss
-
-
-def normalized(data: ImageTensors) -> torch.Tensor:
-    mean = torch.tensor(data.info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.info.std).view(1, -1, 1, 1)
-    return (data.images.float() / 255 - mean) / std
 
 
 def distill(fed: Federation, state: dict, teacher, x: torch.Tensor, mode: str, steps: int, lr: float,
@@ -91,16 +87,15 @@ def main(run_dir: str, rnd: int | None, steps: int, lr: float) -> None:
     assert isinstance(step, GeneratorServer)
     server = step.server_models(fed.algo.build, [r.state for r in results],
                                 torch.stack([r.label_counts for r in results]), torch.device("cpu"))
-    x_test, x_train = normalized(test), normalized(train)
-    with torch.no_grad():
-        logits = torch.cat([torch.stack([m(x) for m in server.models], 1) for x in x_test.split(1000)]).transpose(0, 1)
+    logits = torch.stack([predict_logits(m, test, torch.device("cpu")) for m in server.models])  # [M, N, K]
     out = {"run": str(run), "round": rnd + 1, "nodes": who, "steps": steps, "lr": lr,
            "fedinv_version": __version__, "aggregate": fed.test_accuracy(aggregate, test),
            "ensemble_class_level": accuracy(class_level_logits(logits, server.shares), test.labels),
            "ensemble_mean_logits": accuracy(logits.mean(0), test.labels),
            "local_models": [accuracy(z, test.labels) for z in logits], "after_kd": {}}
     for mode in ("eval", "train-restore", "train-update"):
-        new = distill(fed, aggregate, server.ensemble, x_train, mode, steps, lr, cfg.federate.seed)
+        new = distill(fed, aggregate, server.ensemble, normalize(train.images, train.info), mode, steps, lr,
+                      cfg.federate.seed)
         finite = all(torch.isfinite(v).all() for v in new.values() if v.is_floating_point())
         out["after_kd"][mode] = fed.test_accuracy(new, test) if finite else None  # diverged
     click.echo(json.dumps(out))

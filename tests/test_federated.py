@@ -16,12 +16,12 @@ from fedinv.federated.fedprox import proximal_term
 from fedinv.federated.ftg import (GeneratorServer, class_level_logits, diversity_loss,
                                   generator_objective, label_distribution)
 from fedinv.federated.local import RoundInfo
-from fedinv.models import build_model
 from fedinv.federated.moon import contrastive_loss
 from fedinv.federated.rounds import (FederatedRunConfig, federate, mean_last_accuracy, participants,
                                      rounds_to_target)
 from fedinv.federated.scaffold import scaffold_control_update
 from fedinv.inversion.generator import FeatureGenerator, ImageGenerator
+from fedinv.models import build_model
 
 
 def t(*v):
