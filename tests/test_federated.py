@@ -138,6 +138,33 @@ def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
     assert all((new[k] > 1e-3).all() for k in variances)
 
 
+def test_feddistill_personal_accuracy_is_on_each_nodes_own_classes(tiny_train):
+    """The paper's Local Node Acc: a node's personal model answers for the classes it was trained on."""
+    from fedinv.federated.feddistill import FedDistill
+    from fedinv.federated.local import cpu_state, head_of
+
+    info, test = tiny_train.info, tiny_train
+    algo = FedDistill(FederateConfig(algorithm="feddistill", model="lenet5", device="cpu"), info)
+
+    def always(label):  # a personal model that predicts `label` for every image
+        model = algo.personal_model(0, None, torch.device("cpu"))
+        head = head_of(model)
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.zero_()
+            head.bias[label] = 1.0
+        return {"personal": cpu_state(model)}
+
+    counts = torch.zeros(3, info.num_classes, dtype=torch.long)
+    counts[0, [0, 1]] = 7  # node 0 holds classes 0 and 1, predicts 0
+    counts[1, 2] = 4  # node 1 holds class 2 only, predicts 2
+    n = torch.bincount(test.labels, minlength=info.num_classes).double()
+    got = algo.evaluate_nodes({0: always(0), 1: always(2), 2: {}}, test, torch.device("cpu"), counts)
+    assert got["personal_accuracy"] == pytest.approx((n[0] / (n[0] + n[1]) + 1.0).item() / 2, rel=1e-5)
+    assert got["personal_accuracy_all_classes"] == pytest.approx(((n[0] + n[2]) / n.sum()).item() / 2, rel=1e-5)
+    assert algo.evaluate_nodes({}, test, torch.device("cpu"), counts) == {}
+
+
 def test_rounds_to_target():
     hist = [{"round": 1, "test_accuracy": 0.5}, {"round": 2}, {"round": 3, "test_accuracy": 0.82},
             {"round": 4, "test_accuracy": 0.86}]

@@ -47,7 +47,8 @@ class FedAvg:
         avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
         return server_step(global_state, avg, self.cfg.server_lr), server_state
 
-    def evaluate_nodes(self, node_states: dict[int, dict[str, Any]], test: ImageTensors,
-                       device: torch.device) -> dict[str, float]:
-        """Metrics of what the nodes keep for themselves (FedDistill's personal models); none here."""
+    def evaluate_nodes(self, node_states: dict[int, dict[str, Any]], test: ImageTensors, device: torch.device,
+                       label_counts: torch.Tensor) -> dict[str, float]:
+        """Metrics of what the nodes keep for themselves (FedDistill's personal models); none here.
+        `label_counts` [N, K] are the nodes' training label counts."""
         return {}

@@ -59,10 +59,22 @@ class FedDistill(FedAvg):
         return LocalResult(cpu_state(model), len(ctx.data), node_state={"personal": cpu_state(personal)},
                            metrics=metrics)
 
-    def evaluate_nodes(self, node_states, test, device):
-        accs = [accuracy(predict_logits(self.personal_model(k, s["personal"], device), test, device), test.labels)
-                for k, s in sorted(node_states.items()) if "personal" in s]
-        return {"personal_accuracy": sum(accs) / len(accs)} if accs else {}
+    def evaluate_nodes(self, node_states, test, device, label_counts):
+        """Mean accuracy of the personal models on the test samples of their own node's classes (the
+        paper's Local Node Acc: a node holding 2 classes is asked about those 2), and on the whole test set."""
+        own, whole = [], []
+        for k, s in sorted(node_states.items()):
+            if "personal" not in s:
+                continue
+            logits = predict_logits(self.personal_model(k, s["personal"], device), test, device)
+            mask = (label_counts[k] > 0)[test.labels]
+            if mask.any():  # a node whose classes the test set lacks answers for nothing of its own
+                own.append(accuracy(logits[mask], test.labels[mask]))
+            whole.append(accuracy(logits, test.labels))
+        out = {"personal_accuracy": sum(own) / len(own)} if own else {}
+        if whole:
+            out["personal_accuracy_all_classes"] = sum(whole) / len(whole)
+        return out
 
 
 class FedDistillQuery(FedAvg):

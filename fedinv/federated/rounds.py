@@ -259,7 +259,7 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
                "local_seconds": t_local, "seconds": time.perf_counter() - t0}
         if (rnd + 1) % fc.eval_every == 0 or rnd + 1 == fc.rounds:
             row["test_accuracy"] = fed.test_accuracy(global_state, test)
-            row.update(fed.algo.evaluate_nodes(node_states, test, fed.device))
+            row.update(fed.algo.evaluate_nodes(node_states, test, fed.device, data.counts))
             bar.set_postfix(acc=f"{row['test_accuracy']:.4f}")
         history.append(row)
         log.info("round %d/%d: %s", rnd + 1, fc.rounds, row)
@@ -333,7 +333,8 @@ def round_report(cfg: FederatedRunConfig, history: list[dict[str, Any]], done: b
     }
     for t in targets:
         report[f"rounds_to_{round(t * 100)}"] = rounds_to_target(history, t)
-    if evaluated and "personal_accuracy" in evaluated[-1]:
-        report["personal_accuracy"] = evaluated[-1]["personal_accuracy"]
+    for key in ("personal_accuracy", "personal_accuracy_all_classes"):
+        if evaluated and key in evaluated[-1]:
+            report[key] = evaluated[-1][key]
     report["history"] = history
     return report
