@@ -329,11 +329,16 @@ class GeneratorConfig:
     lambda_md: float = option(1.0, "ftg: weight of hard-sample mining (maximize KL(ensemble || global))")
     lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
     temperature: float = option(1.0, "KD temperature of the fine-tuning")
+    bn_stats: str = option("batches", "ftg, feddf: the global model's BN running statistics after the fine-tuning: "
+                           "batches (they follow the generated batches, as in the reference code's train mode) "
+                           "or aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
+                           "put back; pair it with a small model_lr)", choices=("batches", "aggregate"))
     fedgen_weight: float = option(1.0, "fedgen: weight of the nodes' CE on generated features")
     save_every: int = option(0, "ftg, feddf: append a batch of generated images (with the round's ensemble "
                                 "soft labels) to OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
 
     def __post_init__(self) -> None:
+        _check_choice(self, "bn_stats")
         _at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
         _at_least(self, 0, "model_steps", "save_every")
         if not self.generator_lr > 0 or not self.model_lr > 0 or not self.temperature > 0:

@@ -138,6 +138,27 @@ def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
     assert all((new[k] > 1e-3).all() for k in variances)
 
 
+@pytest.mark.parametrize("bn_stats", ["batches", "aggregate"])
+def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_stats):
+    info = tiny_train.info
+    build = lambda: build_model("bncnn", info.channels, info.num_classes, info.image_size)  # noqa: E731
+    torch.manual_seed(0)
+    local, global_state = [build().state_dict() for _ in range(2)], build().state_dict()
+    cfg = FederateConfig(model="bncnn", server="ftg", device="cpu")
+    server = GeneratorServer("ftg", cfg, GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16,
+                                                         bn_stats=bn_stats), info)
+    counts = torch.tensor([[5] * 5 + [0] * 5, [0] * 5 + [5] * 5])
+    new, _, _ = server.step(build, global_state, local, counts, server.init_state(),
+                            RoundInfo(0, 2, torch.device("cpu"), torch.Generator().manual_seed(0)))
+    stats = [k for k in global_state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    weights = [k for k in global_state if k not in stats]
+    kept = all(torch.equal(new[k], global_state[k]) for k in stats)
+    assert kept == (bn_stats == "aggregate")
+    assert not all(torch.equal(new[k], global_state[k]) for k in weights)  # the fine-tuning did move the weights
+    with pytest.raises(ConfigError, match="batches, aggregate"):
+        GeneratorConfig(bn_stats="real")
+
+
 def test_feddistill_personal_accuracy_is_on_each_nodes_own_classes(tiny_train):
     """The paper's Local Node Acc: a node's personal model answers for the classes it was trained on."""
     from fedinv.federated.feddistill import FedDistill
