@@ -27,13 +27,12 @@ import click
 import torch
 
 from fedinv import __version__
-from fedinv.config import from_dict
 from fedinv.data.batches import normalize
 from fedinv.data.datasets import load_dataset
 from fedinv.evaluate import accuracy, predict_logits
 from fedinv.federated.ftg import GeneratorServer, class_level_logits
 from fedinv.federated.local import RoundInfo
-from fedinv.federated.rounds import SECTIONS, FederatedRunConfig, Federation, node_data, participants
+from fedinv.federated.rounds import FederatedRunConfig, Federation, node_data, participants
 from fedinv.runtime import generator
 from fedinv.student.distill import kd_loss
 
@@ -71,7 +70,7 @@ def distill(fed: Federation, state: dict, teacher, x: torch.Tensor, mode: str, s
 def main(run_dir: str, rnd: int | None, steps: int, lr: float) -> None:
     run = Path(run_dir)
     raw = json.loads((run / "config.json").read_text())
-    cfg = FederatedRunConfig(**{name: from_dict(cls, raw[name]) for name, cls in SECTIONS.items()})
+    cfg = FederatedRunConfig.from_dict(raw)
     cfg = dataclasses.replace(cfg, federate=dataclasses.replace(cfg.federate, server="ftg"))
     train, test = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
     data, fed = node_data(cfg, train), Federation(cfg, train.info)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import GLOBAL, ModelCheckpoint, model_spec, save_checkpoint
-from ..config import DataConfig, FederateConfig, GeneratorConfig, PartitionConfig, read_toml_tables, to_dict
+from ..config import (DataConfig, FederateConfig, GeneratorConfig, PartitionConfig, from_dict, read_toml_tables,
+                      to_dict)
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError
@@ -64,6 +65,11 @@ class FederatedRunConfig:
     def from_toml(cls, path: str | Path) -> "FederatedRunConfig":
         default = cls()
         return cls(**read_toml_tables(path, {name: getattr(default, name) for name in SECTIONS}))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "FederatedRunConfig":
+        """From `to_dict`'s form (a run folder's config.json, a checkpoint's "config")."""
+        return cls(**{name: from_dict(sub, raw[name]) for name, sub in SECTIONS.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}

@@ -33,12 +33,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from ..config import from_dict
 from ..data.datasets import ImageTensors, dataset_info, load_dataset
 from ..errors import ConfigError
 from ..federated.local import LocalResult
-from ..federated.rounds import (SECTIONS, Federation, FederatedRunConfig, finish, node_data, participants,
-                                write_metrics)
+from ..federated.rounds import Federation, FederatedRunConfig, finish, node_data, participants, write_metrics
 from ..runtime import save_json
 from .records import from_record, to_record
 
@@ -46,8 +44,7 @@ NODE_STATE = "fedinv-node-state"
 
 
 def config_from_json(text: str) -> FederatedRunConfig:
-    d = json.loads(text)
-    return FederatedRunConfig(**{name: from_dict(c, d[name]) for name, c in SECTIONS.items()})
+    return FederatedRunConfig.from_dict(json.loads(text))
 
 
 @functools.lru_cache(maxsize=2)
