@@ -4,7 +4,8 @@
 --rows takes the table's (N rounds, E local epochs) pairs, by default the paper's four. For each E,
 FedAvg and FedDistill run once for the largest N asked with that E, and the central (global)
 model's accuracy at every N is read from the same run, with FedDistill's local (personal) models'
-mean accuracy. Prints one JSON line per (algorithm, N, E) and a Markdown table.
+mean accuracy on their own node's classes (the paper's Local Node Acc) and on all classes. Prints
+one JSON line per (algorithm, N, E) and a Markdown table.
 
     python bench/feddistill.py --out runs/feddistill
     python bench/feddistill.py --rows 10x1,20x1 --out runs/feddistill
@@ -57,13 +58,17 @@ def main(rows: str, out: str, device: str) -> None:
             for n in ns:
                 row = {"algorithm": algorithm, "N": n, "E": e, "central_accuracy": by_round[n]["test_accuracy"],
                        "local_accuracy": by_round[n].get("personal_accuracy"),
+                       "local_accuracy_all_classes": by_round[n].get("personal_accuracy_all_classes"),
                        "seconds_per_round": report["seconds_per_round"], "fedinv_version": __version__}
                 table.append(row)
                 click.echo(json.dumps(row))
-    click.echo("\n| Algorithm | N | E | Local node acc | Central node acc |\n|---|---|---|---|---|")
+    click.echo("\n| Algorithm | N | E | Local node acc (own classes) | Local node acc (all classes) "
+               "| Central node acc |\n|---|---|---|---|---|---|")
     for r in sorted(table, key=lambda r: (r["E"], r["N"], r["algorithm"])):
-        local = f"{100 * r['local_accuracy']:.2f}%" if r["local_accuracy"] is not None else "-"
-        click.echo(f"| {r['algorithm']} | {r['N']} | {r['E']} | {local} | {100 * r['central_accuracy']:.2f}% |")
+        local = [f"{100 * v:.2f}%" if v is not None else "-"
+                 for v in (r["local_accuracy"], r["local_accuracy_all_classes"])]
+        click.echo(f"| {r['algorithm']} | {r['N']} | {r['E']} | {local[0]} | {local[1]} "
+                   f"| {100 * r['central_accuracy']:.2f}% |")
 
 
 if __name__ == "__main__":
