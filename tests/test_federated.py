@@ -1,6 +1,7 @@
 """Multi-round mode: aggregation rules against hand computations, the FedFTG pieces against
 hand-built counts, two rounds of every method on synthetic-tiny, and resume after a stop."""
 
+import dataclasses
 import json
 import math
 
@@ -259,6 +260,20 @@ def test_resume_refuses_another_config(tmp_path, tiny_train):
     federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
     with pytest.raises(ConfigError, match="another config"):
         federate(tiny_run(rounds=2, lr=0.01), tmp_path, resume=True, progress=False, train=tiny_train)
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_new_config_field(tmp_path, tiny_train):
+    """A field added to a config since the run started, left at its default, is no change."""
+    federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["generator"]["bn_stats"]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    report = federate(tiny_run(rounds=2), tmp_path, resume=True, progress=False, train=tiny_train)
+    assert report["complete"] and [r["round"] for r in report["history"]] == [1, 2]
+    cfg = tiny_run(rounds=3)
+    changed = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, bn_stats="aggregate"))
+    with pytest.raises(ConfigError, match="another config"):  # a non-default value is a change
+        federate(changed, tmp_path, resume=True, progress=False, train=tiny_train)
 
 
 def test_config_errors_name_the_options():

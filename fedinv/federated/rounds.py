@@ -229,7 +229,8 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
     node_states: dict[int, dict[str, Any]] = {}
     if ckpt_path.exists():
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        same = _comparable(saved["config"]) == _comparable(cfg.to_dict())
+        # Through from_dict, so that a field added since (at its default) still matches.
+        same = _comparable(FederatedRunConfig.from_dict(saved["config"]).to_dict()) == _comparable(cfg.to_dict())
         if not same or saved["partition_sha256"] != phash:
             raise ConfigError(f"{ckpt_path} was made with another config or partition; use another --out folder")
         start, history = saved["round"], saved["history"]
