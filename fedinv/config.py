@@ -332,7 +332,7 @@ class GeneratorConfig:
     bn_stats: str = option("batches", "ftg, feddf: the global model's BN running statistics after the fine-tuning: "
                            "batches (they follow the generated batches, as in the reference code's train mode) "
                            "or aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
-                           "put back; pair it with a small model_lr)", choices=("batches", "aggregate"))
+                           "put back)", choices=("batches", "aggregate"))
     fedgen_weight: float = option(1.0, "fedgen: weight of the nodes' CE on generated features")
     save_every: int = option(0, "ftg, feddf: append a batch of generated images (with the round's ensemble "
                                 "soft labels) to OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")

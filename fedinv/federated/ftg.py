@@ -142,7 +142,8 @@ class GeneratorServer:
         # images at lr 0.1). Putting the old running statistics back afterwards leaves them stale
         # once the weights have moved far (there, 82.9% -> 64.8% test accuracy at lr 0.1, against
         # 82.5% when they follow). But statistics that follow generated batches are not those of
-        # real data: bn_stats="aggregate" puts the aggregate's back, which pays at a small model_lr.
+        # real data: bn_stats="aggregate" puts the aggregate's back (better after one round at a
+        # small model_lr, worse over 30: docs/results.md).
         model.to(device).train()
         aggregate_stats = {k: v.clone() for k, v in model.state_dict().items()
                            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
