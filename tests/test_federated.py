@@ -13,10 +13,11 @@ from fedinv.cli.main import cli
 from fedinv.config import DataConfig, FederateConfig, GeneratorConfig, PartitionConfig
 from fedinv.errors import ConfigError
 from fedinv.federated.aggregate import feddyn_aggregate, scaffold_aggregate, server_step
+from fedinv.federated.feddistill import FedDistill
 from fedinv.federated.fedprox import proximal_term
 from fedinv.federated.ftg import (GeneratorServer, class_level_logits, diversity_loss,
                                   generator_objective, label_distribution)
-from fedinv.federated.local import RoundInfo
+from fedinv.federated.local import RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
 from fedinv.federated.rounds import (FederatedRunConfig, federate, mean_last_accuracy, participants,
                                      rounds_to_target)
@@ -162,9 +163,6 @@ def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_s
 
 def test_feddistill_personal_accuracy_is_on_each_nodes_own_classes(tiny_train):
     """The paper's Local Node Acc: a node's personal model answers for the classes it was trained on."""
-    from fedinv.federated.feddistill import FedDistill
-    from fedinv.federated.local import cpu_state, head_of
-
     info, test = tiny_train.info, tiny_train
     algo = FedDistill(FederateConfig(algorithm="feddistill", model="lenet5", device="cpu"), info)
 
