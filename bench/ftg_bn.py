@@ -31,7 +31,7 @@ from fedinv.data.batches import normalize
 from fedinv.data.datasets import load_dataset
 from fedinv.evaluate import accuracy, predict_logits
 from fedinv.federated.ftg import GeneratorServer, class_level_logits
-from fedinv.federated.local import RoundInfo
+from fedinv.federated.local import RoundInfo, bn_statistics
 from fedinv.federated.rounds import FederatedRunConfig, Federation, node_data, participants
 from fedinv.runtime import generator
 from fedinv.student.distill import kd_loss
@@ -42,7 +42,7 @@ def distill(fed: Federation, state: dict, teacher, x: torch.Tensor, mode: str, s
     """KD of `teacher` into a model loaded from `state` on batches of x; returns the new state."""
     model = fed.algo.build()
     model.load_state_dict(state)
-    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    before = {k: v.clone() for k, v in bn_statistics(model.state_dict()).items()}
     model.eval() if mode == "eval" else model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)

@@ -30,12 +30,9 @@ from fedinv import __version__
 from fedinv.data.batches import normalize
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.federated.ftg import GeneratorServer
-from fedinv.federated.local import RoundInfo, State
+from fedinv.federated.local import RoundInfo, State, bn_statistics
 from fedinv.federated.rounds import FederatedRunConfig, Federation, node_data, participants
 from fedinv.runtime import generator
-
-STATS = ("running_mean", "running_var", "num_batches_tracked")
-
 
 @torch.no_grad()
 def real_statistics(fed: Federation, state: State, images: ImageTensors, batch: int = 500) -> State:
@@ -79,7 +76,7 @@ def main(run_dir: str, model_lrs: str, calibration: int) -> None:
         return RoundInfo(rnd, data.partition.num_nodes, fed.device, generator(cfg.federate.seed, 5, rnd))
 
     aggregate, _ = fed.algo.aggregate(global_state, results, server_state, info())
-    kept = {k: v for k, v in aggregate.items() if k.endswith(STATS)}
+    kept = bn_statistics(aggregate)
     calib = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:calibration])
     out = {"run": str(run), "round": rnd + 1, "nodes": who, "calibration": calibration,
            "fedinv_version": __version__, "aggregate": fed.test_accuracy(aggregate, test),

@@ -28,7 +28,7 @@ from ..evaluate import class_shares
 from ..inversion.generator import ImageGenerator, to_model_input
 from ..runtime import generator as rng
 from ..student.distill import kd_loss
-from .local import RoundInfo, State, cpu_state
+from .local import RoundInfo, State, bn_statistics, cpu_state
 
 
 def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
@@ -145,8 +145,6 @@ class GeneratorServer:
         # real data: bn_stats="aggregate" puts the aggregate's back (better after one round at a
         # small model_lr, worse over 30: docs/results.md).
         model.to(device).train()
-        aggregate_stats = {k: v.clone() for k, v in model.state_dict().items()
-                           if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
         m_opt = torch.optim.SGD(model.parameters(), lr=gcfg.model_lr * decay)
         server = self.server_models(build, local_states, label_counts, device)
         lambda_md = gcfg.lambda_md if self.kind == "ftg" else 0.0
@@ -186,5 +184,5 @@ class GeneratorServer:
         metrics = {f"server_{k}": v / (n_m if k == "distill" else n_g) for k, v in sums.items()}
         new_state = cpu_state(model)
         if gcfg.bn_stats == "aggregate":
-            new_state.update({k: v.cpu() for k, v in aggregate_stats.items()})
+            new_state.update(bn_statistics(global_state))  # the input state, untouched by the fine-tuning
         return new_state, {"generator": cpu_state(g), "optimizer": g_opt.state_dict()}, metrics

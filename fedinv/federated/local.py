@@ -66,6 +66,11 @@ def cpu_state(model: nn.Module) -> State:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def bn_statistics(state: State) -> State:
+    """The BatchNorm running statistics (and batch counters) of a state dict."""
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
 def param_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters()]
 
