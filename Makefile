@@ -42,7 +42,7 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install data
-	$(PY) bench/teachers.py --seeds 0,1,2
+	$(PY) bench/teacher_training.py --seeds 0,1,2
 	$(PY) bench/synthesis.py
 
 clean:

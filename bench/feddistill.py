@@ -13,7 +13,6 @@ one JSON line per (algorithm, N, E) and a Markdown table.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -22,7 +21,8 @@ import click
 
 from fedinv import __version__
 from fedinv.data.datasets import load_dataset
-from fedinv.federated.rounds import FederatedRunConfig, federate
+from fedinv.federated.config import FederatedRunConfig
+from fedinv.federated.rounds import federate
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "feddistill-fmnist.toml"
 
@@ -51,11 +51,11 @@ def main(rows: str, out: str, device: str) -> None:
     for e, ns in wanted.items():
         for algorithm in ("fedavg", "feddistill"):
             # Evaluate only where the table reads (FedDistill's personal models cost a test pass each).
-            fc = dataclasses.replace(base.federate, algorithm=algorithm, local_epochs=e, rounds=max(ns),
-                                     device=device, eval_every=math.gcd(*ns))
+            cfg = base.with_algorithm(algorithm, local_epochs=e, rounds=max(ns), device=device,
+                                      eval_every=math.gcd(*ns))
             run = Path(out) / f"{algorithm}-E{e}"
-            report = federate(dataclasses.replace(base, federate=fc), run, resume=(run / "checkpoint.pt").exists(),
-                              progress=False, train=train, test=test)
+            report = federate(cfg, run, resume=(run / "checkpoint.pt").exists(), progress=False, train=train,
+                              test=test)
             by_round = {h["round"]: h for h in report["history"]}
             for n in ns:
                 row = {"algorithm": algorithm, "N": n, "E": e, "central_accuracy": by_round[n]["test_accuracy"],

@@ -7,7 +7,6 @@ same seed; prints one JSON object with both wall times, their ratio and the fina
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -17,7 +16,8 @@ import click
 import torch
 
 from fedinv import __version__
-from fedinv.federated.rounds import FederatedRunConfig, federate
+from fedinv.federated.config import FederatedRunConfig
+from fedinv.federated.rounds import federate
 from fedinv.flower.simulation import federate_flower
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-rounds.toml"
@@ -30,8 +30,7 @@ CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-rounds.to
               help="CPU threads per process for both engines (0 = all cores)")
 def main(rounds: int, out: str, threads: int) -> None:
     base = FederatedRunConfig.from_toml(CONFIG)
-    cfg = dataclasses.replace(base, federate=dataclasses.replace(base.federate, algorithm="fedavg", server="none",
-                                                                  rounds=rounds, device="cpu"))
+    cfg = base.with_algorithm("fedavg", server="none", rounds=rounds, device="cpu")
     cores = threads or torch.get_num_threads()
     torch.set_num_threads(cores)
     shutil.rmtree(out, ignore_errors=True)

@@ -30,11 +30,11 @@ from fedinv import __version__
 from fedinv.data.batches import normalize
 from fedinv.data.datasets import load_dataset
 from fedinv.evaluate import accuracy, predict_logits
-from fedinv.federated.ftg import GeneratorServer, class_level_logits
-from fedinv.federated.local import RoundInfo, bn_statistics
-from fedinv.federated.rounds import FederatedRunConfig, Federation, node_data, participants
-from fedinv.runtime import generator
-from fedinv.student.distill import kd_loss
+from fedinv.federated.config import FederatedRunConfig
+from fedinv.federated.ftg import FedFTG, class_level_logits
+from fedinv.federated.local import bn_statistics
+from fedinv.federated.rounds import Federation, InProcessNodes, node_data, run_round
+from fedinv.train.objectives import kd_loss
 
 
 def distill(fed: Federation, state: dict, teacher, x: torch.Tensor, mode: str, steps: int, lr: float,
@@ -77,15 +77,12 @@ def main(run_dir: str, rnd: int | None, steps: int, lr: float) -> None:
     saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     global_state, server_state = saved["global"], fed.initial_states()[1]
     rnd = saved["round"] if rnd is None else rnd
-    who = participants(data.partition.num_nodes, cfg.federate.participation, cfg.federate.seed, rnd)
-    results = [fed.node_update(k, rnd, data.splits[k], data.counts[k], global_state, {}, fed.broadcast(server_state))
-               for k in who]
-    info = RoundInfo(rnd, data.partition.num_nodes, fed.device, generator(cfg.federate.seed, 5, rnd))
-    aggregate, _ = fed.algo.aggregate(global_state, results, server_state, info)
+    done = run_round(fed, rnd, data.partition.num_nodes, global_state, server_state, InProcessNodes(fed, data),
+                     server_step=False)
+    aggregate, who = done.aggregate, done.row["nodes"]
     step = fed.server_step
-    assert isinstance(step, GeneratorServer)
-    server = step.server_models(fed.algo.build, [r.state for r in results],
-                                torch.stack([r.label_counts for r in results]), torch.device("cpu"))
+    assert isinstance(step, FedFTG)
+    server = step.server_models(done.results, torch.device("cpu"))
     logits = torch.stack([predict_logits(m, test, torch.device("cpu")) for m in server.models])  # [M, N, K]
     out = {"run": str(run), "round": rnd + 1, "nodes": who, "steps": steps, "lr": lr,
            "fedinv_version": __version__, "aggregate": fed.test_accuracy(aggregate, test),

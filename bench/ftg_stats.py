@@ -29,10 +29,10 @@ from torch import nn
 from fedinv import __version__
 from fedinv.data.batches import normalize
 from fedinv.data.datasets import ImageTensors, load_dataset
-from fedinv.federated.ftg import GeneratorServer
-from fedinv.federated.local import RoundInfo, State, bn_statistics
-from fedinv.federated.rounds import FederatedRunConfig, Federation, node_data, participants
-from fedinv.runtime import generator
+from fedinv.federated.config import FederatedRunConfig
+from fedinv.federated.ftg import FedFTG
+from fedinv.federated.local import State, bn_statistics
+from fedinv.federated.rounds import Federation, InProcessNodes, node_data, run_round
 
 @torch.no_grad()
 def real_statistics(fed: Federation, state: State, images: ImageTensors, batch: int = 500) -> State:
@@ -68,25 +68,20 @@ def main(run_dir: str, model_lrs: str, calibration: int) -> None:
     data, fed = node_data(cfg, train), Federation(cfg, train.info)
     saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     global_state, server_state, rnd = saved["global"], saved["server"], saved["round"]
-    who = participants(data.partition.num_nodes, cfg.federate.participation, cfg.federate.seed, rnd)
-    results = [fed.node_update(k, rnd, data.splits[k], data.counts[k], global_state, {}, fed.broadcast(server_state))
-               for k in who]
-
-    def info() -> RoundInfo:  # the same random stream for every learning rate
-        return RoundInfo(rnd, data.partition.num_nodes, fed.device, generator(cfg.federate.seed, 5, rnd))
-
-    aggregate, _ = fed.algo.aggregate(global_state, results, server_state, info())
+    done = run_round(fed, rnd, data.partition.num_nodes, global_state, copy.deepcopy(server_state),
+                     InProcessNodes(fed, data), server_step=False)
+    aggregate, results, who = done.aggregate, done.results, done.row["nodes"]
     kept = bn_statistics(aggregate)
     calib = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:calibration])
     out = {"run": str(run), "round": rnd + 1, "nodes": who, "calibration": calibration,
            "fedinv_version": __version__, "aggregate": fed.test_accuracy(aggregate, test),
            "aggregate_real_stats": fed.test_accuracy(real_statistics(fed, aggregate, calib), test),
            "after_fine_tuning": {}}
-    counts = torch.stack([r.label_counts for r in results])
     for lr in (float(v) for v in model_lrs.split(",")):
-        step = GeneratorServer("ftg", cfg.federate, dataclasses.replace(cfg.generator, model_lr=lr), train.info)
-        new, _, _ = step.step(fed.algo.build, aggregate, [r.state for r in results], counts,
-                              copy.deepcopy(server_state["server_step"]), info())  # Adam's state is updated in place
+        step = FedFTG(cfg.federate, dataclasses.replace(cfg.generator, model_lr=lr), train.info, fed.algo.build)
+        # the same random stream for every learning rate; Adam's state is updated in place, hence the copy
+        new, _, _ = step.step(aggregate, results, copy.deepcopy(server_state["server_step"]),
+                              fed.round_info(rnd, data.partition.num_nodes))
         out["after_fine_tuning"][str(lr)] = {
             "batches": fed.test_accuracy(new, test),
             "aggregate": fed.test_accuracy({**new, **kept}, test),

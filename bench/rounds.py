@@ -21,10 +21,11 @@ from pathlib import Path
 import click
 
 from fedinv import __version__
-from fedinv.config import ALGORITHMS, SERVER_STEPS
 from fedinv.data.datasets import load_dataset
 from fedinv.federated.report import compare
-from fedinv.federated.rounds import FederatedRunConfig, federate
+from fedinv.federated.config import FederatedRunConfig
+from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
+from fedinv.federated.rounds import federate
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-rounds.toml"
 DEFAULT = ",".join(f"{a}{s}" for a in ("fedavg", "fedprox", "feddyn", "scaffold") for s in ("", "+ftg"))
@@ -32,9 +33,9 @@ DEFAULT = ",".join(f"{a}{s}" for a in ("fedavg", "fedprox", "feddyn", "scaffold"
 
 def parse(method: str) -> tuple[str, str]:
     algorithm, _, server = method.partition("+")
-    if algorithm not in ALGORITHMS or (server or "none") not in SERVER_STEPS:
+    if algorithm not in ALGORITHMS or (server and server not in SERVER_STEPS):
         raise click.BadParameter(f"{method!r}: use ALGORITHM[+SERVER] with ALGORITHM one of {', '.join(ALGORITHMS)} "
-                                 f"and SERVER one of {', '.join(SERVER_STEPS[1:])}", param_hint="--methods")
+                                 f"and SERVER one of {', '.join(SERVER_STEPS)}", param_hint="--methods")
     return algorithm, server or "none"
 
 
@@ -50,8 +51,9 @@ def main(methods: str, rounds: int, config: str, out: str, device: str) -> None:
     reports, result = [], {}
     for method in methods.split(","):
         algorithm, server = parse(method)
-        fc = dataclasses.replace(base.federate, algorithm=algorithm, server=server, rounds=rounds, device=device)
-        cfg = dataclasses.replace(base, federate=fc)
+        cfg = base if algorithm == base.federate.algorithm else base.with_algorithm(algorithm)
+        cfg = dataclasses.replace(cfg, federate=dataclasses.replace(cfg.federate, server=server, rounds=rounds,
+                                                                    device=device))
         run = Path(out) / method.replace("+", "-")
         report = federate(cfg, run, resume=(run / "checkpoint.pt").exists(), progress=False, train=train, test=test)
         reports.append(report)

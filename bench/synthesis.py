@@ -34,7 +34,8 @@ from fedinv.data.datasets import load_dataset
 from fedinv.data.partition import make_partition
 from fedinv.inversion.engine import invert_batch
 from fedinv.inversion.labels import sample_teachers
-from fedinv.inversion.synthesize import load_teacher_set, pixel_bounds
+from fedinv.inversion.batch import pixel_bounds
+from fedinv.inversion.ensemble import load_ensemble
 from fedinv.nodes import train_teachers
 from fedinv.runtime import resolve_device, resolve_precision
 
@@ -73,8 +74,8 @@ def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, devic
                               device=device, precision=precision)
         amp = resolve_precision(precision, dev)
         result = {"benchmark": "synthesis", "fedinv_version": __version__, "config": to_dict(cfg)}
-        sets = {path: load_teacher_set(teachers_dir, dev, path).set for path in ("batched", "loop")}
-        info = load_teacher_set(teachers_dir, dev).info
+        sets = {path: load_ensemble(teachers_dir, dev, path) for path in ("batched", "loop")}
+        info = sets["loop"].info
         bounds = pixel_bounds(info, dev)
         y = torch.arange(batch_size) % info.num_classes
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

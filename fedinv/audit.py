@@ -19,7 +19,7 @@ from .store import read_meta, read_rows
 def audit_store(store: str | Path, reference: str | Path, device: torch.device, teachers=None,
                 batch_size: int = 512) -> dict[str, Any]:
     """Per class: the share of images the reference assigns to their label, and the ensemble's
-    mean probability of that label (from `teachers`, a TeacherSet, if given, else the stored soft
+    mean probability of that label (from `teachers`, a TeacherEnsemble, if given, else the stored soft
     labels)."""
     meta = read_meta(store)
     ref = load_checkpoint(reference, num_classes=meta["num_classes"], image_shape=tuple(meta["image_shape"]))

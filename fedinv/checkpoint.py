@@ -7,7 +7,7 @@ class count before any model is built from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .data.datasets import DatasetInfo
 from .errors import CheckpointError, ConfigError
 from .models import MODELS, build_model
 from .runtime import save_torch
@@ -49,6 +50,23 @@ class ModelCheckpoint:
         m = self.model
         return (int(m["in_channels"]), int(m["image_size"]), int(m["image_size"]))
 
+    @classmethod
+    def of(cls, kind: str, name: str, info: DatasetInfo, state_dict: dict[str, torch.Tensor], *,
+           extra: dict[str, Any] | None = None, **fields: Any) -> "ModelCheckpoint":
+        """The checkpoint of registry model `name` trained on dataset `info`: the weights go to the
+        CPU, and `extra["dataset"]` records the dataset facts (normalization, class names) every
+        reader of a checkpoint relies on."""
+        return cls(kind, model_spec(name, info), {k: v.detach().cpu() for k, v in state_dict.items()},
+                   extra={**(extra or {}), "dataset": asdict(info)}, **fields)
+
+    @property
+    def dataset_info(self) -> DatasetInfo | None:
+        """The dataset facts the checkpoint records, or None (an older or foreign file)."""
+        d = self.extra.get("dataset")
+        if not isinstance(d, dict):
+            return None
+        return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.kind, "schema_version": SCHEMA_VERSION, "fedinv_version": self.fedinv_version,
                 "model": dict(self.model), "state_dict": self.state_dict, "label_counts": self.label_counts,
@@ -65,8 +83,10 @@ class ModelCheckpoint:
         return module.to(device).eval()
 
 
-def model_spec(name: str, in_channels: int, num_classes: int, image_size: int) -> dict[str, Any]:
-    return {"name": name, "in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+def model_spec(name: str, info: DatasetInfo) -> dict[str, Any]:
+    """The `model` entry of a checkpoint: registry name and what it was built for."""
+    return {"name": name, "in_channels": info.channels, "num_classes": info.num_classes,
+            "image_size": info.image_size}
 
 
 def save_checkpoint(ckpt: ModelCheckpoint, path: str | Path) -> None:

@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigError
+from .train.schedule import SCHEDULES
 
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with help text (and optional valid choices) for the CLI and docs."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, runtime: bool = False) -> Any:
+    """A dataclass field with help text (and optional valid choices) for the CLI and docs.
+
+    `runtime=True` marks a field that changes where or how fast a run computes, not what: a saved
+    run may be continued with another value (`fedinv.train.resume.changes`)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "runtime": runtime})
 
 
 def _at_least(cfg: Any, minimum: int, *names: str) -> None:
@@ -77,13 +81,13 @@ class TeacherConfig:
     lr: float = option(0.05, "SGD learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
-    schedule: str = option("cosine", "learning-rate schedule over all steps", choices=("cosine", "step", "constant"))
+    schedule: str = option("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)
     augment: bool = option(True, "light augmentation: random crop with padding, and horizontal flip "
                                  "where the dataset allows it")
     same_init: bool = option(True, "start every node from the same initialization (one-shot FedAvg baseline)")
     precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
                             choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
     seed: int = option(0, "random seed of initialization and data order")
 
     def __post_init__(self) -> None:
@@ -100,12 +104,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
-    """Build `cls` from a dict, refusing keys it does not know (and naming the ones it does)."""
+    """Build `cls` from a dict (`to_dict`'s form; nested configs from nested dicts), refusing keys it
+    does not know (and naming the ones it does)."""
     names = {f.name for f in dataclasses.fields(cls)}
     extra = set(values) - names
     if extra:
         raise ConfigError(f"unknown {cls.__name__} field(s) {sorted(extra)}; known: {', '.join(sorted(names))}")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: from_dict(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
+                  for k, v in values.items()})
 
 
 _CLICK_TYPES: dict[Any, Any] = {int: int, float: float, str: str}
@@ -195,8 +202,8 @@ class SynthesisConfig:
                             choices=("auto", "fp32", "bf16", "fp16"))
     batched: str = option("auto", "multi-teacher path: batched (one vmapped call for teachers of one "
                           "architecture), loop (per teacher), auto (batched on CUDA, loop on CPU where it "
-                          "measured faster)", choices=("auto", "batched", "loop"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+                          "measured faster)", choices=("auto", "batched", "loop"), runtime=True)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
     seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly")
 
     def __post_init__(self) -> None:
@@ -218,7 +225,7 @@ class StudentConfig:
     lr: float = option(0.1, "SGD learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
-    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "step", "constant"))
+    schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
     kd_weight: float = option(1.0, "weight of the KD loss against the teacher ensemble")
     ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels")
     temperature: float = option(4.0, "KD temperature")
@@ -235,7 +242,7 @@ class StudentConfig:
     buffer_batches: int = option(16, "store reading: batches read and shuffled together (memory bound)")
     precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
                             choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
     seed: int = option(0, "random seed of initialization and data order")
 
     def __post_init__(self) -> None:
@@ -250,96 +257,3 @@ class StudentConfig:
         if self.mixup and (self.ce_weight or self.kd_source == "soft-labels"):
             raise ConfigError("mixup needs KD targets from the teachers (kd_source auto or teachers) and ce_weight 0: "
                               "stored labels do not describe mixed images")
-
-
-ALGORITHMS = ("fedavg", "fedprox", "feddyn", "scaffold", "moon", "feddistill", "feddistill-query")
-SERVER_STEPS = ("none", "ftg", "feddf", "fedgen")
-
-
-@dataclass(frozen=True)
-class FederateConfig:
-    """Multi-round federated training (`fedinv federate`): the rounds, the nodes' local update, and
-    the algorithm's constants. Defaults follow the FedFTG reference code (DESIGN.md) where it has
-    one, scaled to a 2-core CPU (1 local epoch instead of 5)."""
-
-    algorithm: str = option("fedavg", "local update and aggregation: fedavg, fedprox (mu), feddyn (alpha), "
-                            "scaffold (control variates), moon (model-contrastive), feddistill (a personal "
-                            "model per node distills into the global copy), feddistill-query (the server "
-                            "distills the nodes' models on a held-out validation set instead of averaging)",
-                            choices=ALGORITHMS)
-    server: str = option("none", "server step after aggregation: none, ftg (FedFTG: generator + fine-tuning), "
-                         "feddf (ensemble distillation on generated images), fedgen (feature generator shared "
-                         "with the nodes)", choices=SERVER_STEPS)
-    model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
-    rounds: int = option(50, "communication rounds")
-    participation: float = option(0.5, "fraction of the nodes taking part in each round (at least one)")
-    local_epochs: int = option(1, "epochs over its split each participating node runs per round")
-    batch_size: int = option(50, "local minibatch size")
-    augment: bool = option(False, "random crop (and flip where the dataset allows) of the local batches")
-    lr: float = option(0.05, "local SGD learning rate")
-    lr_decay: float = option(0.998, "local learning rate multiplied by this every round")
-    momentum: float = option(0.0, "local SGD momentum (0: plain SGD, as SCAFFOLD and FedDyn assume)")
-    weight_decay: float = option(1e-3, "local SGD weight decay")
-    server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)")
-    mu: float = option(1e-4, "fedprox: weight of the proximal term (mu/2)||w - w_global||^2; "
-                             "moon: weight of the contrastive term (set 1 for MOON)")
-    feddyn_alpha: float = option(1e-2, "feddyn: the dynamic regularizer's alpha")
-    moon_temperature: float = option(0.5, "moon: temperature of the contrastive term")
-    distill_temperature: float = option(3.0, "feddistill: KD temperature of personal -> global copy, and of "
-                                             "the query variant's server distillation")
-    distill_weight: float = option(1.0, "feddistill: weight of the KD term beside CE")
-    personal_model: str = option("", "feddistill: the personal model's architecture (empty = --model)")
-    validation_size: int = option(5000, "feddistill-query: training samples held out for the server "
-                                        "(not given to any node)")
-    server_epochs: int = option(2, "feddistill-query: server distillation epochs over the validation set")
-    eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)")
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    seed: int = option(0, "random seed of initialization, node sampling and data order")
-
-    def __post_init__(self) -> None:
-        for name in ("algorithm", "server", "precision"):
-            _check_choice(self, name)
-        _at_least(self, 1, "rounds", "local_epochs", "batch_size", "eval_every", "server_epochs")
-        if not 0 < self.participation <= 1:
-            raise ConfigError(f"participation must be in (0, 1], got {self.participation}")
-        if not self.lr > 0 or not self.server_lr > 0:
-            raise ConfigError(f"lr and server_lr must be > 0, got {self.lr}, {self.server_lr}")
-        if self.algorithm == "feddyn" and not self.feddyn_alpha > 0:
-            raise ConfigError(f"feddyn_alpha must be > 0, got {self.feddyn_alpha}")
-        if self.algorithm == "feddistill-query" and self.server != "none":
-            raise ConfigError("feddistill-query replaces aggregation by distillation; server must be none")
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """The server's generator step (FedFTG, FedDF, FedGen). Defaults from the FedFTG reference code:
-    10 iterations per round of 1 generator step and 5 global-model steps, generator Adam 0.01,
-    global SGD 0.1, both decayed by 0.998 per round."""
-
-    iterations: int = option(10, "server iterations per round")
-    generator_steps: int = option(1, "generator updates per iteration")
-    model_steps: int = option(5, "global-model updates per iteration (ftg, feddf)")
-    batch_size: int = option(64, "generated samples per step")
-    nz: int = option(100, "noise dimension")
-    generator_lr: float = option(0.01, "generator Adam learning rate")
-    model_lr: float = option(0.1, "global-model SGD learning rate of the fine-tuning")
-    lr_decay: float = option(0.998, "both learning rates multiplied by this every round")
-    lambda_md: float = option(1.0, "ftg: weight of hard-sample mining (maximize KL(ensemble || global))")
-    lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
-    temperature: float = option(1.0, "KD temperature of the fine-tuning")
-    bn_stats: str = option("batches", "ftg, feddf: the global model's BN running statistics after the fine-tuning: "
-                           "batches (they follow the generated batches, as in the reference code's train mode) "
-                           "or aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
-                           "put back)", choices=("batches", "aggregate"))
-    fedgen_weight: float = option(1.0, "fedgen: weight of the nodes' CE on generated features")
-    save_every: int = option(0, "ftg, feddf: append a batch of generated images (with the round's ensemble "
-                                "soft labels) to OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
-
-    def __post_init__(self) -> None:
-        _check_choice(self, "bn_stats")
-        _at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
-        _at_least(self, 0, "model_steps", "save_every")
-        if not self.generator_lr > 0 or not self.model_lr > 0 or not self.temperature > 0:
-            raise ConfigError("generator_lr, model_lr and temperature must be > 0")

@@ -9,6 +9,11 @@ class ConfigError(FedinvError, ValueError):
     """A parameter is out of range or names something unknown."""
 
 
+class RunStateError(FedinvError):
+    """What is on disk does not fit the request: an output folder or store that holds another
+    run, a store that cannot be continued with these settings. Not a problem of the config itself."""
+
+
 class DatasetNotFoundError(FedinvError, FileNotFoundError):
     """A dataset is not on disk and cannot be downloaded here."""
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from PIL import Image
 from torch import nn
 
 from . import __version__
+from .aggregate import weighted_average
+from .checkpoint import ModelCheckpoint
 from .data.batches import batches
 from .data.datasets import ImageTensors
 from .errors import ConfigError
@@ -66,8 +69,7 @@ def ensemble_probs(logits: Sequence[torch.Tensor], weights: torch.Tensor | None 
     return (probs * weights.to(probs.dtype)[:, None, :]).sum(0)
 
 
-def evaluate_checkpoint(ckpt: "ModelCheckpoint", test: ImageTensors,  # noqa: F821
-                        device: torch.device) -> tuple[dict, "Image.Image"]:  # noqa: F821
+def evaluate_checkpoint(ckpt: ModelCheckpoint, test: ImageTensors, device: torch.device) -> tuple[dict, Image.Image]:
     """(report dict, confusion-matrix picture) of a model checkpoint on a test split."""
     if ckpt.image_shape != test.info.image_shape or ckpt.num_classes != test.info.num_classes:
         raise ConfigError(f"the checkpoint takes {ckpt.image_shape} images of {ckpt.num_classes} classes; "
@@ -79,3 +81,31 @@ def evaluate_checkpoint(ckpt: "ModelCheckpoint", test: ImageTensors,  # noqa: F8
               "model": ckpt.model, "accuracy": accuracy(logits, test.labels),
               "per_class_accuracy": per_class_accuracy(logits, test.labels, k), "confusion_matrix": cm.tolist()}
     return report, confusion_plot(cm.numpy(), test.info.class_names)
+
+
+def teacher_report(ckpts: Sequence[ModelCheckpoint], test: ImageTensors, device: torch.device) -> dict[str, Any]:
+    """Per-node and ensemble test accuracy of teacher checkpoints (with label counts), and the
+    accuracy of one-shot FedAvg of the teachers."""
+    k = test.info.num_classes
+    logits = [predict_logits(c.build(device), test, device) for c in ckpts]
+    counts = torch.tensor([c.label_counts for c in ckpts])
+    # The headline ensemble is FedFTG's class-level one: each teacher speaks for a class in
+    # proportion to its share of that class's samples (label counts travel with the teachers).
+    # It is the ensemble synthesis uses for soft labels; the plain mean is reported beside it.
+    class_ens, mean_ens = ensemble_probs(logits, class_shares(counts)), ensemble_probs(logits)
+    report: dict[str, Any] = {
+        "fedinv_version": __version__, "dataset": test.info.name, "num_test": len(test),
+        "nodes": [c.extra.get("node") for c in ckpts],
+        "node_accuracy": [accuracy(lg, test.labels) for lg in logits],
+        "node_per_class_accuracy": [per_class_accuracy(lg, test.labels, k) for lg in logits],
+        "label_counts": counts.tolist(),
+        "ensemble_accuracy": accuracy(class_ens, test.labels),
+        "ensemble_per_class_accuracy": per_class_accuracy(class_ens, test.labels, k),
+        "ensemble_mean_accuracy": accuracy(mean_ens, test.labels),
+        "fedavg_accuracy": None,
+    }
+    if len({c.model["name"] for c in ckpts}) == 1:  # FedAvg needs one architecture
+        avg = ModelCheckpoint(ckpts[0].kind, ckpts[0].model, weighted_average(
+            [c.state_dict for c in ckpts], [sum(c.label_counts) for c in ckpts]))
+        report["fedavg_accuracy"] = accuracy(predict_logits(avg.build(device), test, device), test.labels)
+    return report

@@ -19,14 +19,15 @@ from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig
                      to_dict)
 from .data.datasets import load_dataset
 from .data.partition import load_partition, make_partition, save_partition
-from .errors import ConfigError
-from .evaluate import evaluate_checkpoint
 from .checkpoint import STUDENT, load_checkpoint
+from .errors import RunStateError
+from .evaluate import evaluate_checkpoint
 from .inversion.synthesize import synthesize
 from .nodes import train_teachers
 from .runtime import resolve_device, save_json
 from .store import read_labels, read_rows
 from .student.train import train_student
+from .train.resume import changes
 from .viz import class_grid, rows_per_class
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     saved = run / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != cfg.to_dict():
-        raise ConfigError(f"{run} holds a run with another config ({saved}); use another run folder")
+    diff = changes(json.loads(saved.read_text()), cfg) if saved.is_file() else []
+    if diff:
+        raise RunStateError(f"{run} holds a run with another config ({saved}: {', '.join(diff)}); "
+                            f"use another run folder")
     save_json(cfg.to_dict(), saved)
     train = load_dataset(cfg.data, "train")
     test = load_dataset(cfg.data, "test")
@@ -76,7 +79,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     if manifest.is_file():
         part = load_partition(manifest)
         if part.config != cfg.partition or part.data != cfg.data:
-            raise ConfigError(f"{manifest} was made with another partition config")
+            raise RunStateError(f"{manifest} was made with another partition config")
         log.info("partition: %s is complete, skipped", manifest)
     else:
         part = make_partition(train.labels.numpy(), train.info.num_classes, cfg.partition, cfg.data)
@@ -91,7 +94,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
 
     student_report_path = run / "student" / "report.json"
     done = json.loads(student_report_path.read_text()) if student_report_path.is_file() else None
-    if done is not None and done["config"] == to_dict(cfg.student):
+    if done is not None and not changes(done["config"], cfg.student):
         log.info("student: %s is complete, skipped", student_report_path)
         student_report = done
     else:

@@ -1,4 +1,4 @@
-"""Devices, precision, seeds and atomic file writes: the small pieces every stage shares."""
+"""Devices, precision, named random streams and atomic file writes: the small pieces every stage shares."""
 
 from __future__ import annotations
 
@@ -47,20 +47,37 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """torch.amp autocast for `dtype`, or a no-op when dtype is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+class Stream:
+    """Names of the random streams: `rng(seed, Stream.X, ...)`. The numbers are part of every
+    seeded result (they are hashed with the seed), so they never change; a number may serve two
+    streams of different stages, which never meet in one run."""
+
+    # one-shot stages
+    TEACHER_INIT_SHARED = 0  # (seed): every node's initial weights when same_init
+    TEACHER_INIT = 1  # (seed, node): a node's own initial weights
+    TEACHER_DATA = 2  # (seed, node, epoch): data order and augmentation of a teacher's epoch
+    SYNTHESIS_BATCH = 3  # (seed, batch): labels, noise, teacher sampling, jitter of one synthetic batch
+    STUDENT_EPOCH = 4  # (seed, epoch): store order, augmentation and mixup of a student epoch
+    STUDENT_LOCAL_DATA = 5  # (seed, pass): order of a student's local real data
+    STUDENT_INIT = 6  # (seed): the student's initial weights
+    STUDENT_RANK_AUGMENT = 6  # (seed, epoch, rank): augmentation of one rank under torchrun
+    # multi-round mode
+    PARTICIPANTS = 3  # (seed, round): which nodes take part
+    NODE_ROUND = 4  # (seed, round, node): a node's data order (and FedGen draws) in a round
+    SERVER_ROUND = 5  # (seed, round): the server's draws in a round
+    GLOBAL_INIT = 6  # (seed): the global model's initial weights
+    PERSONAL_INIT = 7  # (seed, node): FedDistill's personal model
+    GENERATOR_INIT = 8  # (seed): a server step's generator
+    VALIDATION_SPLIT = 9  # (seed): feddistill-query's held-out validation set
 
 
-def generator(seed: int, *parts: int) -> torch.Generator:
-    """A CPU generator seeded from `seed` and any further integers (node, epoch, batch...).
+def rng(seed: int, stream: int, *parts: int) -> torch.Generator:
+    """A CPU random generator seeded from `seed`, a `Stream` and further integers (node, epoch, batch...).
 
-    Deriving every stream from (seed, parts) makes a resumed job draw exactly what an
+    Deriving every stream from (seed, stream, parts) makes a resumed job draw exactly what an
     uninterrupted one would.
     """
-    digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
+    digest = hashlib.sha256(repr((seed, int(stream), *map(int, parts))).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 

@@ -28,10 +28,29 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import ConfigError
+from .data.datasets import DatasetInfo
+from .errors import ConfigError, RunStateError
 from .runtime import atomic_path
 
 SCHEMA_VERSION = 1
+META_KEYS = ("num_classes", "image_shape", "mean", "std", "seed", "config", "teachers", "dataset")
+
+
+def store_meta(info: DatasetInfo, *, seed: int, config: dict[str, Any], teachers: dict[str, str]) -> dict[str, Any]:
+    """What a store records besides its rows (a StoreWriter is opened with it): the dataset facts
+    of the images, the seed and config that made them (run-time fields left out, so that a store
+    resumes on another device), and the sha256 of each teacher file (empty when none)."""
+    return {"num_classes": info.num_classes, "image_shape": list(info.image_shape), "mean": list(info.mean),
+            "std": list(info.std), "seed": seed, "config": config, "teachers": teachers,
+            "dataset": {"name": info.name, "class_names": list(info.class_names), "hflip": info.hflip}}
+
+
+def meta_info(meta: dict[str, Any]) -> DatasetInfo:
+    """The dataset facts a store records (normalization, shape, class names), from `read_meta`."""
+    c, h, _ = meta["image_shape"]
+    d = meta["dataset"]
+    return DatasetInfo(d["name"], meta["num_classes"], c, h, tuple(meta["mean"]), tuple(meta["std"]),
+                       tuple(d["class_names"]), d.get("hflip", True))
 
 
 class StoreWriter:
@@ -47,13 +66,13 @@ class StoreWriter:
         attrs = _encode(meta)
         if self.path.exists():
             if not resume:
-                raise ConfigError(f"{self.path} exists; pass --resume to continue it, or choose another --out")
+                raise RunStateError(f"{self.path} exists; pass --resume to continue it, or choose another --out")
             self.file = h5py.File(self.path, "r+")
             mismatch = [k for k, v in attrs.items()
                         if k != "fedinv_version" and _attr(self.file, k) != _comparable(v)]
             if mismatch:
                 self.file.close()
-                raise ConfigError(f"{self.path} was made with other settings ({', '.join(mismatch)}); "
+                raise RunStateError(f"{self.path} was made with other settings ({', '.join(mismatch)}); "
                                   f"cannot resume it with these; choose another --out")
             self._truncate(int(self.file["n_valid"][()]))
             return
@@ -203,8 +222,6 @@ def read_labels(path: str | Path) -> torch.Tensor:
     with h5py.File(path, "r") as f:
         return torch.from_numpy(f["labels"][:n])
 
-
-META_KEYS = ("num_classes", "image_shape", "mean", "std", "seed", "config", "teachers", "dataset")
 
 
 def writer_meta(meta: dict[str, Any]) -> dict[str, Any]:

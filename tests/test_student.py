@@ -11,7 +11,7 @@ from fedinv.config import StudentConfig
 from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError
 from fedinv.store import StoreWriter, iterate_store, read_meta
-from fedinv.student.distill import kd_loss
+from fedinv.train.objectives import kd_loss
 from fedinv.student.train import train_student
 
 

@@ -2,20 +2,24 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fedinv.checkpoint import TEACHER, ModelCheckpoint, model_spec, save_checkpoint
+from fedinv.checkpoint import TEACHER, ModelCheckpoint, save_checkpoint
 from fedinv.cli.main import cli
 from fedinv.config import SynthesisConfig
 from fedinv.data.datasets import load_dataset
-from fedinv.errors import ConfigError
+from fedinv.errors import ConfigError, RunStateError
 from fedinv.inversion import synthesize as synth_mod
 from fedinv.inversion.engine import invert_batch
 from fedinv.inversion.labels import sample_labels, sample_teachers
-from fedinv.inversion.synthesize import load_teacher_set, pixel_bounds, synthesize
-from fedinv.inversion.teachers import TeacherSet
+from fedinv.inversion.batch import pixel_bounds
+from fedinv.inversion.ensemble import TeacherEnsemble
+from fedinv.inversion.synthesize import synthesize
+from fedinv.teacher_files import load_teacher_folder
 from fedinv.models import build_model
 from fedinv.store import SyntheticDataset, read_meta, read_rows
 
 from dataclasses import asdict
+
+from conftest import model_dict
 
 INFO = load_dataset("synthetic-tiny").info
 
@@ -40,7 +44,7 @@ def write_teachers(folder, models, counts, info=INFO, name="lenet5"):
     folder.mkdir(parents=True, exist_ok=True)
     for i, (m, c) in enumerate(zip(models, counts)):
         shape = info.image_shape
-        save_checkpoint(ModelCheckpoint(TEACHER, model_spec(name, shape[0], len(c), shape[1]), m.state_dict(),
+        save_checkpoint(ModelCheckpoint(TEACHER, model_dict(name, shape[0], len(c), shape[1]), m.state_dict(),
                                         label_counts=c.tolist(), extra={"node": i, "dataset": asdict(info)}),
                         folder / f"node-{i}.pt")
 
@@ -48,8 +52,8 @@ def write_teachers(folder, models, counts, info=INFO, name="lenet5"):
 @pytest.mark.parametrize("head_mask,weighted", [(False, False), (True, False), (True, True)])
 def test_batched_and_looped_paths_agree(head_mask, weighted):
     models, counts = random_teachers(4)
-    batched = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16), batched=True)
-    looped = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16), batched=False)
+    batched = TeacherEnsemble(models, counts, torch.device("cpu"), INFO, batched=True)
+    looped = TeacherEnsemble(models, counts, torch.device("cpu"), INFO, batched=False)
     x = torch.randn(16, 3, 16, 16, requires_grad=True)
     y = torch.randint(0, 10, (16,))
     idx = torch.tensor([0, 1, 3])
@@ -67,7 +71,7 @@ def test_batched_and_looped_paths_agree(head_mask, weighted):
 
 def test_masking_and_weighting_change_what_they_should():
     models, counts = random_teachers(3)
-    ts = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16))
+    ts = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
     x = torch.randn(8, 3, 16, 16)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])  # labels teacher 0 never saw
     idx = torch.tensor([0, 1])
@@ -97,7 +101,7 @@ def test_label_samplers():
 
 def test_invert_batch_lowers_the_loss_stays_in_range_and_is_reproducible():
     models, counts = random_teachers(3)
-    ts = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16))
+    ts = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
     cfg = SynthesisConfig(iterations=25, batch_size=8, lr=0.05, teachers_per_step=2, device="cpu")
     bounds = pixel_bounds(INFO, torch.device("cpu"))
     y = torch.arange(8) % 10
@@ -116,7 +120,7 @@ def test_invert_batch_lowers_the_loss_stays_in_range_and_is_reproducible():
 
 def test_cycling_uses_one_teacher_per_batch():
     models, counts = random_teachers(3)
-    ts = TeacherSet(models, counts, torch.device("cpu"), (3, 16, 16))
+    ts = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
     cfg = SynthesisConfig(iterations=3, batch_size=4, teachers_per_step=1, device="cpu")
     out = invert_batch(ts, torch.zeros(4, dtype=torch.long) + 5, cfg, batch_index=4,
                        bounds=pixel_bounds(INFO, torch.device("cpu")), gen=torch.Generator(), amp_dtype=None)
@@ -145,9 +149,9 @@ def test_store_layout_and_provenance(tmp_path):
     with h5py.File(tmp_path / "s.h5") as f:
         source = f["source"][:]
     assert source[:, 0].tolist() == sorted([b for b in range(5) for _ in range(12)])[:50]
-    with pytest.raises(ConfigError, match="exists; pass --resume"):
+    with pytest.raises(RunStateError, match="exists; pass --resume"):
         synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(), progress=False)
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(RunStateError, match="other settings"):
         synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(iterations=5), resume=True, progress=False)
 
 
@@ -199,27 +203,27 @@ def test_reader_with_two_dataloader_workers(tmp_path):
 
 def test_bad_teacher_directories_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        load_teacher_set(tmp_path / "none", torch.device("cpu"))
+        load_teacher_folder(tmp_path / "none")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no node-\\*.pt"):
-        load_teacher_set(tmp_path / "empty", torch.device("cpu"))
+        load_teacher_folder(tmp_path / "empty")
     models, counts = random_teachers(2)
     write_teachers(tmp_path / "mixed", models[:1], counts[:1])
     other = build_model("lenet5", 3, 5, 16)
-    save_checkpoint(ModelCheckpoint(TEACHER, model_spec("lenet5", 3, 5, 16), other.state_dict(), label_counts=[1] * 5,
+    save_checkpoint(ModelCheckpoint(TEACHER, model_dict("lenet5", 3, 5, 16), other.state_dict(), label_counts=[1] * 5,
                                     extra={"dataset": asdict(INFO)}), tmp_path / "mixed" / "node-1.pt")
     with pytest.raises(ConfigError, match="5 classes.*but.*10 classes"):
-        load_teacher_set(tmp_path / "mixed", torch.device("cpu"))
+        load_teacher_folder(tmp_path / "mixed")
     write_teachers(tmp_path / "nocounts", models, counts)
-    save_checkpoint(ModelCheckpoint(TEACHER, model_spec("lenet5", 3, 10, 16), models[0].state_dict(),
+    save_checkpoint(ModelCheckpoint(TEACHER, model_dict("lenet5", 3, 10, 16), models[0].state_dict(),
                                     extra={"dataset": asdict(INFO)}), tmp_path / "nocounts" / "node-1.pt")
     with pytest.raises(ConfigError, match="no label counts"):
-        load_teacher_set(tmp_path / "nocounts", torch.device("cpu"))
+        load_teacher_folder(tmp_path / "nocounts")
     wrong = build_model("lenet5", 1, 10, 28)
-    save_checkpoint(ModelCheckpoint(TEACHER, model_spec("lenet5", 1, 10, 28), wrong.state_dict(), label_counts=[1] * 10,
+    save_checkpoint(ModelCheckpoint(TEACHER, model_dict("lenet5", 1, 10, 28), wrong.state_dict(), label_counts=[1] * 10,
                                     extra={"dataset": asdict(INFO)}), tmp_path / "shape" / "node-0.pt")
     with pytest.raises(ConfigError, match=r"model input \(1, 28, 28\) does not match its dataset"):
-        load_teacher_set(tmp_path / "shape", torch.device("cpu"))
+        load_teacher_folder(tmp_path / "shape")
 
 
 def test_cli_synthesize_view_and_audit(tmp_path):
@@ -251,7 +255,7 @@ def test_adaptive_mode_uses_the_student(tmp_path):
     models, counts = random_teachers(3)
     write_teachers(tmp_path / "t", models, counts)
     student = build_model("lenet5", 3, 10, 16)
-    save_checkpoint(ModelCheckpoint("fedinv.student", model_spec("lenet5", 3, 10, 16), student.state_dict()),
+    save_checkpoint(ModelCheckpoint("fedinv.student", model_dict("lenet5", 3, 10, 16), student.state_dict()),
                     tmp_path / "student.pt")
     res = CliRunner().invoke(cli, ["-q", "synthesize", "--teachers", str(tmp_path / "t"),
                                    "--out", str(tmp_path / "a.h5"),
@@ -275,7 +279,7 @@ def test_engine_paths_give_the_same_images(with_student):
     bounds = pixel_bounds(INFO, torch.device("cpu"))
     out = []
     for batched in (True, False):
-        ts = TeacherSet([m for m in models], counts, torch.device("cpu"), (3, 16, 16), batched=batched)
+        ts = TeacherEnsemble([m for m in models], counts, torch.device("cpu"), INFO, batched=batched)
         out.append(invert_batch(ts, torch.arange(8), cfg, batch_index=0, bounds=bounds,
                                 gen=torch.Generator().manual_seed(3), amp_dtype=None, student=student))
     torch.testing.assert_close(out[0].x, out[1].x, rtol=1e-4, atol=1e-5)

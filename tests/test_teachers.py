@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from fedinv.checkpoint import load_checkpoint
 from fedinv.cli.main import cli
 from fedinv.data.partition import load_partition
-from fedinv.errors import ConfigError
-from fedinv.nodes import lr_at, train_teachers
+from fedinv.errors import ConfigError, RunStateError
+from fedinv.nodes import train_teachers
+from fedinv.train import lr_at
 
 from conftest import tiny_teacher_config
 
@@ -37,7 +38,10 @@ def test_teachers_learn_and_report(tmp_path, tiny_partition):
 
 
 def test_same_initialization_on_every_node(tmp_path, tiny_partition):
-    from fedinv.nodes import initial_state
+    from fedinv.nodes import initial_model
+
+    def initial_state(cfg, info, node):
+        return initial_model(cfg, info, node).state_dict()
     from fedinv.data.datasets import load_dataset
     info = load_dataset("synthetic-tiny").info
     same = tiny_teacher_config()
@@ -56,7 +60,7 @@ def test_finished_nodes_are_skipped_and_other_config_refused(tmp_path, tiny_part
     report = train_teachers(part, cfg, tmp_path / "t", nodes=[0, 2], progress=False)
     assert os.stat(tmp_path / "t" / "node-0.pt").st_mtime_ns == stamp
     assert report["nodes"] == [0, 2]
-    with pytest.raises(ConfigError, match=r"another config \(epochs\)"):
+    with pytest.raises(RunStateError, match=r"another config \(epochs\)"):
         train_teachers(part, tiny_teacher_config(epochs=2), tmp_path / "t", nodes=[0], progress=False)
     with pytest.raises(ConfigError, match=r"out of range; the partition has nodes 0..2"):
         train_teachers(part, cfg, tmp_path / "t", nodes=[5], progress=False)

@@ -10,7 +10,8 @@ import click
 from ..errors import ConfigError
 from .engines import engine_option, flower_module
 from ..federated.report import compare, load_run
-from ..federated.rounds import FederatedRunConfig, federate
+from ..federated.config import FederatedRunConfig
+from ..federated.rounds import federate
 from ..runtime import save_json
 
 
@@ -27,9 +28,11 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, prog
 
     CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
     scaffold, moon, feddistill, feddistill-query; server: none, ftg, feddf, fedgen; rounds,
-    participation, local epochs, learning rates, ...) and [generator] (the server step's
-    settings). Every field and its default: `FederateConfig` and `GeneratorConfig` in
-    fedinv/config.py, and assets/configs/fmnist-rounds.toml. Writes OUT/metrics.jsonl (a line per
+    participation, local epochs, learning rates, ...), [generator] (the server step's settings)
+    and one named after the algorithm for its own constants ([fedprox] mu, [feddyn] alpha, [moon]
+    mu and temperature, [feddistill] temperature, weight, personal_model, [feddistill-query]
+    temperature, validation_size, server_epochs). Every field and its default: fedinv/federated/
+    config.py and the algorithm's file, and assets/configs/fmnist-rounds.toml. Writes OUT/metrics.jsonl (a line per
     round), OUT/checkpoint.pt (every round), and at the end OUT/global.pt and OUT/report.json.
     """
     cfg = FederatedRunConfig.from_toml(config)

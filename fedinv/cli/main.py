@@ -14,7 +14,7 @@ from .partition import partition_cmd, models_cmd
 from .run import run_cmd
 from .student import evaluate_cmd, train_student_cmd
 from .synthesize import synthesize_cmd
-from .teachers import train_teachers_cmd
+from .train_teachers import train_teachers_cmd
 from .view import audit_cmd, view_cmd
 
 

@@ -9,7 +9,8 @@ import click
 
 from ..config import SynthesisConfig, click_options, pick
 from ..checkpoint import MODEL_KINDS, load_checkpoint
-from ..distributed import rank_device, synthesize_distributed, world_from_env
+from ..distributed import rank_device, world_from_env
+from ..inversion.synthesize import synthesize_distributed
 from ..runtime import resolve_device
 
 

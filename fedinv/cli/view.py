@@ -12,11 +12,11 @@ from ..audit import audit_store, nan_to_none
 from ..config import DataConfig, click_options, pick
 from ..data.datasets import load_dataset
 from ..errors import ConfigError
-from ..inversion.synthesize import load_teacher_set
+from ..inversion.ensemble import load_ensemble
 from ..runtime import resolve_device, save_json
 from ..store import read_labels, read_meta, read_rows
 from ..viz import bar_chart, class_grid, rows_per_class
-from .teachers import parse_nodes
+from .parsing import parse_numbers
 
 
 @click.command("view")
@@ -41,12 +41,12 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
         meta = read_meta(store)
         names = meta["dataset"]["class_names"]
         labels = read_labels(store).numpy()
-        wanted = parse_nodes(classes) or list(range(len(names)))
+        wanted = parse_numbers(classes, "--classes") or list(range(len(names)))
         images, labels_t, _ = read_rows(store, rows_per_class(labels, per_class, wanted, seed))
     else:
         data = load_dataset(pick(DataConfig, kwargs), split)
         names = data.info.class_names
-        wanted = parse_nodes(classes) or list(range(len(names)))
+        wanted = parse_numbers(classes, "--classes") or list(range(len(names)))
         rows = torch.as_tensor(rows_per_class(data.labels.numpy(), per_class, wanted, seed))
         images, labels_t = data.images[rows], data.labels[rows]
     bad = [k for k in wanted if not 0 <= k < len(names)]
@@ -71,7 +71,7 @@ def audit_cmd(store: Path, reference: Path, teachers_dir: Path | None, out: Path
     """Per class, the share of synthetic images a reference classifier assigns to their label, and
     the teacher ensemble's confidence in it (FedFTG supplementary, Figure 2)."""
     dev = resolve_device(device)
-    teachers = load_teacher_set(teachers_dir, dev).set if teachers_dir else None
+    teachers = load_ensemble(teachers_dir, dev) if teachers_dir else None
     report = nan_to_none(audit_store(store, reference, dev, teachers))
     save_json(report, out)
     per = report["per_class"]

@@ -1,30 +1,42 @@
 """FedAvg (McMahan et al. 2017): local SGD on cross-entropy, the server averages weighted by data size.
 
 The base of the other algorithms: each overrides the objective, the gradient correction, the
-state it keeps, or the aggregation.
+state it keeps, the aggregation, or what its nodes report, and registers itself by name with
+the dataclass of its own constants (`Params`, TOML table [<name>]).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from ..config import FederateConfig
+from ..aggregate import server_step, weighted_average
 from ..data.datasets import DatasetInfo, ImageTensors
-from ..models import build_model
-from .aggregate import server_step, weighted_average
-from .local import (LocalContext, LocalResult, RoundInfo, State, cpu_state, cross_entropy_objective,
-                    load_global, local_sgd)
+from ..models import build_model_for
+from ..train.objectives import classification_objective
+from .config import FederateConfig, NoParams
+from .local import LocalContext, LocalResult, RoundInfo, State, cpu_state, load_global, local_sgd
+from .registry import register_algorithm
 
 
+@register_algorithm
 class FedAvg:
-    name = "fedavg"
+    name: ClassVar[str] = "fedavg"
+    Params: ClassVar[type] = NoParams
+    legacy: ClassVar[dict[str, str]] = {}  # [federate] keys of older configs -> fields of Params
+    replaces_aggregation: ClassVar[bool] = False  # the server distills instead of averaging (no server step)
+    reports_nodes: ClassVar[bool] = False  # nodes keep models of their own worth evaluating (`evaluate_node`)
 
-    def __init__(self, cfg: FederateConfig, info: DatasetInfo):
-        self.cfg, self.info = cfg, info
-        self.build = partial(build_model, cfg.model, info.channels, info.num_classes, info.image_size)
+    def __init__(self, cfg: FederateConfig, params: Any, info: DatasetInfo, validation: ImageTensors | None = None):
+        self.cfg, self.params, self.info = cfg, params, info
+        self.build = partial(build_model_for, cfg.model, info)
+
+    @classmethod
+    def holdout(cls, params: Any) -> int:
+        """Training samples the server keeps as its validation set (none here)."""
+        return 0
 
     def init_server(self, global_state: State, params: Sequence[str]) -> dict[str, Any]:
         """The server's own state (kept in the round checkpoint)."""
@@ -35,7 +47,7 @@ class FedAvg:
         return {}
 
     def objective(self, ctx: LocalContext) -> Callable:
-        return cross_entropy_objective
+        return classification_objective
 
     def local_update(self, ctx: LocalContext) -> LocalResult:
         model = load_global(self.build, ctx)
@@ -47,8 +59,9 @@ class FedAvg:
         avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
         return server_step(global_state, avg, self.cfg.server_lr), server_state
 
-    def evaluate_nodes(self, node_states: dict[int, dict[str, Any]], test: ImageTensors, device: torch.device,
-                       label_counts: torch.Tensor) -> dict[str, float]:
-        """Metrics of what the nodes keep for themselves (FedDistill's personal models); none here.
-        `label_counts` [N, K] are the nodes' training label counts."""
+    def evaluate_node(self, node: int, node_state: dict[str, Any], test: ImageTensors, device: torch.device,
+                      label_counts: torch.Tensor) -> dict[str, float]:
+        """Metrics of what node `node` keeps for itself (FedDistill's personal model); none here.
+        `label_counts` [K] are the node's training label counts. The run reports each metric's mean
+        over the nodes that report it."""
         return {}

@@ -11,44 +11,59 @@ validation set (training samples no node holds).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ..config import _at_least, option
 from ..data.batches import batches
 from ..data.datasets import ImageTensors
 from ..evaluate import accuracy, ensemble_probs, predict_logits
-from ..student.distill import kd_loss
+from ..models import seeded_model
+from ..runtime import Stream
+from ..train import Stepper, train_epoch
+from ..train.objectives import classification_objective, kd_loss
 from .fedavg import FedAvg
-from .local import (LocalContext, LocalResult, RoundInfo, State, cpu_state, cross_entropy_objective,
-                    load_global, local_sgd, seeded_model)
+from .local import LocalContext, LocalResult, RoundInfo, State, cpu_state, load_global, local_sgd
+from .registry import register_algorithm
 
 
+@dataclass(frozen=True)
+class DistillParams:
+    temperature: float = option(3.0, "KD temperature of personal model -> global copy")
+    weight: float = option(1.0, "weight of the KD term beside CE")
+    personal_model: str = option("", "the personal model's architecture (empty = the run's model)")
+
+
+@register_algorithm
 class FedDistill(FedAvg):
     name = "feddistill"
+    Params = DistillParams
+    legacy = {"distill_temperature": "temperature", "distill_weight": "weight", "personal_model": "personal_model"}
+    reports_nodes = True
 
     @property
     def personal_name(self) -> str:
-        return self.cfg.personal_model or self.cfg.model
+        return self.params.personal_model or self.cfg.model
 
     def personal_model(self, node: int, state: State | None, device: torch.device) -> nn.Module:
-        model = seeded_model(self.personal_name, self.info, self.cfg.seed, 7, node)
+        model = seeded_model(self.personal_name, self.info, self.cfg.seed, Stream.PERSONAL_INIT, node)
         if state is not None:
             model.load_state_dict(state)
         return model.to(device)
 
     def local_update(self, ctx: LocalContext) -> LocalResult:
         personal = self.personal_model(ctx.node, ctx.node_state.get("personal"), ctx.device)
-        # The personal model trains on its own data only (FedGen's term is for the global copy).
-        personal_metrics = local_sgd(personal, replace(ctx, extra_loss=None), cross_entropy_objective)
+        # The personal model trains on its own data only (a server step's term is for the global copy).
+        personal_metrics = local_sgd(personal, replace(ctx, extra_loss=None), classification_objective)
         personal.eval().requires_grad_(False)
         model = load_global(self.build, ctx)
-        T, w = self.cfg.distill_temperature, self.cfg.distill_weight
+        T, w = self.params.temperature, self.params.weight
 
         def objective(model, x, y):
-            out = cross_entropy_objective(model, x, y)
+            out = classification_objective(model, x, y)
             with torch.no_grad():
                 teacher = personal(x)
             kd = kd_loss(out["logits"], teacher, T)
@@ -59,52 +74,67 @@ class FedDistill(FedAvg):
         return LocalResult(cpu_state(model), len(ctx.data), node_state={"personal": cpu_state(personal)},
                            metrics=metrics)
 
-    def evaluate_nodes(self, node_states, test, device, label_counts):
-        """Mean accuracy of the personal models on the test samples of their own node's classes (the
-        paper's Local Node Acc: a node holding 2 classes is asked about those 2), and on the whole test set."""
-        own, whole = [], []
-        for k, s in sorted(node_states.items()):
-            if "personal" not in s:
-                continue
-            logits = predict_logits(self.personal_model(k, s["personal"], device), test, device)
-            mask = (label_counts[k] > 0)[test.labels]
-            if mask.any():  # a node whose classes the test set lacks answers for nothing of its own
-                own.append(accuracy(logits[mask], test.labels[mask]))
-            whole.append(accuracy(logits, test.labels))
-        out = {"personal_accuracy": sum(own) / len(own)} if own else {}
-        if whole:
-            out["personal_accuracy_all_classes"] = sum(whole) / len(whole)
+    def evaluate_node(self, node, node_state, test, device, label_counts):
+        """The personal model's accuracy on the test samples of the node's own classes (the paper's
+        Local Node Acc: a node holding 2 classes is asked about those 2), and on the whole test set."""
+        if "personal" not in node_state:
+            return {}
+        logits = predict_logits(self.personal_model(node, node_state["personal"], device), test, device)
+        out = {"personal_accuracy_all_classes": accuracy(logits, test.labels)}
+        mask = (label_counts > 0)[test.labels]
+        if mask.any():  # a node whose classes the test set lacks answers for nothing of its own
+            out["personal_accuracy"] = accuracy(logits[mask], test.labels[mask])
         return out
 
 
+@dataclass(frozen=True)
+class QueryParams:
+    temperature: float = option(3.0, "KD temperature of the server's distillation")
+    validation_size: int = option(5000, "training samples held out for the server (not given to any node)")
+    server_epochs: int = option(2, "server distillation epochs over the validation set")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "server_epochs")
+
+
+@register_algorithm
 class FedDistillQuery(FedAvg):
     name = "feddistill-query"
+    Params = QueryParams
+    legacy = {"distill_temperature": "temperature", "validation_size": "validation_size",
+              "server_epochs": "server_epochs"}
+    replaces_aggregation = True
 
-    def __init__(self, cfg, info, validation: ImageTensors | None = None):
-        super().__init__(cfg, info)
+    def __init__(self, cfg, params, info, validation: ImageTensors | None = None):
+        super().__init__(cfg, params, info)
         self.validation = validation
+
+    @classmethod
+    def holdout(cls, params: QueryParams) -> int:
+        return params.validation_size
 
     def aggregate(self, global_state: State, results: Sequence[LocalResult], server_state: dict[str, Any],
                   rnd: RoundInfo) -> tuple[State, dict[str, Any]]:
         if self.validation is None:
             raise ValueError("feddistill-query needs the server's validation set")
-        device, gen = rnd.device, rnd.gen
         nodes = []
         for r in results:
             m = self.build()
             m.load_state_dict(r.state)
-            nodes.append(m.to(device).eval().requires_grad_(False))
+            nodes.append(m.to(rnd.device).eval().requires_grad_(False))
         model = self.build()
         model.load_state_dict(global_state)
-        model.to(device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
-        T = self.cfg.distill_temperature
-        for _ in range(self.cfg.server_epochs):
-            for x, _ in batches(self.validation, self.cfg.batch_size, device=device, generator=gen, shuffle=True):
-                with torch.no_grad():
-                    target = ensemble_probs([n(x) for n in nodes]).clamp_min(1e-8).log()
-                loss = kd_loss(model(x), target, T)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        model.to(rnd.device)
+        stepper = Stepper(torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=0.9,
+                                          weight_decay=self.cfg.weight_decay), rnd.device, rnd.amp_dtype)
+        T = self.params.temperature
+
+        def objective(model, x, _):
+            with torch.no_grad():
+                target = ensemble_probs([n(x) for n in nodes]).clamp_min(1e-8).log()
+            return {"loss": kd_loss(model(x), target, T)}
+
+        for _ in range(self.params.server_epochs):
+            train_epoch(model, batches(self.validation, self.cfg.batch_size, device=rnd.device, generator=rnd.gen,
+                                       shuffle=True), objective, stepper)
         return cpu_state(model), server_state

@@ -7,15 +7,19 @@ h / alpha (`aggregate.feddyn_aggregate`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-from .aggregate import feddyn_aggregate
+from ..aggregate import feddyn_aggregate
+from ..config import option
+from ..errors import ConfigError
+from ..train.objectives import classification_objective
 from .fedavg import FedAvg
 from .fedprox import proximal_term
-from .local import (LocalContext, LocalResult, State, cpu_state, cross_entropy_objective, load_global,
-                    local_sgd)
+from .local import LocalContext, LocalResult, State, cpu_state, load_global, local_sgd
+from .registry import register_algorithm
 
 
 def linear_term(params: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -23,14 +27,26 @@ def linear_term(params: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> 
     return sum((p * g[k]).sum() for k, p in params.items())
 
 
+@dataclass(frozen=True)
+class DynParams:
+    alpha: float = option(1e-2, "the dynamic regularizer's alpha (FedFTG's default)")
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ConfigError(f"feddyn alpha must be > 0, got {self.alpha}")
+
+
+@register_algorithm
 class FedDyn(FedAvg):
     name = "feddyn"
+    Params = DynParams
+    legacy = {"feddyn_alpha": "alpha"}
 
     def init_server(self, global_state: State, params: Sequence[str]) -> dict[str, Any]:
         return {"h": {k: torch.zeros_like(global_state[k]) for k in params}}
 
     def local_update(self, ctx: LocalContext) -> LocalResult:
-        alpha = self.cfg.feddyn_alpha
+        alpha = self.params.alpha
         model = load_global(self.build, ctx)
         names = [n for n, _ in model.named_parameters()]
         g = ctx.node_state.get("g") or {k: torch.zeros_like(ctx.global_state[k]) for k in names}
@@ -38,7 +54,7 @@ class FedDyn(FedAvg):
         anchor = {k: ctx.global_state[k].to(ctx.device) for k in names}
 
         def objective(model, x, y):
-            out = cross_entropy_objective(model, x, y)
+            out = classification_objective(model, x, y)
             params = dict(model.named_parameters())
             reg = alpha / 2 * proximal_term(params, anchor) - linear_term(params, g_dev)
             return {**out, "loss": out["loss"] + reg}
@@ -50,5 +66,5 @@ class FedDyn(FedAvg):
 
     def aggregate(self, global_state, results, server_state, rnd):
         new_global, h = feddyn_aggregate(global_state, [r.state for r in results], [r.num_samples for r in results],
-                                         server_state["h"], self.cfg.feddyn_alpha, rnd.num_nodes)
+                                         server_state["h"], self.params.alpha, rnd.num_nodes)
         return new_global, {**server_state, "h": h}

@@ -10,25 +10,25 @@ After aggregation, per round: `iterations` times, train the conditional generato
 with labels y drawn in proportion to the participants' class counts (customized label
 sampling); then take `model_steps` SGD steps of the global model on KL(ensemble || global) over
 fresh generated samples. FedDF: the plain mean ensemble, uniform labels, no hard-sample mining.
-The generator and its Adam state persist from round to round.
+The generator and its Adam state persist from round to round (`server_step.GeneratorStep`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import FederateConfig, GeneratorConfig
-from ..data.datasets import DatasetInfo
 from ..evaluate import class_shares
-from ..inversion.generator import ImageGenerator, to_model_input
-from ..runtime import generator as rng
-from ..student.distill import kd_loss
-from .local import RoundInfo, State, bn_statistics, cpu_state
+from ..train import Stepper, round_decay
+from ..train.objectives import kd_loss
+from .generators import ImageGenerator, to_model_input
+from .local import LocalResult, RoundInfo, State, bn_statistics, cpu_state
+from .registry import register_server_step
+from .server_step import GeneratorStep
 
 
 def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
@@ -77,63 +77,31 @@ class ServerModels:
         return class_level_logits(torch.stack([m(x) for m in self.models]), self.shares)
 
 
-class GeneratorServer:
-    """The ftg / feddf server step, with its generator state kept in the round checkpoint."""
+Sampler = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
-    def __init__(self, kind: str, cfg: FederateConfig, gcfg: GeneratorConfig, info: DatasetInfo):
-        if kind not in ("ftg", "feddf"):
-            raise ValueError(f"unknown generator server step {kind!r}; known: ftg, feddf")
-        self.kind, self.cfg, self.gcfg, self.info = kind, cfg, gcfg, info
-        self.last_samples: tuple[torch.Tensor, ...] | None = None  # of the latest step, when save_every
+
+@register_server_step
+class FedFTG(GeneratorStep):
+    """FedFTG's server step: the class-level ensemble, customized label sampling, hard-sample mining."""
+
+    name = "ftg"
+    lambda_md_applies = True
 
     def new_generator(self) -> ImageGenerator:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(rng(self.cfg.seed, 8).initial_seed())
-            return ImageGenerator(self.gcfg.nz, self.info.num_classes, self.info.channels, self.info.image_size)
+        return ImageGenerator(self.gcfg.nz, self.info.num_classes, self.info.channels, self.info.image_size)
 
-    def init_state(self) -> dict[str, Any]:
-        g = self.new_generator()
-        opt = torch.optim.Adam(g.parameters(), lr=self.gcfg.generator_lr)
-        return {"generator": g.state_dict(), "optimizer": opt.state_dict()}
+    def server_models(self, results: Sequence[LocalResult], device: torch.device) -> ServerModels:
+        counts = torch.stack([r.label_counts for r in results])
+        return ServerModels(self.local_models(results, device), class_shares(counts).float().to(device),
+                            label_distribution(counts))
 
-    def server_models(self, build, local_states: Sequence[State], label_counts: torch.Tensor,
-                      device: torch.device) -> ServerModels:
-        models = []
-        for s in local_states:
-            m = build()
-            m.load_state_dict(s)
-            models.append(m.to(device).eval().requires_grad_(False))
-        m = len(models)
-        if self.kind == "ftg":
-            shares, p = class_shares(label_counts).float(), label_distribution(label_counts)
-        else:
-            k = self.info.num_classes
-            shares, p = torch.full((m, k), 1.0 / m), torch.full((k,), 1.0 / k)
-        return ServerModels(models, shares.to(device), p)
-
-    @torch.no_grad()
-    def _samples(self, g: nn.Module, server: ServerModels, sample) -> tuple[torch.Tensor, ...]:
-        """A batch of the generator's images as store rows (uint8 images, labels, ensemble log-probs)."""
-        z, y = sample()
-        g.eval()
-        out = g(z, y)
-        x = to_model_input(out, self.info)
-        soft = server.ensemble(x).float().log_softmax(-1)
-        images = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return images.cpu(), y.cpu(), soft.cpu()
-
-    def step(self, build, global_state: State, local_states: Sequence[State], label_counts: torch.Tensor,
-             state: dict[str, Any], rnd: RoundInfo) -> tuple[State, dict[str, Any], dict[str, float]]:
+    def step(self, global_state: State, results: Sequence[LocalResult], state: dict[str, Any],
+             rnd: RoundInfo) -> tuple[State, dict[str, Any], dict[str, float]]:
         """One round's server step; returns (new global state, new generator state, metrics)."""
-        g, device, gcfg = self.new_generator(), rnd.device, self.gcfg
-        g.load_state_dict(state["generator"])
-        g.to(device).train()
-        g_opt = torch.optim.Adam(g.parameters(), lr=gcfg.generator_lr)
-        g_opt.load_state_dict(state["optimizer"])
-        decay = gcfg.lr_decay ** rnd.round
-        for group in g_opt.param_groups:
-            group["lr"] = gcfg.generator_lr * decay
-        model = build()
+        device, gcfg = rnd.device, self.gcfg
+        g = self.load_generator(state, device).train()
+        g_step = Stepper(self.generator_optimizer(g, state, rnd.round), device, rnd.amp_dtype)
+        model = self.build()
         model.load_state_dict(global_state)
         # The global model is fine-tuned in train mode, as in the reference code: BN normalizes each
         # generated batch by its own statistics and its running statistics follow them. In eval
@@ -145,44 +113,79 @@ class GeneratorServer:
         # real data: bn_stats="aggregate" puts the aggregate's back (better after one round at a
         # small model_lr, worse over 30: docs/results.md).
         model.to(device).train()
-        m_opt = torch.optim.SGD(model.parameters(), lr=gcfg.model_lr * decay)
-        server = self.server_models(build, local_states, label_counts, device)
-        lambda_md = gcfg.lambda_md if self.kind == "ftg" else 0.0
-        sums: dict[str, float] = {}
+        m_step = Stepper(torch.optim.SGD(model.parameters(), lr=round_decay(gcfg.model_lr, gcfg.lr_decay, rnd.round)),
+                         device, rnd.amp_dtype)
+        server = self.server_models(results, device)
 
         def sample() -> tuple[torch.Tensor, torch.Tensor]:
             y = torch.multinomial(server.label_p, gcfg.batch_size, replacement=True, generator=rnd.gen)
             z = torch.randn(gcfg.batch_size, gcfg.nz, generator=rnd.gen)
             return z.to(device), y.to(device)
 
+        sums: dict[str, float] = {}
         for _ in range(gcfg.iterations):
-            model.requires_grad_(False)
-            for _ in range(gcfg.generator_steps):
-                z, y = sample()
-                out = g(z, y)
-                x = to_model_input(out, self.info)
-                parts = generator_objective(server.ensemble(x), model(x), y, z, out, lambda_md=lambda_md,
-                                            lambda_div=gcfg.lambda_div, num_models=len(server.models))
-                g_opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                g_opt.step()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-            model.requires_grad_(True)
-            for _ in range(gcfg.model_steps):
-                z, y = sample()
-                with torch.no_grad():
-                    x = to_model_input(g(z, y), self.info)
-                    target = server.ensemble(x)
-                loss = kd_loss(model(x), target, gcfg.temperature)
-                m_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                m_opt.step()
-                sums["distill"] = sums.get("distill", 0.0) + loss.item()
-        self.last_samples = self._samples(g, server, sample) if gcfg.save_every else None
+            self.train_generator(g, g_step, model, server, sample, sums)
+            self.fine_tune(g, m_step, model, server, sample, sums)
+        self.last_samples = self.generated_rows(g, server, sample) if gcfg.save_every else None
         n_g, n_m = gcfg.iterations * gcfg.generator_steps, max(gcfg.iterations * gcfg.model_steps, 1)
         metrics = {f"server_{k}": v / (n_m if k == "distill" else n_g) for k, v in sums.items()}
         new_state = cpu_state(model)
         if gcfg.bn_stats == "aggregate":
             new_state.update(bn_statistics(global_state))  # the input state, untouched by the fine-tuning
-        return new_state, {"generator": cpu_state(g), "optimizer": g_opt.state_dict()}, metrics
+        return new_state, {"generator": cpu_state(g), "optimizer": g_step.optimizer.state_dict()}, metrics
+
+    def train_generator(self, g: nn.Module, g_step: Stepper, model: nn.Module, server: ServerModels,
+                        sample: Sampler, sums: dict[str, float]) -> None:
+        """`generator_steps` updates of G on fidelity, hard-sample mining and diversity."""
+        gcfg = self.gcfg
+        lambda_md = gcfg.lambda_md if self.lambda_md_applies else 0.0
+        model.requires_grad_(False)
+        for _ in range(gcfg.generator_steps):
+            z, y = sample()
+            with g_step.autocast():
+                out = g(z, y)
+                x = to_model_input(out, self.info)
+                parts = generator_objective(server.ensemble(x), model(x), y, z, out, lambda_md=lambda_md,
+                                            lambda_div=gcfg.lambda_div, num_models=len(server.models))
+            g_step.step(parts["loss"])
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        model.requires_grad_(True)
+
+    def fine_tune(self, g: nn.Module, m_step: Stepper, model: nn.Module, server: ServerModels, sample: Sampler,
+                  sums: dict[str, float]) -> None:
+        """`model_steps` SGD steps of the global model on KL(ensemble || global) over G's samples."""
+        for _ in range(self.gcfg.model_steps):
+            z, y = sample()
+            with m_step.autocast():
+                with torch.no_grad():
+                    x = to_model_input(g(z, y), self.info)
+                    target = server.ensemble(x)
+                loss = kd_loss(model(x), target, self.gcfg.temperature)
+            m_step.step(loss)
+            sums["distill"] = sums.get("distill", 0.0) + loss.item()
+
+    @torch.no_grad()
+    def generated_rows(self, g: nn.Module, server: ServerModels, sample: Sampler) -> tuple[torch.Tensor, ...]:
+        """A batch of the generator's images as store rows (uint8 images, labels, ensemble log-probs)."""
+        z, y = sample()
+        g.eval()
+        out = g(z, y)
+        x = to_model_input(out, self.info)
+        soft = server.ensemble(x).float().log_softmax(-1)
+        images = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return images.cpu(), y.cpu(), soft.cpu()
+
+
+@register_server_step
+class FedDF(FedFTG):
+    """FedDF: ensemble distillation on the generator's samples; the plain mean ensemble, uniform
+    labels, no hard-sample mining."""
+
+    name = "feddf"
+    lambda_md_applies = False
+
+    def server_models(self, results: Sequence[LocalResult], device: torch.device) -> ServerModels:
+        m, k = len(results), self.info.num_classes
+        return ServerModels(self.local_models(results, device), torch.full((m, k), 1.0 / m).to(device),
+                            torch.full((k,), 1.0 / k))

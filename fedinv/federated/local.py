@@ -1,11 +1,13 @@
-"""What every local update shares: the context a node trains in, its result, and the SGD loop.
+"""What every local update shares: the context a node trains in, its result, and local SGD.
 
 An algorithm (one file each: fedavg, fedprox, feddyn, scaffold, moon, feddistill) supplies the
-objective of a batch, optionally a gradient correction, and the state it keeps per node.
+objective of a batch, optionally a gradient correction, and the state it keeps per node; the
+steps themselves are the training core's (`fedinv.train`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -13,14 +15,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..config import FederateConfig
 from ..data.batches import batches
 from ..data.datasets import ImageTensors
-from ..models import build_model
-from ..runtime import autocast, generator
+from ..train import Stepper, train_epoch
+from ..train.core import Objective
+from .config import FederateConfig
 
 State = dict[str, torch.Tensor]
-Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LocalContext:
     amp_dtype: torch.dtype | None
     gen: torch.Generator  # data order of this node in this round
     label_counts: torch.Tensor  # [K] of this node
-    extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None  # FedGen's term, given (model, batch size)
+    extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None  # a server step's term, given (model, batch size)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RoundInfo:
     round: int
     num_nodes: int
     device: torch.device
+    amp_dtype: torch.dtype | None
     gen: torch.Generator  # the server's random stream of this round
 
 
@@ -59,7 +61,7 @@ class LocalResult:
     node_state: dict[str, Any] = field(default_factory=dict)
     upload: dict[str, Any] = field(default_factory=dict)  # extra to the server (SCAFFOLD's delta c)
     metrics: dict[str, float] = field(default_factory=dict)
-    label_counts: torch.Tensor | None = None  # [K] of the node; set by the round loop, read by server steps
+    label_counts: torch.Tensor | None = None  # [K] of the node; read by server steps
 
 
 def cpu_state(model: nn.Module) -> State:
@@ -75,49 +77,31 @@ def param_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters()]
 
 
-def cross_entropy_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    logits = model(x)
-    return {"loss": nn.functional.cross_entropy(logits, y), "correct": (logits.argmax(1) == y).sum(), "logits": logits}
-
-
 def local_sgd(model: nn.Module, ctx: LocalContext, objective: Objective,
               correct_grads: Callable[[], None] | None = None) -> dict[str, float]:
     """`cfg.local_epochs` of SGD over the node's data; returns mean loss, accuracy and steps.
 
-    `correct_grads` runs after backward and before the step (SCAFFOLD adds c - c_i there).
+    `correct_grads` runs after backward and before the step (SCAFFOLD adds c - c_i there); a
+    server step's `extra_loss` is added to every batch's loss.
     """
     cfg = ctx.cfg
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=ctx.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp_dtype == torch.float16 else None
-    loss_sum = correct = seen = steps = 0.0
-    for _ in range(cfg.local_epochs):
-        for x, y in batches(ctx.data, cfg.batch_size, device=ctx.device, generator=ctx.gen, shuffle=True,
-                            augment=cfg.augment):
-            with autocast(ctx.device, ctx.amp_dtype):
-                out = objective(model, x, y)
-                if ctx.extra_loss is not None:
-                    out = {**out, "loss": out["loss"] + ctx.extra_loss(model, len(y))}
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(out["loss"]).backward()
-                scaler.unscale_(opt)
-                if correct_grads is not None:
-                    correct_grads()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                out["loss"].backward()
-                if correct_grads is not None:
-                    correct_grads()
-                opt.step()
-            steps += 1
-            loss_sum += out["loss"].item() * len(y)
-            correct += out["correct"].item() if "correct" in out else 0
-            seen += len(y)
-    if not math.isfinite(loss_sum):
+    stepper = Stepper(torch.optim.SGD(model.parameters(), lr=ctx.lr, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay), ctx.device, ctx.amp_dtype)
+    if ctx.extra_loss is not None:
+        objective = _with_extra(objective, ctx.extra_loss)
+    epochs = (batches(ctx.data, cfg.batch_size, device=ctx.device, generator=ctx.gen, shuffle=True, augment=cfg.augment)
+              for _ in range(cfg.local_epochs))  # lazy: each epoch draws its order when it starts
+    metrics = train_epoch(model, itertools.chain.from_iterable(epochs), objective, stepper, correct_grads=correct_grads)
+    if not math.isfinite(metrics["loss"]):
         raise FloatingPointError(f"node {ctx.node}, round {ctx.round}: the local loss diverged; lower --lr")
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": steps}
+    return metrics
+
+
+def _with_extra(objective: Objective, extra: Callable[[nn.Module, int], torch.Tensor]) -> Objective:
+    def combined(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = objective(model, x, y)
+        return {**out, "loss": out["loss"] + extra(model, len(y))}
+    return combined
 
 
 def load_global(build: Callable[[], nn.Module], ctx: LocalContext) -> nn.Module:
@@ -144,10 +128,3 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     finally:
         handle.remove()
     return seen[-1].flatten(1), logits
-
-
-def seeded_model(name: str, info: "DatasetInfo", seed: int, *parts: int) -> nn.Module:  # noqa: F821
-    """Registry model `name` initialized from (seed, *parts) without touching torch's global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(generator(seed, *parts).initial_seed())
-        return build_model(name, info.channels, info.num_classes, info.image_size)

@@ -8,11 +8,15 @@ z is the input of the classifier head; loss = CE + mu * l_con (the paper tunes m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from ..config import option
 from .fedavg import FedAvg
 from .local import LocalContext, LocalResult, cpu_state, features_and_logits, load_global, local_sgd
+from .registry import register_algorithm
 
 
 def contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tensor, tau: float) -> torch.Tensor:
@@ -22,8 +26,17 @@ def contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tens
     return -(pos - torch.logsumexp(torch.stack([pos, neg]), dim=0)).mean()
 
 
+@dataclass(frozen=True)
+class MoonParams:
+    mu: float = option(1.0, "weight of the model-contrastive term (the paper tunes it in 0.1, 1, 5)")
+    temperature: float = option(0.5, "temperature of the contrastive term")
+
+
+@register_algorithm
 class Moon(FedAvg):
     name = "moon"
+    Params = MoonParams
+    legacy = {"mu": "mu", "moon_temperature": "temperature"}
 
     def local_update(self, ctx: LocalContext) -> LocalResult:
         model = load_global(self.build, ctx)
@@ -31,7 +44,7 @@ class Moon(FedAvg):
         frozen_prev = self.build()
         frozen_prev.load_state_dict(ctx.node_state.get("previous") or ctx.global_state)
         frozen_prev = frozen_prev.to(ctx.device).eval().requires_grad_(False)
-        mu, tau = self.cfg.mu, self.cfg.moon_temperature
+        mu, tau = self.params.mu, self.params.temperature
 
         def objective(model, x, y):
             z, logits = features_and_logits(model, x)

@@ -11,10 +11,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .aggregate import scaffold_aggregate
+from ..aggregate import scaffold_aggregate
+from ..train.objectives import classification_objective
 from .fedavg import FedAvg
-from .local import (LocalContext, LocalResult, State, cpu_state, cross_entropy_objective, load_global,
-                    local_sgd)
+from .local import LocalContext, LocalResult, State, cpu_state, load_global, local_sgd
+from .registry import register_algorithm
 
 
 def scaffold_control_update(c_i: State, c: State, global_state: State, local_state: State,
@@ -23,6 +24,7 @@ def scaffold_control_update(c_i: State, c: State, global_state: State, local_sta
     return {k: c_i[k] - c[k] + (global_state[k] - local_state[k]) / (steps * lr) for k in c_i}
 
 
+@register_algorithm
 class Scaffold(FedAvg):
     name = "scaffold"
 
@@ -44,7 +46,7 @@ class Scaffold(FedAvg):
                 if p.grad is not None:
                     p.grad.add_(correction[k])
 
-        metrics = local_sgd(model, ctx, cross_entropy_objective, correct_grads)
+        metrics = local_sgd(model, ctx, classification_objective, correct_grads)
         state = cpu_state(model)
         new_c_i = scaffold_control_update(c_i, c, ctx.global_state, state, int(metrics["steps"]), ctx.lr)
         delta = {k: new_c_i[k] - c_i[k] for k in c_i}

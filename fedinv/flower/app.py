@@ -1,19 +1,22 @@
 """The multi-round mode as a Flower app (Message API: `ServerApp` / `ClientApp`).
 
-The same `Federation` code as the in-process engine does the work: a node's update runs in the
-`ClientApp` (`Federation.node_update`), aggregation and the server step (FedFTG, FedDF, FedGen)
-in `FedinvStrategy.aggregate_train` (`Federation.server_round`). What travels:
+The ServerApp runs the in-process engine's loop (`federated.rounds.federate`, round by round
+`run_round`) with `FlowerNodes` as its node engine: a round's local updates travel as Flower
+messages to the ClientApps, which run `Federation.node_update`; aggregation, the server step,
+evaluation, checkpoints, metrics.jsonl and generated samples are the same code as in-process.
+What travels:
 
   server -> node  TRAIN: ArrayRecord "arrays" (global model), ArrayRecord "broadcast" (SCAFFOLD's
-                  c, FedGen's generator), ConfigRecord "config" (round)
+                  c, a server step's generator), ConfigRecord "config" (round)
   node -> server  ArrayRecord "arrays" (local model), ArrayRecord "upload" (SCAFFOLD's delta c),
                   MetricRecord "metrics" (num-examples, partition-id, label-counts, loss, accuracy)
+  EVALUATE        the node's own metrics (FedDistill's personal model on the test set)
   QUERY           once at the start: each node's partition-id and label counts
 
 A node's own state between rounds (SCAFFOLD's c_i, FedDyn's g_i, MOON's previous model,
 FedDistill's personal model) lives in its `Context.state`. Participants are drawn by partition id
-with the in-process engine's seeded draw, and replies are aggregated in partition order, so both
-engines compute the same models.
+with the in-process engine's seeded draw, and replies are used in partition order, so both
+engines compute the same models and reports.
 
 Deployment (several machines): `client_app` and `server_app` below read the run's TOML from the
 run config key `fedinv-config` (see README, "Flower").
@@ -25,22 +28,22 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import Strategy
 
-from ..data.datasets import ImageTensors, dataset_info, load_dataset
+from ..data.datasets import ImageTensors, load_dataset
 from ..errors import ConfigError
-from ..federated.local import LocalResult
-from ..federated.rounds import Federation, FederatedRunConfig, finish, node_data, participants, write_metrics
-from ..runtime import save_json
+from ..federated.config import FederatedRunConfig
+from ..federated.local import LocalResult, State
+from ..federated.rounds import Federation, NodeData, federate, mean_node_metrics, node_data
 from .records import from_record, to_record
 
 NODE_STATE = "fedinv-node-state"
+ENGINE = "flower"
 
 
 def config_from_json(text: str) -> FederatedRunConfig:
@@ -48,40 +51,42 @@ def config_from_json(text: str) -> FederatedRunConfig:
 
 
 @functools.lru_cache(maxsize=2)
-def _node_side(cfg_json: str) -> tuple[Federation, Any]:
-    """(Federation, NodeData) of a run, built once per process (a node's data is loaded once)."""
+def _node_side(cfg_json: str) -> tuple[Federation, NodeData, ImageTensors]:
+    """(Federation, NodeData, test set) of a run, built once per process (data is loaded once)."""
     cfg = config_from_json(cfg_json)
     train = load_dataset(cfg.data, "train")
     data = node_data(cfg, train)
-    return Federation(cfg, train.info, data.validation), data
+    return Federation(cfg, train.info, data.validation), data, load_dataset(cfg.data, "test")
 
 
 def make_client_app(cfg: FederatedRunConfig | None = None) -> ClientApp:
     """The ClientApp of run `cfg` (None: read the TOML named by run config `fedinv-config`)."""
     app = ClientApp()
 
-    def setting(context: Context) -> tuple[Federation, Any, int]:
+    def setting(context: Context) -> tuple[Federation, NodeData, ImageTensors, int]:
         c = cfg if cfg is not None else FederatedRunConfig.from_toml(str(context.run_config["fedinv-config"]))
-        fed, data = _node_side(json.dumps(c.to_dict(), sort_keys=True))
+        fed, data, test = _node_side(json.dumps(c.to_dict(), sort_keys=True))
         k = int(context.node_config["partition-id"])
         if not 0 <= k < data.partition.num_nodes:
             raise ConfigError(f"partition-id {k} out of range; the run has {data.partition.num_nodes} nodes")
-        return fed, data, k
+        return fed, data, test, k
+
+    def node_state(context: Context) -> dict[str, Any]:
+        return from_record(context.state[NODE_STATE]) if NODE_STATE in context.state else {}
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        _, data, k = setting(context)
+        _, data, _, k = setting(context)
         metrics = MetricRecord({"partition-id": k, "label-counts": data.counts[k].tolist()})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        fed, data, k = setting(context)
+        fed, data, _, k = setting(context)
         rnd = int(msg.content["config"]["round"])
         global_state = dict(msg.content["arrays"].to_torch_state_dict())
         broadcast = from_record(msg.content["broadcast"])
-        node_state = from_record(context.state[NODE_STATE]) if NODE_STATE in context.state else {}
-        res = fed.node_update(k, rnd, data.splits[k], data.counts[k], global_state, node_state, broadcast)
+        res = fed.node_update(k, rnd, data.splits[k], data.counts[k], global_state, node_state(context), broadcast)
         if res.node_state:
             context.state[NODE_STATE] = to_record(res.node_state)
         metrics = MetricRecord({"num-examples": res.num_samples, "partition-id": k,
@@ -91,73 +96,51 @@ def make_client_app(cfg: FederatedRunConfig | None = None) -> ClientApp:
                               "upload": to_record(res.upload)})
         return Message(content, reply_to=msg)
 
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        fed, data, test, k = setting(context)
+        own = fed.algo.evaluate_node(k, node_state(context), test, fed.device, data.counts[k])
+        metrics = MetricRecord({"partition-id": k, **{name: float(v) for name, v in own.items()}})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
     return app
 
 
-class FedinvStrategy(Strategy):
-    """Aggregation and the server step of `Federation`, as a Flower strategy."""
+class FlowerNodes:
+    """The node engine of `federate` on Flower: each call is one exchange of messages."""
 
-    def __init__(self, fed: Federation, num_nodes: int, test: ImageTensors | None, out: Path | None,
-                 node_ids: dict[int, int], label_counts: dict[int, list[int]]):
-        self.fed, self.num_nodes, self.test, self.out = fed, num_nodes, test, out
-        self.node_ids, self.label_counts = node_ids, label_counts  # partition id -> Flower node id / counts
-        self.global_state, self.server_state = fed.initial_states()
-        self.history: list[dict[str, Any]] = []
-        self._row: dict[str, Any] = {}
+    def __init__(self, grid: Grid, node_ids: dict[int, int]):
+        self.grid, self.node_ids = grid, node_ids  # partition id -> Flower node id
 
-    def summary(self) -> None:
-        pass
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        rnd, fc = server_round - 1, self.fed.fc
-        who = participants(self.num_nodes, fc.participation, fc.seed, rnd)
-        self._row = {"round": server_round, "nodes": who, "lr": self.fed.lr(rnd), "t0": time.perf_counter()}
-        content = RecordDict({"arrays": ArrayRecord.from_torch_state_dict(self.global_state),
-                              "broadcast": to_record(self.fed.broadcast(self.server_state)),
-                              "config": ConfigRecord({"round": rnd})})
-        return [Message(content, message_type=MessageType.TRAIN, dst_node_id=self.node_ids[k]) for k in who]
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+    def _exchange(self, messages: list[Message], what: str) -> list[Message]:
+        replies = list(self.grid.send_and_receive(messages))
         errors = [m.error.reason for m in replies if m.has_error()]
-        if errors or len(replies) != len(self._row["nodes"]):
-            raise RuntimeError(f"round {server_round}: {len(replies)} replies for {len(self._row['nodes'])} nodes; "
-                               f"errors: {errors}")
+        if errors or len(replies) != len(messages):
+            raise RuntimeError(f"{what}: {len(replies)} replies for {len(messages)} nodes; errors: {errors}")
+        return sorted(replies, key=lambda m: int(m.content["metrics"]["partition-id"]))
+
+    def update(self, who: list[int], rnd: int, global_state: State, broadcast: dict[str, Any]) -> list[LocalResult]:
+        content = RecordDict({"arrays": ArrayRecord.from_torch_state_dict(global_state),
+                              "broadcast": to_record(broadcast), "config": ConfigRecord({"round": rnd})})
+        messages = [Message(content, message_type=MessageType.TRAIN, dst_node_id=self.node_ids[k]) for k in who]
         results = []
-        for m in sorted(replies, key=lambda m: int(m.content["metrics"]["partition-id"])):
+        for m in self._exchange(messages, f"round {rnd + 1}"):
             metrics = m.content["metrics"]
             results.append(LocalResult(dict(m.content["arrays"].to_torch_state_dict()), int(metrics["num-examples"]),
                                        upload=from_record(m.content["upload"]),
                                        metrics={"loss": metrics["loss"], "accuracy": metrics["accuracy"]},
                                        label_counts=torch.tensor(metrics["label-counts"])))
-        t_local = time.perf_counter() - self._row["t0"]
-        self.global_state, self.server_state, metrics = self.fed.server_round(
-            server_round - 1, self.global_state, self.server_state, results, self.num_nodes)
-        t0 = self._row.pop("t0")
-        self._row.update(metrics, local_seconds=t_local, seconds=time.perf_counter() - t0)
-        return ArrayRecord.from_torch_state_dict(self.global_state), MetricRecord(
-            {"local-loss": metrics["local_loss"]})
+        return results
 
-    def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
-        return []  # the global model is evaluated centrally (evaluate below)
+    def evaluate(self, test: ImageTensors) -> dict[str, float]:
+        messages = [Message(RecordDict(), message_type=MessageType.EVALUATE, dst_node_id=n)
+                    for _, n in sorted(self.node_ids.items())]
+        replies = self._exchange(messages, "node evaluation")
+        return mean_node_metrics([{k: float(v) for k, v in m.content["metrics"].items() if k != "partition-id"}
+                                  for m in replies])
 
-    def aggregate_evaluate(self, server_round, replies) -> MetricRecord | None:
-        return None
-
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Central evaluation after each round; appends the round's row to the history."""
-        fc = self.fed.fc
-        if server_round == 0:
-            return None
-        row = self._row
-        if self.test is not None and (server_round % fc.eval_every == 0 or server_round == fc.rounds):
-            row["test_accuracy"] = self.fed.test_accuracy(self.global_state, self.test)
-        self.history.append(row)
-        if self.out is not None:
-            write_metrics(self.history, self.out)
-        return MetricRecord({"test-accuracy": row["test_accuracy"]}) if "test_accuracy" in row else None
+    def states(self) -> dict[int, dict[str, Any]]:
+        return {}  # every node keeps its own, in its Context
 
 
 def discover(grid: Grid, num_nodes: int, timeout: float = 600.0) -> tuple[dict[int, int], dict[int, list[int]]]:
@@ -186,28 +169,17 @@ def discover(grid: Grid, num_nodes: int, timeout: float = 600.0) -> tuple[dict[i
 def make_server_app(cfg: FederatedRunConfig | None = None, out: str | Path | None = None,
                     on_done: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:
     """The ServerApp of run `cfg` (None: read the TOML named by run config `fedinv-config`, and the
-    output folder from `fedinv-out`). After the last round it writes metrics.jsonl, global.pt and
-    report.json to the output folder, as the in-process engine does; `on_done` receives the report."""
+    output folder from `fedinv-out`). It writes what the in-process engine writes (metrics.jsonl,
+    checkpoint.pt, generated.h5, global.pt, report.json); `on_done` receives the report."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         c = cfg if cfg is not None else FederatedRunConfig.from_toml(str(context.run_config["fedinv-config"]))
         folder = Path(out) if out is not None else Path(str(context.run_config.get("fedinv-out", "runs/flower")))
-        folder.mkdir(parents=True, exist_ok=True)
-        save_json(c.to_dict(), folder / "config.json")
-        data = node_data(c, load_dataset(c.data, "train"))
-        fed = Federation(c, dataset_info(c.data), data.validation if c.federate.algorithm == "feddistill-query" else None)
-        node_ids, counts = discover(grid, c.partition.num_nodes)
-        strategy = FedinvStrategy(fed, c.partition.num_nodes, load_dataset(c.data, "test"), folder, node_ids, counts)
-        strategy.start(grid, ArrayRecord.from_torch_state_dict(strategy.global_state), num_rounds=c.federate.rounds,
-                       evaluate_fn=strategy.evaluate)
-        if len(strategy.history) != c.federate.rounds:
-            raise RuntimeError(f"the Flower run ended after {len(strategy.history)} of {c.federate.rounds} rounds")
-        report = finish(c, fed, strategy.global_state, strategy.history, strategy.test, folder,
-                        data.partition.content_hash())
-        report["engine"] = "flower"
-        save_json(report, folder / "report.json")
+        node_ids, _ = discover(grid, c.partition.num_nodes)
+        report = federate(c, folder, progress=False, engine=lambda fed, data, states: FlowerNodes(grid, node_ids),
+                          engine_name=ENGINE)
         if on_done is not None:
             on_done(report)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..federated.rounds import FederatedRunConfig
+from ..federated.config import FederatedRunConfig
 from .app import make_client_app, make_server_app
 
 # Offline-friendly: no telemetry from Flower, no usage statistics from Ray.

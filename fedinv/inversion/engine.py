@@ -8,7 +8,6 @@ I/O live in labels.py, losses.py / teachers.py and synthesize.py.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,10 +15,10 @@ import torch
 from torch import nn
 
 from ..config import SynthesisConfig
-from ..runtime import autocast
+from ..train import Stepper, lr_at
+from .ensemble import TeacherEnsemble, TermWeights
 from .labels import sample_teachers
 from .losses import l2_prior, tv_l1, tv_l2
-from .teachers import TeacherSet, TermWeights
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -61,7 +60,7 @@ def teachers_for_step(cfg: SynthesisConfig, num_teachers: int, batch_index: int,
     return sample_teachers(num_teachers, cfg.teachers_per_step, gen)
 
 
-def invert_batch(teachers: TeacherSet, y: torch.Tensor, cfg: SynthesisConfig, *, batch_index: int,
+def invert_batch(teachers: TeacherEnsemble, y: torch.Tensor, cfg: SynthesisConfig, *, batch_index: int,
                  bounds: tuple[torch.Tensor, torch.Tensor], gen: torch.Generator, amp_dtype: torch.dtype | None,
                  student: nn.Module | None = None, on_step: StepCallback | None = None,
                  log_every: int = 50) -> Inverted:
@@ -74,25 +73,21 @@ def invert_batch(teachers: TeacherSet, y: torch.Tensor, cfg: SynthesisConfig, *,
     shape = (len(y), *teachers.image_shape)
     x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
     y = y.to(device)
-    opt = torch.optim.Adam([x], lr=cfg.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    stepper = Stepper(torch.optim.Adam([x], lr=cfg.lr), device, amp_dtype)
     seen, weight = teachers.masks(cfg.head_mask, cfg.weighted_ce)
     tw = TermWeights(cfg.first_bn_multiplier, cfg.comp_temperature)
     lo, hi = bounds
     used = 0
     for step in range(cfg.iterations):
-        opt.param_groups[0]["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.iterations))
+        stepper.set_lr(lr_at(step, cfg.iterations, cfg.lr, "cosine"))
         idx = teachers_for_step(cfg, len(teachers), batch_index, gen)
         used |= sum(1 << i for i in idx.tolist())
         xj = jitter_flip(x, cfg.jitter, cfg.flip, gen)
-        with autocast(device, amp_dtype):
+        with stepper.autocast():
             student_logits = student(xj) if student is not None and cfg.a_comp else None
             ce, bn, comp = teachers.terms(xj, y, idx.to(device), seen, weight, student_logits, tw).float().mean(0)
         loss = ce + cfg.a_bn * bn + cfg.a_comp * comp + image_priors(xj, cfg)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        stepper.step(loss)
         with torch.no_grad():
             x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         if on_step is not None and (step % log_every == 0 or step == cfg.iterations - 1):

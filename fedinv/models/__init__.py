@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError, unknown
+from ..runtime import rng
 from .resnet import resnet18, resnet34
 from .small import bncnn, cnn1, cnn2, lenet5
 from .vgg import vgg11
@@ -48,4 +50,20 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
     return spec.build(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
-__all__ = ["MODELS", "ModelSpec", "build_model"]
+def build_model_for(name: str, info) -> nn.Module:
+    """Registry model `name` for a dataset's images and classes (`info`: a `DatasetInfo`)."""
+    return build_model(name, info.channels, info.num_classes, info.image_size)
+
+
+def seeded_model(name: str, info, seed: int, stream: int, *parts: int) -> nn.Module:
+    """`build_model_for` with weights drawn from random stream (seed, stream, *parts).
+
+    Module constructors draw from torch's global generator; fork_rng keeps that draw from
+    disturbing (or depending on) anything outside this function.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng(seed, stream, *parts).initial_seed())
+        return build_model_for(name, info)
+
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "build_model_for", "seeded_model"]

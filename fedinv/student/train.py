@@ -14,38 +14,32 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..checkpoint import STUDENT, ModelCheckpoint, model_spec, save_checkpoint
+from ..checkpoint import STUDENT, ModelCheckpoint, save_checkpoint
 from ..config import StudentConfig, SynthesisConfig, from_dict, to_dict
 from ..data.batches import batches, normalize, random_crop_flip
 from ..data.datasets import DatasetInfo, ImageTensors
+from ..distributed import World, process_group, rank_device, world_from_env
 from ..errors import ConfigError
 from ..evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
-from ..inversion.synthesize import Teachers, check_student, load_teacher_set, make_batch, pixel_bounds
-from ..models import build_model
-from ..nodes import lr_at
-from ..runtime import autocast, generator, resolve_device, resolve_precision, save_json, save_torch
-from ..distributed import World, process_group, rank_device, world_from_env
-from ..store import StoreWriter, iterate_store, read_meta, writer_meta
-from .distill import kd_loss
+from ..inversion.batch import check_student, make_batch
+from ..inversion.ensemble import TeacherEnsemble, load_ensemble
+from ..models import seeded_model
+from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
+from ..store import StoreWriter, iterate_store, meta_info, read_meta, writer_meta
+from ..train import Stepper, lr_at_epoch, train_epoch
+from ..train.objectives import kd_loss
+from ..train.resume import load_progress, save_progress
 
 log = logging.getLogger(__name__)
-
-
-def store_info(meta: dict[str, Any]) -> DatasetInfo:
-    """The dataset facts a store records (normalization, shape, class names)."""
-    c, h, _ = meta["image_shape"]
-    d = meta["dataset"]
-    return DatasetInfo(d["name"], meta["num_classes"], c, h, tuple(meta["mean"]), tuple(meta["std"]),
-                       tuple(d["class_names"]), d.get("hflip", True))
 
 
 def student_objective(student: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
@@ -65,17 +59,11 @@ def student_objective(student: nn.Module, x: torch.Tensor, y: torch.Tensor, targ
 def _cycle(data: ImageTensors, batch_size: int, device: torch.device, seed: int) -> Iterator[tuple]:
     """Endless augmented batches of a node's real data, reshuffled every pass."""
     for rnd in range(1 << 30):
-        yield from batches(data, batch_size, device=device, generator=generator(seed, 5, rnd), shuffle=True,
-                           augment=True)
+        yield from batches(data, batch_size, device=device, generator=rng(seed, Stream.STUDENT_LOCAL_DATA, rnd),
+                           shuffle=True, augment=True)
 
 
-def _initial_student(cfg: StudentConfig, info: DatasetInfo) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(generator(cfg.seed, 6).initial_seed())
-        return build_model(cfg.model, info.channels, info.num_classes, info.image_size)
-
-
-def adaptive_round(store: Path, teachers: Teachers, student: nn.Module, count: int, device: torch.device,
+def adaptive_round(store: Path, teachers: TeacherEnsemble, student: nn.Module, count: int, device: torch.device,
                    progress: bool) -> int:
     """Synthesize `count` batches against the current student and append them; returns n_valid."""
     meta = read_meta(store)
@@ -88,8 +76,7 @@ def adaptive_round(store: Path, teachers: Teachers, student: nn.Module, count: i
     with StoreWriter(store, writer_meta(meta), resume=True, chunk_rows=syn.batch_size) as writer:
         for _ in tqdm(range(count), desc="adaptive batches", leave=False, disable=not progress):
             b = math.ceil(writer.n_valid / syn.batch_size)  # indices continue past the initial pool
-            rows, inv = make_batch(teachers, syn, b, syn.batch_size, bounds=pixel_bounds(teachers.info, device),
-                                   amp_dtype=amp_dtype, student=student)
+            rows, inv = make_batch(teachers, syn, b, syn.batch_size, amp_dtype=amp_dtype, student=student)
             writer.append(*rows)
             log.debug("adaptive batch %d: %s", b, inv.losses)
         n = writer.n_valid
@@ -120,142 +107,172 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
         raise ConfigError("adaptive mode and local data run in one process; drop torchrun, or set "
                           "adaptive_batches and local_weight to 0")
     with process_group(world, rank_device(cfg.device, world)):
-        return _train_student(Path(store), Path(out_dir), cfg, teachers_dir=teachers_dir, local=local, test=test,
-                              eval_every=eval_every, progress=progress and world.rank == 0, world=world)
+        run = StudentRun.open(Path(store), cfg, teachers_dir, local, world)
+        history = run.train(Path(out_dir), test, eval_every, progress and world.rank == 0)
+        if world.rank != 0:
+            return {}
+        return run.finish(Path(out_dir), history, test, teachers_dir)
 
 
-def _train_student(store: Path, out_dir: Path, cfg: StudentConfig, *, teachers_dir: str | Path | None,
-                   local: ImageTensors | None, test: ImageTensors | None, eval_every: int, progress: bool,
-                   world: World) -> dict[str, Any]:
-    meta = read_meta(store)
-    info = store_info(meta)
-    device = resolve_device(rank_device(cfg.device, world))
-    amp_dtype = resolve_precision(cfg.precision, device)
-    source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")
-    if (source == "teachers" or cfg.adaptive_batches) and teachers_dir is None:
-        raise ConfigError("KD from the teachers and adaptive mode need --teachers")
-    if cfg.mixup and source != "teachers":
-        raise ConfigError("mixup needs KD from the teachers: give --teachers")
-    if cfg.local_weight and local is None:
-        raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
-    teachers = load_teacher_set(teachers_dir, device) if teachers_dir else None
-    if teachers is not None and teachers.info.image_shape != info.image_shape:
-        raise ConfigError(f"the teachers take {teachers.info.image_shape} images, the store holds {info.image_shape}")
-    student = _initial_student(cfg, info).to(device)
-    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    partial, start, history = out_dir / "partial.pt", 0, []
-    pool = meta["n_valid"]  # the store's rows before any adaptive round of this run
-    if partial.is_file():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
-        if state["config"] == to_dict(cfg):
-            student.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, history, pool = state["epoch"], state["history"], state.get("pool", pool)
+@dataclass
+class StudentRun:
+    """What a student's training reads: the store, the teachers (when given), the model and its
+    optimizer, the KD source and the local data."""
+
+    store: Path
+    cfg: StudentConfig
+    meta: dict[str, Any]
+    info: DatasetInfo
+    device: torch.device
+    world: World
+    teachers: TeacherEnsemble | None
+    source: str  # "teachers" or "soft-labels"
+    student: nn.Module
+    stepper: Stepper
+    local_batches: Iterator[tuple] | None
+
+    @classmethod
+    def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | None, local: ImageTensors | None,
+             world: World) -> "StudentRun":
+        meta = read_meta(store)
+        info = meta_info(meta)
+        device = resolve_device(rank_device(cfg.device, world))
+        source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")
+        if (source == "teachers" or cfg.adaptive_batches) and teachers_dir is None:
+            raise ConfigError("KD from the teachers and adaptive mode need --teachers")
+        if cfg.mixup and source != "teachers":
+            raise ConfigError("mixup needs KD from the teachers: give --teachers")
+        if cfg.local_weight and local is None:
+            raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
+        teachers = load_ensemble(teachers_dir, device) if teachers_dir else None
+        if teachers is not None and teachers.image_shape != info.image_shape:
+            raise ConfigError(f"the teachers take {teachers.image_shape} images, the store holds {info.image_shape}")
+        student = seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT).to(device)
+        if teachers is not None:
+            check_student(student, teachers, device)
+        optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        local_batches = (_cycle(local, cfg.batch_size, device, cfg.seed)
+                         if local is not None and cfg.local_weight else None)
+        return cls(store, cfg, meta, info, device, world, teachers, source, student,
+                   Stepper(optimizer, device, resolve_precision(cfg.precision, device)), local_batches)
+
+    def train(self, out_dir: Path, test: ImageTensors | None, eval_every: int, progress: bool) -> list[dict]:
+        """Every epoch from the last saved one; returns the history of all epochs."""
+        cfg, partial = self.cfg, out_dir / "partial.pt"
+        start, history, pool = 0, [], self.meta["n_valid"]  # pool: the rows before any adaptive round
+        saved = load_progress(partial, cfg, model=self.student, stepper=self.stepper, what="student")
+        if saved is not None:
+            start, history, pool = saved["epoch"], saved["history"], saved.get("pool", pool)
             log.info("student: resuming after epoch %d of %d", start, cfg.epochs)
-        else:
-            log.warning("%s was made with another config; starting over", partial)
-    if teachers is not None:
-        check_student(student, teachers, device)
-    local_batches = _cycle(local, cfg.batch_size, device, cfg.seed) if local is not None and cfg.local_weight else None
-    pad = max(1, info.image_size // 14)
-    net: nn.Module = student
-    if world.is_distributed:
-        net = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        net: nn.Module = self.student
+        if self.world.is_distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
 
-    def save_partial(epoch: int) -> None:
-        if world.rank == 0:
-            save_torch({"epoch": epoch, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                        "history": history, "config": to_dict(cfg), "pool": pool}, partial)
+        def save(epoch: int) -> None:
+            if self.world.rank == 0:
+                save_progress(partial, epoch=epoch, model=self.student, stepper=self.stepper, config=cfg,
+                              history=history, pool=pool)
 
-    if cfg.adaptive_batches:
-        rows_per_batch = from_dict(SynthesisConfig, meta["config"]).batch_size  # of every adaptive batch
-        if start == 0:
-            save_partial(0)  # records the pool size, so a resumed run knows which rounds were appended
+        if cfg.adaptive_batches and start == 0:
+            save(0)  # records the pool size, so a resumed run knows which rounds were appended
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            if cfg.adaptive_batches and epoch % cfg.adaptive_every == 0:
+                self.adaptive(epoch, pool, progress)
+            n = read_meta(self.store)["n_valid"]
+            steps = math.ceil(n / cfg.batch_size)
+            bar = tqdm(self.epoch_batches(epoch, n), total=steps // self.world.size, leave=False, unit="batch",
+                       desc=f"student epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+            w, r = self.world.size, self.world.rank
+            metrics = train_epoch(net, bar, self.objective(), self.stepper,
+                                  lr=lambda j: lr_at_epoch(epoch + (j * w + r) / steps, cfg.epochs, cfg.lr, cfg.schedule),
+                                  on_batch=lambda j, m: bar.set_postfix(loss=f"{m['loss']:.3f}"))
+            record = {"epoch": epoch + 1, "store_images": n, "loss": metrics["loss"],
+                      "train_accuracy": metrics["accuracy"], "steps_per_rank": metrics["steps"],
+                      "seconds": time.perf_counter() - t0}
+            if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
+                record["test_accuracy"] = accuracy(predict_logits(self.student, test, self.device), test.labels)
+            history.append(record)
+            log.info("student epoch %d/%d: %s", epoch + 1, cfg.epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+            save(epoch + 1)
+        return history
 
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        if cfg.adaptive_batches and epoch % cfg.adaptive_every == 0:
-            # A run killed after appending (part of) this round but before its epoch checkpoint
-            # appends only the missing batches (each is seeded by its index and the same student).
-            rounds = epoch // cfg.adaptive_every + 1
-            appended = (read_meta(store)["n_valid"] - pool) // rows_per_batch
-            adaptive_round(store, teachers, student, rounds * cfg.adaptive_batches - appended, device, progress)
-        n = read_meta(store)["n_valid"]
+    def adaptive(self, epoch: int, pool: int, progress: bool) -> None:
+        """The adaptive round of `epoch`. A run killed after appending (part of) this round but
+        before its epoch checkpoint appends only the missing batches (each is seeded by its index
+        and the same student)."""
+        cfg = self.cfg
+        rows_per_batch = from_dict(SynthesisConfig, self.meta["config"]).batch_size
+        rounds = epoch // cfg.adaptive_every + 1
+        appended = (read_meta(self.store)["n_valid"] - pool) // rows_per_batch
+        adaptive_round(self.store, self.teachers, self.student, rounds * cfg.adaptive_batches - appended,
+                       self.device, progress)
+
+    def epoch_batches(self, epoch: int, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This rank's (x normalized [B, C, H, W], y [B], stored soft labels [B, K]) of `epoch` over the
+        first n rows: every rank reads the same shuffled order and takes every K-th batch."""
+        cfg, world, info = self.cfg, self.world, self.info
+        gen = rng(cfg.seed, Stream.STUDENT_EPOCH, epoch)
+        order_gen = gen
+        if world.is_distributed:  # ranks share the batch order; augmentation is one stream per rank
+            order_gen, gen = rng(cfg.seed, Stream.STUDENT_EPOCH, epoch), rng(cfg.seed, Stream.STUDENT_RANK_AUGMENT,
+                                                                            epoch, world.rank)
         steps = math.ceil(n / cfg.batch_size)
-        student.train()
-        sums = {"loss": 0.0, "correct": 0.0, "seen": 0, "steps": 0}
-        gen = generator(cfg.seed, 4, epoch)
-        # Ranks must share the batch order: it gets its own stream, augmentation one per rank.
-        order_gen = generator(cfg.seed, 4, epoch) if world.is_distributed else gen
-        if world.is_distributed:
-            gen = generator(cfg.seed, 6, epoch, world.rank)
-        bar = tqdm(iterate_store(store, cfg.batch_size, order_gen, cfg.buffer_batches, limit=n), total=steps,
-                   desc=f"student epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress, unit="batch")
         usable = steps - steps % world.size  # every rank takes the same number of steps
-        for i, (xb, yb, soft) in enumerate(bar):
+        pad = max(1, info.image_size // 14)
+        for i, (xb, yb, soft) in enumerate(iterate_store(self.store, cfg.batch_size, order_gen, cfg.buffer_batches,
+                                                         limit=n)):
             if i >= usable:
                 break
             if i % world.size != world.rank:
                 continue
-            lr = lr_at(round((epoch + i / steps) * 10_000), cfg.epochs * 10_000, cfg.lr, cfg.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = xb.to(device, non_blocking=True)
+            x = xb.to(self.device, non_blocking=True)
             if cfg.augment:
                 x = random_crop_flip(x, pad, info.hflip, gen)
-            x, y = normalize(x, info), yb.to(device)
+            x, y = normalize(x, info), yb.to(self.device)
             if cfg.mixup:
                 x = mix_pairs(x, gen)
-            with autocast(device, amp_dtype):
-                if source == "teachers":
-                    targets = teachers.set.ensemble_probs(x).clamp_min(1e-8).log()
-                else:
-                    targets = soft.to(device)
-                out = student_objective(net, x, y, targets, cfg)
-                loss = out["loss"]
-                if local_batches is not None:
-                    xl, yl = next(local_batches)
-                    loss = loss + cfg.local_weight * nn.functional.cross_entropy(student(xl).float(), yl)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            sums["loss"] += loss.item() * len(y)
-            sums["correct"] += out["correct"].item()
-            sums["seen"] += len(y)
-            sums["steps"] += 1
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", lr=f"{lr:.3g}")
-        record = {"epoch": epoch + 1, "store_images": n, "loss": sums["loss"] / sums["seen"],
-                  "train_accuracy": sums["correct"] / sums["seen"], "steps_per_rank": sums["steps"],
-                  "seconds": time.perf_counter() - t0}
-        if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
-            record["test_accuracy"] = accuracy(predict_logits(student, test, device), test.labels)
-        history.append(record)
-        log.info("student epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                 ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
-        save_partial(epoch + 1)
+            yield x, y, soft
 
-    if world.rank != 0:
-        return {}
+    def objective(self) -> Callable[..., dict[str, torch.Tensor]]:
+        """The student's loss on one batch: KD and CE (`student_objective`), plus CE on local data."""
+        cfg, student = self.cfg, self.student
 
-    report: dict[str, Any] = {"fedinv_version": __version__, "config": to_dict(cfg), "seed": cfg.seed,
-                              "store": str(store), "store_images": read_meta(store)["n_valid"],
-                              "kd_source": source, "world_size": world.size, "history": history}
-    if test is not None:
-        logits = predict_logits(student, test, device)
-        report.update(test_accuracy=accuracy(logits, test.labels),
-                      per_class_accuracy=per_class_accuracy(logits, test.labels, info.num_classes),
-                      confusion_matrix=confusion_matrix(logits, test.labels, info.num_classes).tolist())
-    teacher_report = Path(teachers_dir) / "report.json" if teachers_dir else None
-    if teacher_report is not None and teacher_report.is_file():
-        t = json.loads(teacher_report.read_text())
-        report.update(ensemble_accuracy=t.get("ensemble_accuracy"), fedavg_accuracy=t.get("fedavg_accuracy"))
-    ckpt = ModelCheckpoint(STUDENT, model_spec(cfg.model, info.channels, info.num_classes, info.image_size),
-                           {k: v.detach().cpu() for k, v in student.state_dict().items()}, config=to_dict(cfg),
-                           seed=cfg.seed, metrics={k: report[k] for k in ("test_accuracy",) if k in report},
-                           extra={"dataset": asdict(info), "store": str(store), "teachers": meta["teachers"]})
-    save_checkpoint(ckpt, out_dir / "student.pt")
-    save_json(report, out_dir / "report.json")
-    partial.unlink(missing_ok=True)
-    return report
+        def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor) -> dict:
+            if self.source == "teachers":
+                targets = self.teachers.ensemble_probs(x).clamp_min(1e-8).log()
+            else:
+                targets = soft.to(self.device)
+            out = student_objective(model, x, y, targets, cfg)
+            if self.local_batches is not None:
+                xl, yl = next(self.local_batches)
+                out["loss"] = out["loss"] + cfg.local_weight * nn.functional.cross_entropy(student(xl).float(), yl)
+            return out
+        return objective
+
+    def finish(self, out_dir: Path, history: list[dict], test: ImageTensors | None,
+               teachers_dir: str | Path | None) -> dict[str, Any]:
+        """Write student.pt and report.json, remove the epoch checkpoint; returns the report."""
+        cfg, info = self.cfg, self.info
+        report: dict[str, Any] = {"fedinv_version": __version__, "config": to_dict(cfg), "seed": cfg.seed,
+                                  "store": str(self.store), "store_images": read_meta(self.store)["n_valid"],
+                                  "kd_source": self.source, "world_size": self.world.size, "history": history}
+        if test is not None:
+            logits = predict_logits(self.student, test, self.device)
+            report.update(test_accuracy=accuracy(logits, test.labels),
+                          per_class_accuracy=per_class_accuracy(logits, test.labels, info.num_classes),
+                          confusion_matrix=confusion_matrix(logits, test.labels, info.num_classes).tolist())
+        teacher_report = Path(teachers_dir) / "report.json" if teachers_dir else None
+        if teacher_report is not None and teacher_report.is_file():
+            t = json.loads(teacher_report.read_text())
+            report.update(ensemble_accuracy=t.get("ensemble_accuracy"), fedavg_accuracy=t.get("fedavg_accuracy"))
+        ckpt = ModelCheckpoint.of(STUDENT, cfg.model, info, self.student.state_dict(), config=to_dict(cfg),
+                                  seed=cfg.seed, metrics={k: report[k] for k in ("test_accuracy",) if k in report},
+                                  extra={"store": str(self.store), "teachers": self.meta["teachers"]})
+        save_checkpoint(ckpt, out_dir / "student.pt")
+        save_json(report, out_dir / "report.json")
+        (out_dir / "partial.pt").unlink(missing_ok=True)
+        return report

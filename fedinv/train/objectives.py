@@ -1,9 +1,10 @@
-"""Knowledge-distillation losses as pure functions."""
+"""Objectives shared by several loops, as pure functions returning `{"loss": ..., <parts>}`."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -15,3 +16,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     s = F.log_softmax(student_logits.float() / temperature, dim=1)
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature ** 2
+
+
+def classification_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cross-entropy on a batch x [B, C, H, W], y [B]; returns {"loss", "correct", "logits"}."""
+    logits = model(x)
+    return {"loss": F.cross_entropy(logits, y), "correct": (logits.argmax(1) == y).sum(), "logits": logits}

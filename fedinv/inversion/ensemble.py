@@ -1,4 +1,5 @@
-"""The teachers as one object: per-teacher inversion losses, batched (vmap) or looped.
+"""The teachers as one ensemble: per-teacher inversion losses, batched (vmap) or looped, and the
+class-level ensemble's predictions.
 
 Batched path: teachers of one architecture are evaluated in a single call: their parameters are
 stacked (`torch.func.stack_module_state`) and one `functional_call` is vmapped over the teacher
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..data.datasets import DatasetInfo
 from ..evaluate import class_shares
+from ..teacher_files import TeacherFolder, load_teacher_folder
 from .hooks import BNStatistics
 from .losses import bn_stat_loss, competition_loss, masked_cross_entropy
 
@@ -52,8 +56,8 @@ def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStat
     return torch.stack([ce, bn, comp])
 
 
-class TeacherSet:
-    """N frozen teachers (eval mode) with their label counts [N, K].
+class TeacherEnsemble:
+    """N frozen teachers (eval mode) with their label counts [N, K] and their dataset's facts.
 
     The set takes the modules over: they are moved to `device`, frozen, put in eval mode and (on
     the looped path) converted to channels_last in place.
@@ -64,8 +68,8 @@ class TeacherSet:
     """
 
     def __init__(self, models: Sequence[nn.Module], label_counts: torch.Tensor, device: torch.device,
-                 image_shape: tuple[int, int, int], batched: bool | None = None):
-        self._image_shape = tuple(image_shape)
+                 info: DatasetInfo, batched: bool | None = None):
+        self.info = info
         self.models = [m.to(device).eval().requires_grad_(False) for m in models]
         self.device = device
         self.counts = label_counts.to(device)
@@ -88,8 +92,8 @@ class TeacherSet:
         return len(self.models)
 
     @property
-    def image_shape(self) -> tuple[int, ...]:
-        return self._image_shape
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.info.image_shape
 
     @property
     def num_classes(self) -> int:
@@ -134,3 +138,15 @@ class TeacherSet:
 def _signature(model: nn.Module) -> tuple:
     """Architecture identity: module types and parameter shapes."""
     return (type(model).__name__, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+
+
+BATCHED = {"auto": None, "batched": True, "loop": False}
+
+
+def load_ensemble(teachers: str | Path | TeacherFolder, device: torch.device, batched: str = "auto") -> TeacherEnsemble:
+    """The ensemble of a teachers folder (a path, or one loaded already); `batched` as in
+    SynthesisConfig: auto, batched or loop."""
+    folder = teachers if isinstance(teachers, TeacherFolder) else load_teacher_folder(teachers)
+    counts = torch.tensor([c.label_counts for c in folder.checkpoints])
+    return TeacherEnsemble([c.build(device) for c in folder.checkpoints], counts, device, folder.info,
+                           BATCHED[batched])

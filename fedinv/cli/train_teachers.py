@@ -12,20 +12,7 @@ from ..data.partition import load_partition
 from ..errors import ConfigError
 from ..nodes import train_teachers
 from .engines import engine_option, flower_module
-
-
-def parse_nodes(text: str | None) -> list[int] | None:
-    """'0,3' or '0-2,4' -> [0, 3] / [0, 1, 2, 4]; None -> all nodes."""
-    if not text:
-        return None
-    nodes: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            nodes += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise ConfigError(f"--nodes {text!r}: expected comma-separated node numbers or ranges, e.g. 0,3 or 0-2")
-    return nodes
+from .parsing import parse_numbers
 
 
 @click.command("train-teachers")
@@ -51,9 +38,9 @@ def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engin
     if engine == "flower":
         if nodes:
             raise ConfigError("--nodes works with the in-process engine only; the Flower engine trains every node")
-        report = flower_module("teachers").train_teachers_flower(load_partition(partition_path), cfg, out)
+        report = flower_module("teacher_upload").train_teachers_flower(load_partition(partition_path), cfg, out)
     else:
-        report = train_teachers(load_partition(partition_path), cfg, out, nodes=parse_nodes(nodes),
+        report = train_teachers(load_partition(partition_path), cfg, out, nodes=parse_numbers(nodes, "--nodes"),
                                 progress=progress)
     summary = {k: report[k] for k in ("node_accuracy", "ensemble_accuracy", "ensemble_mean_accuracy",
                                       "fedavg_accuracy")}

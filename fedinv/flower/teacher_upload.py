@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, model_spec, save_checkpoint
+from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
 from ..config import TeacherConfig, to_dict
 from ..data.datasets import load_dataset
 from ..data.partition import Partition
-from ..errors import ConfigError
-from ..nodes import teacher_report, train_node
-from ..runtime import resolve_device, save_json
+from ..errors import RunStateError
+from ..nodes import train_node, write_teacher_report
+from .app import discover
 from .simulation import QUIET_ENV
 
 
@@ -64,8 +63,6 @@ def make_teacher_server_app(partition: Partition, cfg: TeacherConfig, out: Path,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from .app import discover
-
         node_ids, _ = discover(grid, partition.num_nodes)
         messages = [Message(RecordDict({"config": ConfigRecord({"node": k})}), message_type=MessageType.TRAIN,
                             dst_node_id=node_ids[k]) for k in range(partition.num_nodes)]
@@ -77,12 +74,11 @@ def make_teacher_server_app(partition: Partition, cfg: TeacherConfig, out: Path,
         for m in replies:
             k = int(m.content["metrics"]["partition-id"])
             counts = [int(c) for c in m.content["metrics"]["label-counts"]]
-            ckpt = ModelCheckpoint(
-                TEACHER, model_spec(cfg.model, info.channels, info.num_classes, info.image_size),
-                dict(m.content["arrays"].to_torch_state_dict()), label_counts=counts, config=to_dict(cfg),
-                seed=cfg.seed, metrics=json.loads(str(m.content["extra"]["metrics"])),
+            ckpt = ModelCheckpoint.of(
+                TEACHER, cfg.model, info, dict(m.content["arrays"].to_torch_state_dict()), label_counts=counts,
+                config=to_dict(cfg), seed=cfg.seed, metrics=json.loads(str(m.content["extra"]["metrics"])),
                 extra={"node": k, "num_samples": sum(counts), "partition_sha256": partition.content_hash(),
-                       "dataset": asdict(info), "engine": "flower"})
+                       "engine": "flower"})
             save_checkpoint(ckpt, out / f"node-{k}.pt")
         done["ok"] = True
 
@@ -97,8 +93,8 @@ def train_teachers_flower(partition: Partition, cfg: TeacherConfig, out_dir: str
     out = Path(out_dir)
     existing = sorted(out.glob("node-*.pt"))
     if existing:
-        raise ConfigError(f"{out} already holds teachers ({existing[0].name}, ...); the Flower engine trains all "
-                          f"nodes afresh: use another --out folder")
+        raise RunStateError(f"{out} already holds teachers ({existing[0].name}, ...); the Flower engine trains all "
+                            f"nodes afresh: use another --out folder")
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,12 +107,7 @@ def train_teachers_flower(partition: Partition, cfg: TeacherConfig, out_dir: str
                                                  "log_to_driver": False}})
     if not done.get("ok"):
         raise RuntimeError("the Flower simulation ended before every teacher arrived; see the log above")
-    test = load_dataset(partition.data, "test")
-    paths = sorted(out.glob("node-*.pt"))
-    for p in paths:
+    for p in sorted(out.glob("node-*.pt")):
         load_checkpoint(p)  # what arrived is a valid teacher checkpoint
-    report = teacher_report(paths, test, resolve_device(cfg.device))
-    report.update(config=to_dict(cfg), seed=cfg.seed, partition_sha256=partition.content_hash(), engine="flower")
-    save_json(report, out / "report.json")
-    return report
-
+    return write_teacher_report(out, load_dataset(partition.data, "test"), cfg, partition.content_hash(),
+                                engine="flower")

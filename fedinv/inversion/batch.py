@@ -1,0 +1,57 @@
+"""One synthetic batch as the store keeps it: labels drawn, images inverted, soft labels from the
+class-level ensemble, provenance; drawn from random stream (seed, batch) alone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import SynthesisConfig
+from ..data.batches import denormalize
+from ..data.datasets import DatasetInfo
+from ..errors import ConfigError
+from ..runtime import Stream, rng
+from .engine import Inverted, StepCallback, invert_batch
+from .ensemble import TeacherEnsemble
+from .labels import sample_labels
+
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images u8, labels, soft, source
+
+
+def pixel_bounds(info: DatasetInfo, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized values of pixels 0 and 1 per channel, each [1, C, 1, 1]."""
+    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def to_uint8(x: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    return (denormalize(x.float(), info) * 255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def check_student(student: nn.Module, teachers: TeacherEnsemble, device: torch.device) -> None:
+    """A student must take the teachers' images and predict their classes."""
+    was_training = student.training
+    student.eval()
+    probe = student(torch.zeros(1, *teachers.image_shape, device=device))
+    student.train(was_training)
+    if probe.shape[1] != teachers.num_classes:
+        raise ConfigError(f"the student predicts {probe.shape[1]} classes, the teachers {teachers.num_classes}")
+
+
+def make_batch(teachers: TeacherEnsemble, cfg: SynthesisConfig, b: int, size: int, *,
+               amp_dtype: torch.dtype | None, student: nn.Module | None = None,
+               on_step: StepCallback | None = None) -> tuple[Rows, Inverted]:
+    """Synthesize batch `b` of `size` images (labels, images, soft labels, provenance).
+
+    Returns the store rows (images uint8, labels, soft labels, source) and the engine result.
+    """
+    gen = rng(cfg.seed, Stream.SYNTHESIS_BATCH, b)
+    y = sample_labels(cfg.label_sampler, teachers.counts, size, gen)
+    inv = invert_batch(teachers, y, cfg, batch_index=b, bounds=pixel_bounds(teachers.info, teachers.device), gen=gen,
+                       amp_dtype=amp_dtype, student=student, on_step=on_step)
+    soft = teachers.ensemble_probs(inv.x).clamp_min(1e-8).log()
+    mask = inv.teacher_mask if len(teachers) <= 31 else -1
+    source = torch.tensor([[b, mask]] * size, dtype=torch.int32)
+    return (to_uint8(inv.x, teachers.info), y, soft, source), inv
