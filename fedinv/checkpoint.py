@@ -65,7 +65,10 @@ class ModelCheckpoint:
         d = self.extra.get("dataset")
         if not isinstance(d, dict):
             return None
-        return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        try:
+            return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        except TypeError:  # fields this fedinv does not know: foreign
+            return None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.kind, "schema_version": SCHEMA_VERSION, "fedinv_version": self.fedinv_version,

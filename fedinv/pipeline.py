@@ -17,8 +17,8 @@ from typing import Any
 
 from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, read_toml_tables,
                      to_dict)
-from .data.datasets import load_dataset
-from .data.partition import load_partition, make_partition, save_partition
+from .data.datasets import ImageTensors, load_dataset
+from .data.partition import Partition, load_partition, make_partition, save_partition
 from .checkpoint import STUDENT, load_checkpoint
 from .errors import RunStateError
 from .evaluate import evaluate_checkpoint
@@ -55,6 +55,30 @@ class RunConfig:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}
 
 
+def partition_stage(cfg: RunConfig, manifest: Path, train: ImageTensors) -> Partition:
+    """The run's partition: read back when `manifest` holds it, else made and written."""
+    if manifest.is_file():
+        part = load_partition(manifest)
+        if part.config != cfg.partition or part.data != cfg.data:
+            raise RunStateError(f"{manifest} was made with another partition config")
+        log.info("partition: %s is complete, skipped", manifest)
+        return part
+    part = make_partition(train.labels.numpy(), train.info.num_classes, cfg.partition, cfg.data)
+    save_partition(part, train.labels.numpy(), manifest, train.info.class_names)
+    return part
+
+
+def student_stage(cfg: RunConfig, run: Path, test: ImageTensors, progress: bool) -> dict[str, Any]:
+    """The student's report: read back when a finished student of this config is there, else trained."""
+    path = run / "student" / "report.json"
+    done = json.loads(path.read_text()) if path.is_file() else None
+    if done is not None and not changes(done["config"], cfg.student):
+        log.info("student: %s is complete, skipped", path)
+        return done
+    return train_student(run / "synthetic.h5", run / "student", cfg.student, teachers_dir=run / "teachers",
+                         test=test, progress=progress)
+
+
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json)."""
     run = Path(run_dir)
@@ -75,15 +99,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
         seconds[stage] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-    manifest = run / "partition.json"
-    if manifest.is_file():
-        part = load_partition(manifest)
-        if part.config != cfg.partition or part.data != cfg.data:
-            raise RunStateError(f"{manifest} was made with another partition config")
-        log.info("partition: %s is complete, skipped", manifest)
-    else:
-        part = make_partition(train.labels.numpy(), train.info.num_classes, cfg.partition, cfg.data)
-        save_partition(part, train.labels.numpy(), manifest, train.info.class_names)
+    part = partition_stage(cfg, run / "partition.json", train)
     lap("partition")
 
     teacher_report = train_teachers(part, cfg.teachers, run / "teachers", progress=progress, train=train, test=test)
@@ -92,15 +108,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     log.info("synthesis: %s", {k: syn[k] for k in ("batches", "n_valid")})
     lap("synthesize")
 
-    student_report_path = run / "student" / "report.json"
-    done = json.loads(student_report_path.read_text()) if student_report_path.is_file() else None
-    if done is not None and not changes(done["config"], cfg.student):
-        log.info("student: %s is complete, skipped", student_report_path)
-        student_report = done
-    else:
-        student_report = train_student(run / "synthetic.h5", run / "student", cfg.student,
-                                       teachers_dir=run / "teachers", test=test, progress=progress)
-
+    student_report = student_stage(cfg, run, test, progress)
     lap("train_student")
     ckpt = load_checkpoint(run / "student" / "student.pt", kind=STUDENT)
     evaluation, picture = evaluate_checkpoint(ckpt, test, resolve_device(cfg.student.device))

@@ -283,7 +283,7 @@ def test_resume_accepts_a_checkpoint_from_before_a_new_config_field(tmp_path, ti
 
 
 def test_config_errors_name_the_options():
-    with pytest.raises(ConfigError, match="known: feddistill, feddistill-query, fedavg, feddyn, fedprox, moon"):
+    with pytest.raises(ConfigError, match="known: fedavg, feddistill, feddistill-query, feddyn, fedprox, moon, scaffold"):
         FederateConfig(algorithm="fedsgd")
     with pytest.raises(ConfigError, match="known: feddf, fedgen, ftg, none"):
         FederateConfig(server="ftgg")
@@ -306,6 +306,34 @@ def test_federate_cli_and_report(tmp_path):
     assert res.exit_code == 0, res.output
     table = (tmp_path / "cmp" / "table.md").read_text()
     assert "fedavg+ftg" in table and (tmp_path / "cmp" / "accuracy.png").is_file()
+    res = CliRunner().invoke(cli, ["-q", "evaluate", str(tmp_path / "a" / "global.pt"), "--device", "cpu",
+                                   "--out", str(tmp_path / "eval.json")])
+    assert res.exit_code == 0, res.output  # the global model records its dataset as every checkpoint does
+    assert json.loads((tmp_path / "eval.json").read_text())["dataset"] == "synthetic-tiny"
+
+
+def test_algorithm_tables_and_the_constants_of_older_configs(tmp_path):
+    base = '[federate]\nalgorithm = "{}"\n'
+    path = tmp_path / "a.toml"
+    path.write_text(base.format("fedprox") + "[fedprox]\nmu = 0.5\n[moon]\nmu = 3.0\n")
+    cfg = FederatedRunConfig.from_toml(path)
+    assert cfg.params.mu == 0.5  # the [moon] table is there but not for this run
+    assert FederatedRunConfig.from_dict(cfg.to_dict()) == cfg  # what config.json and checkpoints hold
+    path.write_text(base.format("moon") + "mu = 2.0\nfeddyn_alpha = 0.3\nmoon_temperature = 0.1\n")
+    cfg = FederatedRunConfig.from_toml(path)  # a config of fedinv before per-algorithm tables
+    assert (cfg.params.mu, cfg.params.temperature) == (2.0, 0.1)
+    path.write_text(base.format("feddyn") + "[feddyn]\nalpha = 0.0\n")
+    with pytest.raises(ConfigError, match="alpha must be > 0"):
+        FederatedRunConfig.from_toml(path)
+    path.write_text(base.format("fedavg") + "[fedprox]\nmuu = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown ProxParams field\(s\) \['muu'\]; known: mu"):
+        FederatedRunConfig.from_toml(path)
+    path.write_text(base.format("fedavg") + "[fedproxx]\nmu = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown table\(s\) \['fedproxx'\]"):
+        FederatedRunConfig.from_toml(path)
+    path.write_text(base.format("feddistill-query") + 'server = "ftg"\n')
+    with pytest.raises(ConfigError, match="server must be none"):
+        FederatedRunConfig.from_toml(path)
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def test_student_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
     real_store(tmp_path / "s.h5", n=300)
     cfg = StudentConfig(model="lenet5", epochs=3, batch_size=32, device="cpu", ce_weight=1.0)
     train_student(tmp_path / "s.h5", tmp_path / "a", cfg, progress=False)
-    import fedinv.student.train as st
+    import fedinv.train.resume as st  # where epoch checkpoints are written
     real_save = st.save_torch
 
     def stop_after_two(obj, path):  # the run is killed right after saving epoch 2

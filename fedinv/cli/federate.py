@@ -31,8 +31,8 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, prog
     participation, local epochs, learning rates, ...), [generator] (the server step's settings)
     and one named after the algorithm for its own constants ([fedprox] mu, [feddyn] alpha, [moon]
     mu and temperature, [feddistill] temperature, weight, personal_model, [feddistill-query]
-    temperature, validation_size, server_epochs). Every field and its default: fedinv/federated/
-    config.py and the algorithm's file, and assets/configs/fmnist-rounds.toml. Writes OUT/metrics.jsonl (a line per
+    temperature, validation_size, server_epochs). Every field and its default:
+    fedinv/federated/config.py, the algorithm's file, and assets/configs/fmnist-rounds.toml. Writes OUT/metrics.jsonl (a line per
     round), OUT/checkpoint.pt (every round), and at the end OUT/global.pt and OUT/report.json.
     """
     cfg = FederatedRunConfig.from_toml(config)

@@ -72,7 +72,7 @@ def evaluate_cmd(checkpoint: Path, out: Path | None, device: str, **kwargs) -> N
     """Accuracy, per-class accuracy and confusion matrix of a teacher or student CHECKPOINT on a
     test set: --dataset when given, else the dataset the checkpoint records."""
     ckpt = load_checkpoint(checkpoint, kind=MODEL_KINDS)
-    recorded = ckpt.extra.get("dataset", {}).get("name")
+    recorded = ckpt.dataset_info.name if ckpt.dataset_info is not None else None
     given = click.get_current_context().get_parameter_source("dataset") != click.core.ParameterSource.DEFAULT
     if recorded and not given:
         kwargs["dataset"] = recorded

@@ -137,6 +137,8 @@ class FederatedRunConfig:
         if extra:
             raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: "
                               f"{', '.join([*SECTIONS, *sorted(ALGORITHMS)])}")
+        for name in set(raw) & set(ALGORITHMS):  # every algorithm table is checked, used or not
+            from_dict(ALGORITHMS[name].Params, raw[name])
         return cls.from_dict(raw, defaults=cls())
 
     @classmethod
