@@ -1,4 +1,5 @@
-"""Typed, frozen configs for each stage, their dict/TOML round trip, and their click options.
+"""Typed, frozen configs of the one-shot stages, their dict/TOML round trip, and their click options
+(the multi-round mode's configs live in `fedinv.federated.config`).
 
 Each field carries its help text in `metadata["help"]`: the same text documents the library,
 fills `--help`, and travels (as values) inside every artifact the stage writes.
@@ -27,13 +28,13 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None, runt
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "runtime": runtime})
 
 
-def _at_least(cfg: Any, minimum: int, *names: str) -> None:
+def at_least(cfg: Any, minimum: int, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < minimum:
             raise ConfigError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
 
 
-def _check_choice(cfg: Any, name: str) -> None:
+def check_choice(cfg: Any, name: str) -> None:
     meta = next(f for f in dataclasses.fields(cfg) if f.name == name).metadata
     value = getattr(cfg, name)
     if meta.get("choices") and value not in meta["choices"]:
@@ -65,8 +66,8 @@ class PartitionConfig:
     seed: int = option(0, "random seed of the split")
 
     def __post_init__(self) -> None:
-        _check_choice(self, "scheme")
-        _at_least(self, 1, "num_nodes", "min_size", "classes_per_node")
+        check_choice(self, "scheme")
+        at_least(self, 1, "num_nodes", "min_size", "classes_per_node")
         if self.scheme == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"dirichlet alpha must be > 0, got {self.alpha}")
 
@@ -92,8 +93,8 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         for name in ("schedule", "precision"):
-            _check_choice(self, name)
-        _at_least(self, 1, "epochs", "batch_size")
+            check_choice(self, name)
+        at_least(self, 1, "epochs", "batch_size")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 
@@ -208,9 +209,9 @@ class SynthesisConfig:
 
     def __post_init__(self) -> None:
         for name in ("label_sampler", "precision", "batched"):
-            _check_choice(self, name)
-        _at_least(self, 1, "num_images", "batch_size", "iterations")
-        _at_least(self, 0, "teachers_per_step", "jitter")
+            check_choice(self, name)
+        at_least(self, 1, "num_images", "batch_size", "iterations")
+        at_least(self, 0, "teachers_per_step", "jitter")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 
@@ -247,9 +248,9 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         for name in ("schedule", "kd_source", "precision"):
-            _check_choice(self, name)
-        _at_least(self, 1, "epochs", "batch_size", "buffer_batches", "adaptive_every")
-        _at_least(self, 0, "kd_weight", "ce_weight", "local_weight", "adaptive_batches")
+            check_choice(self, name)
+        at_least(self, 1, "epochs", "batch_size", "buffer_batches", "adaptive_every")
+        at_least(self, 0, "kd_weight", "ce_weight", "local_weight", "adaptive_batches")
         if self.kd_weight == 0 and self.ce_weight == 0 and self.local_weight == 0:
             raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
         if not self.temperature > 0:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DataConfig, PartitionConfig, _at_least, _check_choice, from_dict, option, to_dict
+from ..config import DataConfig, PartitionConfig, at_least, check_choice, from_dict, option, to_dict
 from ..errors import ConfigError
 from .registry import ALGORITHMS, algorithm_class, server_step_class
 
@@ -53,8 +53,8 @@ class FederateConfig:
     def __post_init__(self) -> None:
         algorithm_class(self.algorithm)  # names the registered ones when unknown
         server_step_class(self.server)
-        _check_choice(self, "precision")
-        _at_least(self, 1, "rounds", "local_epochs", "batch_size", "eval_every")
+        check_choice(self, "precision")
+        at_least(self, 1, "rounds", "local_epochs", "batch_size", "eval_every")
         if not 0 < self.participation <= 1:
             raise ConfigError(f"participation must be in (0, 1], got {self.participation}")
         if not self.lr > 0 or not self.server_lr > 0:
@@ -87,9 +87,9 @@ class GeneratorConfig:
                                 "soft labels) to OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
 
     def __post_init__(self) -> None:
-        _check_choice(self, "bn_stats")
-        _at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
-        _at_least(self, 0, "model_steps", "save_every")
+        check_choice(self, "bn_stats")
+        at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
+        at_least(self, 0, "model_steps", "save_every")
         if not self.generator_lr > 0 or not self.model_lr > 0 or not self.temperature > 0:
             raise ConfigError("generator_lr, model_lr and temperature must be > 0")
 
@@ -154,7 +154,7 @@ class FederatedRunConfig:
                     for name, sub in SECTIONS.items()}
         algo = algorithm_class(sections["federate"].algorithm)
         values = {new: legacy[old] for old, new in getattr(algo, "legacy", {}).items() if old in legacy}
-        values.update(raw.get(algo.name) or raw.get("params") or {})
+        values.update(raw.get(algo.name) or {})
         return cls(**sections, params=from_dict(algo.Params, values))
 
     def to_dict(self) -> dict[str, Any]:

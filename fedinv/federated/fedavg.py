@@ -38,8 +38,8 @@ class FedAvg:
         """Training samples the server keeps as its validation set (none here)."""
         return 0
 
-    def init_server(self, global_state: State, params: Sequence[str]) -> dict[str, Any]:
-        """The server's own state (kept in the round checkpoint)."""
+    def init_server(self, global_state: State, names: Sequence[str]) -> dict[str, Any]:
+        """The server's own state (kept in the round checkpoint); `names` are the model's parameters."""
         return {}
 
     def broadcast(self, server_state: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import _at_least, option
+from ..config import at_least, option
 from ..data.batches import batches
 from ..data.datasets import ImageTensors
 from ..evaluate import accuracy, ensemble_probs, predict_logits
@@ -94,7 +94,7 @@ class QueryParams:
     server_epochs: int = option(2, "server distillation epochs over the validation set")
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "server_epochs")
+        at_least(self, 1, "server_epochs")
 
 
 @register_algorithm

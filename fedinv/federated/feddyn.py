@@ -42,8 +42,8 @@ class FedDyn(FedAvg):
     Params = DynParams
     legacy = {"feddyn_alpha": "alpha"}
 
-    def init_server(self, global_state: State, params: Sequence[str]) -> dict[str, Any]:
-        return {"h": {k: torch.zeros_like(global_state[k]) for k in params}}
+    def init_server(self, global_state: State, names: Sequence[str]) -> dict[str, Any]:
+        return {"h": {k: torch.zeros_like(global_state[k]) for k in names}}
 
     def local_update(self, ctx: LocalContext) -> LocalResult:
         alpha = self.params.alpha

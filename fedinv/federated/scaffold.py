@@ -28,8 +28,8 @@ def scaffold_control_update(c_i: State, c: State, global_state: State, local_sta
 class Scaffold(FedAvg):
     name = "scaffold"
 
-    def init_server(self, global_state: State, params: Sequence[str]) -> dict[str, Any]:
-        return {"c": {k: torch.zeros_like(global_state[k]) for k in params}}
+    def init_server(self, global_state: State, names: Sequence[str]) -> dict[str, Any]:
+        return {"c": {k: torch.zeros_like(global_state[k]) for k in names}}
 
     def broadcast(self, server_state):
         return {"c": server_state["c"]}
