@@ -7,6 +7,7 @@ class count before any model is built from it.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,14 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
         raise CheckpointError(f"checkpoint {path} not found")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupted zip, truncated file, pickled code refused by weights_only
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # not a refusal: a damaged file
+            raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
+                                  f"fedinv): {str(e).strip()[:200]}") from e
+        raise CheckpointError(f"{path} is refused as untrusted: it holds Python objects that could run code "
+                              f"when loaded, and fedinv reads only checkpoints of tensors and plain values "
+                              f"(a file from a node is never unpickled in full)") from e
+    except Exception as e:  # corrupted zip, truncated file
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
                               f"fedinv): {type(e).__name__}: {first}") from e
@@ -123,11 +131,25 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
     keys = {"name", "in_channels", "num_classes", "image_size"}
     if not isinstance(model, dict) or not keys <= set(model):
         raise CheckpointError(f"{path}: model description missing or incomplete (needs {sorted(keys)})")
+    wrong_type = [k for k in ("in_channels", "num_classes", "image_size")
+                  if not isinstance(model[k], int) or isinstance(model[k], bool) or model[k] < 1]
+    if wrong_type or not isinstance(model["name"], str):
+        bad = wrong_type[0] if wrong_type else "name"
+        raise CheckpointError(f"{path}: model.{bad} = {model[bad]!r} is not a "
+                              f"{'positive integer' if wrong_type else 'string'}")
     if model["name"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model {model['name']!r}; known: {', '.join(sorted(MODELS))}")
     state = raw.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: state_dict missing or not a dict of tensors")
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if not_finite:
+        raise CheckpointError(f"{path}: non-finite weights (NaN or inf) in {', '.join(not_finite[:3])}: the model "
+                              f"that wrote it diverged")
+    counts = raw.get("label_counts")
+    if counts is not None and (not isinstance(counts, list) or
+                               not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
+        raise CheckpointError(f"{path}: label_counts must be a list of non-negative integers")
     ckpt = ModelCheckpoint(raw["format"], model, state, raw.get("label_counts"), raw.get("config") or {},
                            raw.get("seed"),
                            raw.get("metrics") or {}, raw.get("extra") or {}, raw.get("fedinv_version", "?"))

@@ -112,8 +112,23 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     if extra:
         raise ConfigError(f"unknown {cls.__name__} field(s) {sorted(extra)}; known: {', '.join(sorted(names))}")
     hints = typing.get_type_hints(cls)
+    for k, v in values.items():
+        check_type(cls, k, hints[k], v)
     return cls(**{k: from_dict(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
                   for k, v in values.items()})
+
+
+def check_type(cls: type, name: str, expected: Any, value: Any) -> None:
+    """A value read from a file must have its field's type (an int where a float is expected is fine;
+    a bool is no number)."""
+    if expected not in (bool, int, float, str):
+        return
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(f"{cls.__name__}.{name} must be {expected.__name__}, got {value!r} "
+                          f"({type(value).__name__})")
 
 
 _CLICK_TYPES: dict[Any, Any] = {int: int, float: float, str: str}

@@ -14,6 +14,10 @@ class RunStateError(FedinvError):
     run, a store that cannot be continued with these settings. Not a problem of the config itself."""
 
 
+class DivergedError(FedinvError, FloatingPointError):
+    """A loss became NaN or infinite: the run stops where it is (what was saved before stays)."""
+
+
 class DatasetNotFoundError(FedinvError, FileNotFoundError):
     """A dataset is not on disk and cannot be downloaded here."""
 

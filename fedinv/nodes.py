@@ -68,7 +68,8 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
         first = epoch * steps_per_epoch
         metrics = train_epoch(model, bar, classification_objective, stepper,
                               lr=lambda i: lr_at(first + i, total_steps, cfg.lr, cfg.schedule),
-                              on_batch=lambda i, m: bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}"))
+                              on_batch=lambda i, m: bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}"),
+                              what=f"node {node} epoch {epoch + 1}")
         seconds += time.perf_counter() - t0
         history.append({"loss": metrics["loss"], "accuracy": metrics["accuracy"]})
         log.info("node %d epoch %d/%d: loss %.4f, train accuracy %.4f", node, epoch + 1, cfg.epochs,

@@ -107,6 +107,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete what `atomic_path` left beside `path` when its writer was killed mid-write. Only the
+    one writer of `path`, when it starts (or resumes), may call this."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

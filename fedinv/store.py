@@ -33,6 +33,7 @@ from .errors import ConfigError, RunStateError
 from .runtime import atomic_path
 
 SCHEMA_VERSION = 1
+ROWS = ("images", "labels", "soft_labels", "source")  # the datasets with a row per image
 META_KEYS = ("num_classes", "image_shape", "mean", "std", "seed", "config", "teachers", "dataset")
 
 
@@ -74,7 +75,12 @@ class StoreWriter:
                 self.file.close()
                 raise RunStateError(f"{self.path} was made with other settings ({', '.join(mismatch)}); "
                                   f"cannot resume it with these; choose another --out")
-            self._truncate(int(self.file["n_valid"][()]))
+            try:
+                n = check_rows(self.file, meta, self.path)
+            except ConfigError:
+                self.file.close()
+                raise
+            self._truncate(n)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.path, "w")
@@ -152,15 +158,40 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
             meta = {k: _attr(f, k) for k in f.attrs}
-            meta["n_valid"] = int(f["n_valid"][()])
-    except (OSError, KeyError) as e:
+            if meta.get("schema_version") != SCHEMA_VERSION:
+                raise ConfigError(f"{path}: schema_version {meta.get('schema_version')!r}, this fedinv reads "
+                                  f"{SCHEMA_VERSION}")
+            for k in ("config", "teachers", "dataset"):
+                if isinstance(meta.get(k), str):
+                    meta[k] = json.loads(meta[k])
+            meta["n_valid"] = check_rows(f, meta, path)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{path} is not a readable fedinv synthetic store: {e}") from e
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(f"{path}: schema_version {meta.get('schema_version')!r}, this fedinv reads {SCHEMA_VERSION}")
-    for k in ("config", "teachers", "dataset"):
-        if isinstance(meta.get(k), str):
-            meta[k] = json.loads(meta[k])
     return meta
+
+
+def check_rows(f: h5py.File, meta: dict[str, Any], path: Path) -> int:
+    """`n_valid` of an open store, after checking that its datasets hold that many rows of the
+    recorded shapes, with labels among the recorded classes."""
+    missing = [name for name in (*ROWS, "n_valid") if name not in f]
+    if missing:
+        raise ConfigError(f"{path} is damaged: dataset(s) {missing} missing")
+    n, k, shape = int(f["n_valid"][()]), int(meta["num_classes"]), tuple(meta["image_shape"])
+    short = [name for name in ROWS if f[name].shape[0] < n]
+    if n < 0 or short:
+        raise ConfigError(f"{path} is damaged: n_valid = {n}, but {short or 'n_valid'} "
+                          f"{'hold fewer rows' if short else 'is negative'}")
+    expected = {"images": shape, "soft_labels": (k,), "source": (2,), "labels": ()}
+    wrong = [name for name, rest in expected.items() if tuple(f[name].shape[1:]) != rest]
+    if wrong:
+        raise ConfigError(f"{path} is damaged: {wrong[0]} has rows of shape {tuple(f[wrong[0]].shape[1:])}, the "
+                          f"store records {expected[wrong[0]]}")
+    labels = f["labels"][:n]
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ConfigError(f"{path} is damaged: labels outside 0..{k - 1}")
+    return n
 
 
 class SyntheticDataset(torch.utils.data.Dataset):

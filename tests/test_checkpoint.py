@@ -52,8 +52,25 @@ class Payload:  # a pickled object weights_only must refuse to build
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": TEACHER, "x": Payload()}, path)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="refused as untrusted") as err:
         load_checkpoint(path)
+    assert "weights_only" not in str(err.value)  # no hint at the unsafe way round
+
+
+def test_non_finite_weights_and_mistyped_fields_are_refused(tmp_path):
+    ckpt = make_ckpt()
+    state = dict(ckpt.state_dict)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_checkpoint(ModelCheckpoint(TEACHER, ckpt.model, state, label_counts=ckpt.label_counts), tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        load_checkpoint(tmp_path / "nan.pt")
+    save_checkpoint(ModelCheckpoint(TEACHER, {**ckpt.model, "num_classes": "10"}, ckpt.state_dict), tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match="model.num_classes = '10' is not a positive integer"):
+        load_checkpoint(tmp_path / "s.pt")
+    save_checkpoint(ModelCheckpoint(TEACHER, ckpt.model, ckpt.state_dict, label_counts=[-1] * 10), tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="label_counts must be a list of non-negative integers"):
+        load_checkpoint(tmp_path / "c.pt")
 
 
 def test_foreign_checkpoint(tmp_path):

@@ -27,6 +27,10 @@ class _Group(click.Group):
         except FedinvError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: what was finished is saved; rerun the same command to continue "
+                       "(with --resume for synthesize and federate)", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -35,10 +35,15 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
 
     Without STORE, images come from the dataset given by --dataset (and --data-root).
     """
-    if per_class < 1:
-        raise ConfigError(f"--per-class must be >= 1, got {per_class}")
+    if per_class < 1 or scale < 1:
+        raise ConfigError(f"--per-class and --scale must be >= 1, got {per_class} and {scale}")
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: the grid is written as PNG; give a file name ending in .png")
     if store is not None:
         meta = read_meta(store)
+        if meta["n_valid"] == 0:
+            raise ConfigError(f"{store} holds no images yet (a synthesis stopped before its first batch); "
+                              f"continue it with `fedinv synthesize --resume`")
         names = meta["dataset"]["class_names"]
         labels = read_labels(store).numpy()
         wanted = parse_numbers(classes, "--classes") or list(range(len(names)))

@@ -8,7 +8,6 @@ steps themselves are the training core's (`fedinv.train`).
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -91,10 +90,8 @@ def local_sgd(model: nn.Module, ctx: LocalContext, objective: Objective,
         objective = _with_extra(objective, ctx.extra_loss)
     epochs = (batches(ctx.data, cfg.batch_size, device=ctx.device, generator=ctx.gen, shuffle=True, augment=cfg.augment)
               for _ in range(cfg.local_epochs))  # lazy: each epoch draws its order when it starts
-    metrics = train_epoch(model, itertools.chain.from_iterable(epochs), objective, stepper, correct_grads=correct_grads)
-    if not math.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"node {ctx.node}, round {ctx.round}: the local loss diverged; lower --lr")
-    return metrics
+    return train_epoch(model, itertools.chain.from_iterable(epochs), objective, stepper, correct_grads=correct_grads,
+                       what=f"node {ctx.node}, round {ctx.round + 1}")
 
 
 def _with_extra(objective: Objective, extra: Callable[[nn.Module, int], torch.Tensor]) -> Objective:

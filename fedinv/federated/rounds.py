@@ -29,7 +29,8 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits
 from ..models import seeded_model
-from ..runtime import Stream, atomic_path, resolve_device, resolve_precision, rng, save_json, save_torch
+from ..runtime import (Stream, atomic_path, remove_stale_temporaries, resolve_device, resolve_precision, rng,
+                       save_json, save_torch)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
@@ -302,6 +303,8 @@ def load_run_checkpoint(out: Path, cfg: FederatedRunConfig, phash: str, resume: 
         raise RunStateError(f"{out} already holds a run ({path}); pass --resume to continue it, "
                             f"or use another --out folder")
     saved = torch.load(path, map_location="cpu", weights_only=True)
+    for written in (path, out / "metrics.jsonl"):  # a run killed while writing left these
+        remove_stale_temporaries(written)
     diff = changes(saved["config"], cfg)
     if diff or saved["partition_sha256"] != phash:
         raise RunStateError(f"{path} was made with another config or partition "

@@ -3,13 +3,15 @@ class-level ensemble, provenance; drawn from random stream (seed, batch) alone."
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ..config import SynthesisConfig
 from ..data.batches import denormalize
 from ..data.datasets import DatasetInfo
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from ..runtime import Stream, rng
 from .engine import Inverted, StepCallback, invert_batch
 from .ensemble import TeacherEnsemble
@@ -52,6 +54,9 @@ def make_batch(teachers: TeacherEnsemble, cfg: SynthesisConfig, b: int, size: in
     inv = invert_batch(teachers, y, cfg, batch_index=b, bounds=pixel_bounds(teachers.info, teachers.device), gen=gen,
                        amp_dtype=amp_dtype, student=student, on_step=on_step)
     soft = teachers.ensemble_probs(inv.x).clamp_min(1e-8).log()
+    if not all(math.isfinite(v) for v in inv.losses.values()) or not torch.isfinite(soft).all():
+        raise DivergedError(f"synthetic batch {b}: the loss is not finite ({inv.losses}); nothing of it was "
+                            f"written. Lower --lr, or check the teachers")
     mask = inv.teacher_mask if len(teachers) <= 31 else -1
     source = torch.tensor([[b, mask]] * size, dtype=torch.int32)
     return (to_uint8(inv.x, teachers.info), y, soft, source), inv

@@ -135,6 +135,9 @@ class StudentRun:
     def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | None, local: ImageTensors | None,
              world: World) -> "StudentRun":
         meta = read_meta(store)
+        if meta["n_valid"] == 0 and not cfg.adaptive_batches:
+            raise ConfigError(f"{store} holds no images yet (a synthesis stopped before its first batch); "
+                              f"continue it with `fedinv synthesize --resume`")
         info = meta_info(meta)
         device = resolve_device(rank_device(cfg.device, world))
         source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")
@@ -188,7 +191,8 @@ class StudentRun:
             w, r = self.world.size, self.world.rank
             metrics = train_epoch(net, bar, self.objective(), self.stepper,
                                   lr=lambda j: lr_at_epoch(epoch + (j * w + r) / steps, cfg.epochs, cfg.lr, cfg.schedule),
-                                  on_batch=lambda j, m: bar.set_postfix(loss=f"{m['loss']:.3f}"))
+                                  on_batch=lambda j, m: bar.set_postfix(loss=f"{m['loss']:.3f}"),
+                                  what=f"student epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "store_images": n, "loss": metrics["loss"],
                       "train_accuracy": metrics["accuracy"], "steps_per_rank": metrics["steps"],
                       "seconds": time.perf_counter() - t0}

@@ -10,10 +10,13 @@ supplies the batches and an objective, a pure function of (model, *batch) that r
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+
+from ..errors import DivergedError
 
 Objective = Callable[..., dict[str, torch.Tensor]]
 
@@ -72,13 +75,15 @@ class Stepper:
 
 def train_epoch(model: nn.Module, batches: Iterable[tuple], objective: Objective, stepper: Stepper, *,
                 lr: Callable[[int], float] | None = None, correct_grads: Callable[[], None] | None = None,
-                on_batch: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+                on_batch: Callable[[int, dict[str, float]], None] | None = None, what: str = "training"
+                ) -> dict[str, float]:
     """One pass of `objective(model, *batch)` over `batches` (each a tuple whose first item is the
     images [B, ...]); returns the mean loss, the accuracy (when the objective counts "correct")
     and the number of steps.
 
     `lr(i)` gives the learning rate of the i-th step of this pass; `on_batch(i, running)` sees the
-    running means after each step (progress bars).
+    running means after each step (progress bars). A loss that is not finite stops the pass
+    with a `DivergedError` naming `what` and the step.
     """
     model.train()
     loss_sum = correct = seen = 0.0
@@ -90,8 +95,11 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple], objective: Objective
             out = objective(model, *batch)
         stepper.step(out["loss"], correct_grads)
         steps += 1
-        n = len(batch[0])
-        loss_sum += out["loss"].item() * n
+        n, loss = len(batch[0]), out["loss"].item()
+        if not math.isfinite(loss):
+            raise DivergedError(f"{what}: the loss is {loss} at step {steps}; lower the learning rate, or check "
+                                f"the inputs (a model with non-finite weights?)")
+        loss_sum += loss * n
         correct += out["correct"].item() if "correct" in out else 0
         seen += n
         if on_batch is not None:

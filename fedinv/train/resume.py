@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import ConfigError
-from ..runtime import save_torch
+from ..runtime import remove_stale_temporaries, save_torch
 from .core import Stepper
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def load_progress(path: str | Path, config: Any, *, model: nn.Module, stepper: S
     """Restore `model` and `stepper` from an epoch checkpoint of the same run; returns the saved
     dict, or None (nothing saved, or another run: config `changes` or an `expected` entry differs)."""
     path = Path(path)
+    remove_stale_temporaries(path)  # of a run killed while writing this checkpoint
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)

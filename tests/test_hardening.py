@@ -1,0 +1,132 @@
+"""Bad input gets one clear error (exit code 2 on the command line), and nothing half-written."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedinv.cli.main import cli
+from fedinv.config import StudentConfig
+from fedinv.errors import ConfigError, DivergedError
+from fedinv.pipeline import RunConfig
+from fedinv.store import StoreWriter, read_meta
+from fedinv.student.train import train_student
+from fedinv.train import Stepper, train_epoch
+
+from test_student import real_store
+from test_synthesis import INFO, random_teachers
+
+
+def damage(path, how):
+    with h5py.File(path, "r+") as f:
+        if how == "n_valid past the rows":
+            f["n_valid"][()] = 500
+        elif how == "labels cut short":
+            f["labels"].resize(50, axis=0)
+        elif how == "no soft labels":
+            del f["soft_labels"]
+        elif how == "label out of range":
+            f["labels"][3] = 99
+        elif how == "images of another size":
+            del f["images"]
+            f.create_dataset("images", data=np.zeros((100, 3, 8, 8), np.uint8))
+        elif how == "negative n_valid":
+            f["n_valid"][()] = -1
+
+
+@pytest.mark.parametrize("how,message", [
+    ("n_valid past the rows", "n_valid = 500"), ("labels cut short", r"\['labels'\] hold fewer rows"),
+    ("no soft labels", r"dataset\(s\) \['soft_labels'\] missing"), ("label out of range", "labels outside 0..9"),
+    ("images of another size", r"images has rows of shape \(3, 8, 8\)"), ("negative n_valid", "is negative")])
+def test_a_damaged_store_is_refused_when_opened(tmp_path, how, message):
+    path = tmp_path / "s.h5"
+    real_store(path, n=100)
+    meta = read_meta(path)
+    damage(path, how)
+    with pytest.raises(ConfigError, match=message):
+        read_meta(path)
+    with pytest.raises(ConfigError, match=message):  # --resume does not grow it first
+        StoreWriter(path, {k: meta[k] for k in ("num_classes", "image_shape", "mean", "std", "seed", "config",
+                                                 "teachers", "dataset")}, resume=True)
+    res = CliRunner().invoke(cli, ["train-student", "--store", str(path), "--out", str(tmp_path / "st"), "--no-test",
+                                   "--device", "cpu", "--no-progress"])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "is damaged" in res.output
+    assert not (tmp_path / "st" / "student.pt").exists()
+
+
+def test_an_empty_store_is_a_clear_error(tmp_path):
+    path = tmp_path / "s.h5"
+    real_store(path, n=0)
+    with pytest.raises(ConfigError, match="holds no images yet"):
+        train_student(path, tmp_path / "st", StudentConfig(model="lenet5", device="cpu"), progress=False)
+    res = CliRunner().invoke(cli, ["view", str(path), "--out", str(tmp_path / "g.png")])
+    assert res.exit_code == 2 and "holds no images yet" in res.output and not (tmp_path / "g.png").exists()
+
+
+def test_view_refuses_a_zero_scale_and_a_non_png_name(tmp_path):
+    for args in (["--scale", "0", "--out", str(tmp_path / "g.png")], ["--out", str(tmp_path / "grid.txt")]):
+        res = CliRunner().invoke(cli, ["view", "--dataset", "synthetic-tiny", *args])
+        assert res.exit_code == 2 and res.output.startswith("error: "), res.output
+
+
+def test_a_diverging_loss_stops_with_the_step_named():
+    model = torch.nn.Linear(2, 2)
+    stepper = Stepper(torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"))
+    batches = [(torch.ones(4, 2), torch.zeros(4, dtype=torch.long))] * 3
+
+    def objective(m, x, y):
+        return {"loss": m(x).sum() * float("inf")}
+
+    with pytest.raises(DivergedError, match="student epoch 2: the loss is .* at step 1"):
+        train_epoch(model, batches, objective, stepper, what="student epoch 2")
+
+
+def test_a_teacher_with_nan_weights_writes_no_synthetic_batch():
+    from fedinv.config import SynthesisConfig
+    from fedinv.inversion.batch import make_batch
+    from fedinv.inversion.ensemble import TeacherEnsemble
+
+    models, counts = random_teachers(2)
+    with torch.no_grad():
+        next(models[1].parameters()).fill_(float("nan"))
+    ensemble = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
+    cfg = SynthesisConfig(iterations=2, batch_size=4, teachers_per_step=0, device="cpu")
+    with pytest.raises(DivergedError, match="synthetic batch 7: the loss is not finite"):
+        make_batch(ensemble, cfg, 7, 4, amp_dtype=None)
+
+
+@pytest.mark.parametrize("table,message", [
+    ('[synthesis]\nnum_images = "96"\n', r"SynthesisConfig.num_images must be int, got '96' \(str\)"),
+    ("[partition]\nnum_nodes = 3.7\n", r"PartitionConfig.num_nodes must be int, got 3.7 \(float\)"),
+    ("[partition]\nalpha = true\n", r"PartitionConfig.alpha must be float, got True \(bool\)")])
+def test_toml_values_of_the_wrong_type_name_field_type_and_value(tmp_path, table, message):
+    (tmp_path / "c.toml").write_text(table)
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_toml(tmp_path / "c.toml")
+
+
+def test_a_resumed_federate_run_removes_what_a_killed_write_left(tmp_path, tiny_train):
+    from fedinv.federated.rounds import federate
+    from test_federated import tiny_run
+
+    federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
+    stale = tmp_path / ".checkpoint.pt.x1y2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    federate(tiny_run(rounds=2), tmp_path, resume=True, progress=False, train=tiny_train)
+    assert not stale.exists()
+
+
+def test_an_interrupted_command_says_how_to_continue(tmp_path, monkeypatch):
+    import fedinv.cli.synthesize as cmd
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmd, "synthesize_distributed", interrupted)
+    models, counts = random_teachers(2)
+    from test_synthesis import write_teachers
+    write_teachers(tmp_path / "t", models, counts)
+    res = CliRunner().invoke(cli, ["synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "s.h5"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 130 and "--resume" in res.output
