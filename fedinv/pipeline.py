@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, read_toml_tables,
                      to_dict)
 from .data.datasets import ImageTensors, load_dataset
@@ -22,6 +24,7 @@ from .data.partition import Partition, load_partition, make_partition, save_part
 from .checkpoint import STUDENT, load_checkpoint
 from .errors import RunStateError
 from .evaluate import evaluate_checkpoint
+from .models import build_model_for
 from .inversion.synthesize import synthesize
 from .nodes import train_teachers
 from .runtime import resolve_device, save_json
@@ -88,9 +91,14 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     if diff:
         raise RunStateError(f"{run} holds a run with another config ({saved}: {', '.join(diff)}); "
                             f"use another run folder")
+    train = load_dataset(cfg.data, "train")  # what can fail before any stage runs fails before anything
+    test = load_dataset(cfg.data, "test")  # is written: the data, the devices, the model names
+    for stage in (cfg.teachers, cfg.synthesis, cfg.student):
+        resolve_device(stage.device)
+    for name in (cfg.teachers.model, cfg.student.model):
+        with torch.device("meta"):
+            build_model_for(name, train.info)
     save_json(cfg.to_dict(), saved)
-    train = load_dataset(cfg.data, "train")
-    test = load_dataset(cfg.data, "test")
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
