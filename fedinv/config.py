@@ -12,7 +12,7 @@ import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from .errors import ConfigError
 from .train.schedule import SCHEDULES
@@ -163,9 +163,9 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
     return decorate
 
 
-def read_toml_tables(path: str | Path, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Read a TOML file of tables named like the keys of `defaults` (config instances); each table
-    overrides fields of its default, and unknown tables or fields are errors naming the known ones."""
+def load_toml(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The tables of a TOML file, with `overrides` ("table.field=value", the value in TOML syntax,
+    or a bare string) applied on top."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config {path} not found")
@@ -173,6 +173,23 @@ def read_toml_tables(path: str | Path, defaults: dict[str, Any]) -> dict[str, An
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        table, dot, name = key.strip().partition(".")
+        if not eq or not dot or not table or not name:
+            raise ConfigError(f"--set {item!r}: expected TABLE.FIELD=VALUE, e.g. synthesis.iterations=200")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word: a string
+        data.setdefault(table, {})[name] = value
+    return data
+
+
+def read_toml_tables(path: str | Path, defaults: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a TOML file of tables named like the keys of `defaults` (config instances); each table
+    overrides fields of its default, and unknown tables or fields are errors naming the known ones."""
+    data = load_toml(path, overrides)
     extra = set(data) - set(defaults)
     if extra:
         raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: {', '.join(defaults)}")

@@ -30,6 +30,7 @@ from .teacher_files import load_teacher_checkpoints
 from .train import Stepper, lr_at, train_epoch
 from .train.objectives import classification_objective
 from .train.resume import changes, load_progress, save_progress
+from .viz import epoch_curves
 
 log = logging.getLogger(__name__)
 
@@ -135,5 +136,7 @@ def write_teacher_report(out_dir: Path, test: ImageTensors, cfg: TeacherConfig, 
     ckpts = load_teacher_checkpoints(sorted(out_dir.glob("node-*.pt")))
     report = teacher_report(ckpts, test, resolve_device(cfg.device))
     report.update(config=to_dict(cfg), seed=cfg.seed, partition_sha256=partition_hash, **extra)
+    histories = {f"node {c.extra.get('node')} ": c.metrics.get("train_history", []) for c in ckpts}
+    epoch_curves(histories, ("accuracy",), "teachers: training accuracy and loss").save(out_dir / "curves.png")
     save_json(report, out_dir / "report.json")
     return report

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -51,8 +51,9 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "RunConfig":
-        return cls(**read_toml_tables(path, {name: c() for name, c in SECTIONS.items()}))
+    def from_toml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "RunConfig":
+        """From a TOML file, with "table.field=value" `overrides` on top."""
+        return cls(**read_toml_tables(path, {name: c() for name, c in SECTIONS.items()}, overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}
@@ -131,6 +132,8 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     summary = {"fedavg_accuracy": teacher_report["fedavg_accuracy"],
                "ensemble_accuracy": teacher_report["ensemble_accuracy"],
                "student_accuracy": evaluation["accuracy"], "synthetic_images": int(len(labels)),
-               "student_history": student_report["history"], "stage_seconds": seconds}
+               "student_history": student_report["history"], "stage_seconds": seconds,
+               "pictures": ["partition.png", "teachers/curves.png", "synthetic.png", "student/curves.png",
+                            "confusion.png"]}
     save_json(summary, run / "summary.json")
     return summary

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -135,6 +135,20 @@ def confusion_plot(cm: np.ndarray, class_names: Sequence[str], cell: int = 34) -
             text = str(int(cm[i, j]))
             draw.text((x0 + 3, y0 + cell // 2 - 6), text, fill="white" if shares[i, j] > 0.5 else "black", font=font)
     return img
+
+
+def epoch_curves(histories: dict[str, list[dict[str, Any]]], keys: Sequence[str], title: str) -> Image.Image:
+    """Per-epoch curves of training histories ({name: [{"loss": ..., key: ...}, ...]}): each of `keys`
+    (accuracies in [0, 1]) and the loss divided by its largest value, against the epoch."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, history in histories.items():
+        for key in keys:
+            points = [(i + 1.0, float(h[key])) for i, h in enumerate(history) if h.get(key) is not None]
+            if points:
+                curves[f"{name}{key.replace('_', ' ')}"] = points
+        top = max((h["loss"] for h in history), default=0.0) or 1.0
+        curves[f"{name}loss / max"] = [(i + 1.0, h["loss"] / top) for i, h in enumerate(history)]
+    return line_plot(curves, title=title, x_label="epoch")
 
 
 def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "", x_label: str = "round",

@@ -147,3 +147,24 @@ def test_a_run_that_cannot_start_writes_nothing_and_device_is_no_change(tmp_path
         dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, device="cuda")).to_dict()))
     from fedinv.train.resume import changes
     assert changes(__import__("json").loads((tmp_path / "run" / "config.json").read_text()), cfg) == []
+
+
+def test_set_overrides_fields_of_the_toml_type_checked(tmp_path):
+    from fedinv.federated.config import FederatedRunConfig
+    from test_pipeline import TINY
+
+    cfg = RunConfig.from_toml(TINY, ["synthesis.iterations=7", "student.epochs=2", "data.dataset=synthetic-tiny",
+                                     "teachers.augment=false", "synthesis.lr=0.5"])
+    assert (cfg.synthesis.iterations, cfg.student.epochs, cfg.teachers.augment, cfg.synthesis.lr) == (7, 2, False, 0.5)
+    for bad, message in (("synthesis.iterations=many", r"SynthesisConfig.iterations must be int, got 'many'"),
+                         ("synthesis.iteration=7", r"unknown SynthesisConfig field\(s\) \['iteration'\]; known"),
+                         ("synth.iterations=7", r"unknown table\(s\) \['synth'\]; known: data, partition"),
+                         ("iterations=7", "expected TABLE.FIELD=VALUE")):
+        with pytest.raises(ConfigError, match=message):
+            RunConfig.from_toml(TINY, [bad])
+    (tmp_path / "f.toml").write_text('[federate]\nalgorithm = "fedprox"\n')
+    fed = FederatedRunConfig.from_toml(tmp_path / "f.toml", ["fedprox.mu=0.25", "federate.rounds=3"])
+    assert fed.params.mu == 0.25 and fed.federate.rounds == 3
+    res = CliRunner().invoke(cli, ["run", str(TINY), "--out", str(tmp_path / "run"), "--set", "student.epochs=0"])
+    assert res.exit_code == 2 and "epochs must be >= 1" in res.output
+    assert not (tmp_path / "run" / "config.json").exists()

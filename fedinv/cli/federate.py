@@ -22,8 +22,12 @@ from ..runtime import save_json
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last finished round "
               "(in-process engine); a finished run resumed with a larger `rounds` is extended")
 @engine_option("the same code as a Flower app on Flower's simulation engine (no --resume)")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
+              help="override one field of the TOML, e.g. --set federate.rounds=100 (repeatable; the value in "
+                   "TOML syntax; the run folder records the effective config)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
-def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, progress: bool) -> None:
+def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, overrides: tuple[str, ...],
+                 progress: bool) -> None:
     """Multi-round federated training from a TOML CONFIG.
 
     CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
@@ -35,7 +39,7 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, prog
     fedinv/federated/config.py, the algorithm's file, and assets/configs/fmnist-rounds.toml. Writes OUT/metrics.jsonl (a line per
     round), OUT/checkpoint.pt (every round), and at the end OUT/global.pt and OUT/report.json.
     """
-    cfg = FederatedRunConfig.from_toml(config)
+    cfg = FederatedRunConfig.from_toml(config, overrides)
     out = out or Path("runs") / config.stem
     if engine == "flower":
         if resume:

@@ -14,8 +14,11 @@ from ..pipeline import RunConfig, run_pipeline
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
+              help="override one field of the TOML, e.g. --set synthesis.iterations=200 (repeatable; the value in "
+                   "TOML syntax; the run folder records the effective config)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
-def run_cmd(config: Path, out: Path | None, progress: bool) -> None:
+def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], progress: bool) -> None:
     """Run the one-shot pipeline from a TOML CONFIG in one run folder:
     partition -> train-teachers -> synthesize -> train-student -> evaluate -> view.
 
@@ -24,7 +27,7 @@ def run_cmd(config: Path, out: Path | None, progress: bool) -> None:
     stage is skipped and an interrupted one continues, so rerunning a killed run finishes it.
     Examples: assets/configs/.
     """
-    cfg = RunConfig.from_toml(config)
+    cfg = RunConfig.from_toml(config, overrides)
     summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "student_history"}, indent=2))
 

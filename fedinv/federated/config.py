@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from ..config import DataConfig, PartitionConfig, at_least, check_choice, from_dict, option, to_dict
+from ..config import DataConfig, PartitionConfig, at_least, check_choice, from_dict, load_toml, option, to_dict
 from ..errors import ConfigError
 from .registry import ALGORITHMS, algorithm_class, server_step_class
 
@@ -125,14 +124,9 @@ class FederatedRunConfig:
             raise ConfigError(f"{algo.name} replaces aggregation by distillation; server must be none")
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "FederatedRunConfig":
-        path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text()) if path.is_file() else None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML: {e}") from e
-        if raw is None:
-            raise ConfigError(f"config {path} not found")
+    def from_toml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "FederatedRunConfig":
+        """From a TOML file, with "table.field=value" `overrides` on top."""
+        raw = load_toml(path, overrides)
         extra = set(raw) - set(SECTIONS) - set(ALGORITHMS)
         if extra:
             raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: "

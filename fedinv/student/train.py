@@ -38,6 +38,7 @@ from ..store import StoreWriter, iterate_store, meta_info, read_meta, writer_met
 from ..train import Stepper, lr_at_epoch, train_epoch
 from ..train.objectives import kd_loss
 from ..train.resume import load_progress, save_progress
+from ..viz import epoch_curves
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,7 @@ class StudentRun:
                                   seed=cfg.seed, metrics={k: report[k] for k in ("test_accuracy",) if k in report},
                                   extra={"store": str(self.store), "teachers": self.meta["teachers"]})
         save_checkpoint(ckpt, out_dir / "student.pt")
+        epoch_curves({"": history}, ("train_accuracy", "test_accuracy"), "student").save(out_dir / "curves.png")
         save_json(report, out_dir / "report.json")
         (out_dir / "partial.pt").unlink(missing_ok=True)
         return report
