@@ -68,7 +68,7 @@ class StoreWriter:
         if self.path.exists():
             if not resume:
                 raise RunStateError(f"{self.path} exists; pass --resume to continue it, or choose another --out")
-            self.file = h5py.File(self.path, "r+")
+            self.file = _open_for_append(self.path)
             mismatch = [k for k, v in attrs.items()
                         if k != "fedinv_version" and _attr(self.file, k) != _comparable(v)]
             if mismatch:
@@ -127,6 +127,16 @@ class StoreWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open_for_append(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r+")
+    except BlockingIOError as e:
+        raise RunStateError(f"{path} is being written by another process; wait for it to finish, or choose "
+                            f"another --out") from e
+    except OSError as e:
+        raise ConfigError(f"{path} is not an HDF5 store fedinv can continue ({e}); choose another --out") from e
 
 
 def _encode(meta: dict[str, Any]) -> dict[str, Any]:

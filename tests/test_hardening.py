@@ -168,3 +168,37 @@ def test_set_overrides_fields_of_the_toml_type_checked(tmp_path):
     res = CliRunner().invoke(cli, ["run", str(TINY), "--out", str(tmp_path / "run"), "--set", "student.epochs=0"])
     assert res.exit_code == 2 and "epochs must be >= 1" in res.output
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_resume_onto_a_file_that_is_no_store_and_an_unwritable_output(tmp_path):
+    models, counts = random_teachers(2)
+    from test_synthesis import write_teachers
+    write_teachers(tmp_path / "t", models, counts)
+    (tmp_path / "notes.h5").write_text("not HDF5")
+    base = ["synthesize", "--teachers", str(tmp_path / "t"), "--num-images", "4", "--batch-size", "4",
+            "--iterations", "1", "--device", "cpu", "--no-progress"]
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "notes.h5"), "--resume"])
+    assert res.exit_code == 2 and "is not an HDF5 store" in res.output
+    (tmp_path / "file").write_text("a file where a folder should be")
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "file" / "s.h5")])
+    assert res.exit_code == 2 and res.output.startswith("error: cannot read or write"), res.output
+
+
+def test_a_second_writer_on_a_store_is_told_so(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.h5"
+    real_store(path, n=10)
+    meta = read_meta(path)
+    holder = subprocess.Popen([sys.executable, "-c", f"import h5py, time\nf = h5py.File({str(path)!r}, 'r+')\n"
+                               "print('open', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        from fedinv.errors import RunStateError
+        with pytest.raises(RunStateError, match="being written by another process"):
+            StoreWriter(path, {k: meta[k] for k in ("num_classes", "image_shape", "mean", "std", "seed", "config",
+                                                     "teachers", "dataset")}, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()

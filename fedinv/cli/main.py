@@ -27,6 +27,11 @@ class _Group(click.Group):
         except FedinvError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:  # the file system said no: a read-only folder, a path that is a file, a full disk
+            where = f" {e.filename}" if e.filename else ""
+            click.echo(f"error: cannot read or write{where}: {e.strerror or e}; nothing was left half-written "
+                       f"(files are written under a temporary name first)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: what was finished is saved; rerun the same command to continue "
                        "(with --resume for synthesize and federate)", err=True)
