@@ -105,10 +105,45 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
     num_classes / image_shape, when given, must match what the checkpoint's model was built for.
     """
     path = Path(path)
+    raw = _read(path)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not isinstance(raw, dict) or raw.get("format") not in kinds:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path} is not a {' or '.join(kinds)} checkpoint (found format {found!r})")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: schema_version {raw.get('schema_version')!r}, this fedinv reads "
+                              f"{SCHEMA_VERSION}")
+    model, state = _check_fields(path, raw)
+    ckpt = ModelCheckpoint(raw["format"], model, state, raw.get("label_counts"), raw.get("config") or {},
+                           raw.get("seed"),
+                           raw.get("metrics") or {}, raw.get("extra") or {}, raw.get("fedinv_version", "?"))
+    if num_classes is not None and ckpt.num_classes != num_classes:
+        raise CheckpointError(f"{path}: model has {ckpt.num_classes} classes, expected {num_classes}")
+    if image_shape is not None and ckpt.image_shape != tuple(image_shape):
+        raise CheckpointError(f"{path}: model takes input {ckpt.image_shape}, expected {tuple(image_shape)}")
+    if ckpt.label_counts is not None and len(ckpt.label_counts) != ckpt.num_classes:
+        raise CheckpointError(f"{path}: {len(ckpt.label_counts)} label counts for {ckpt.num_classes} classes")
+    # Shapes are checked against the model built on the meta device (no memory, no init): a
+    # mismatch is an error here, not later, and callers build the real model once.
+    try:
+        with torch.device("meta"):
+            expected = build_model(model["name"], model["in_channels"], model["num_classes"],
+                                   model["image_size"]).state_dict()
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
+    if wrong:
+        raise CheckpointError(f"{path}: weights do not fit model {model['name']!r}: "
+                              f"missing, unexpected or mis-shaped: {', '.join(wrong[:5])}")
+    return ckpt
+
+
+def _read(path: Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain values, never code."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():  # not a refusal: a damaged file
             raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
@@ -120,13 +155,10 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
                               f"fedinv): {type(e).__name__}: {first}") from e
-    kinds = (kind,) if isinstance(kind, str) else kind
-    if not isinstance(raw, dict) or raw.get("format") not in kinds:
-        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(f"{path} is not a {' or '.join(kinds)} checkpoint (found format {found!r})")
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(f"{path}: schema_version {raw.get('schema_version')!r}, this fedinv reads "
-                              f"{SCHEMA_VERSION}")
+
+
+def _check_fields(path: Path, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The model description and the weights of a checkpoint dict, checked for types and values."""
     model = raw.get("model")
     keys = {"name", "in_channels", "num_classes", "image_size"}
     if not isinstance(model, dict) or not keys <= set(model):
@@ -150,25 +182,4 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
     if counts is not None and (not isinstance(counts, list) or
                                not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
         raise CheckpointError(f"{path}: label_counts must be a list of non-negative integers")
-    ckpt = ModelCheckpoint(raw["format"], model, state, raw.get("label_counts"), raw.get("config") or {},
-                           raw.get("seed"),
-                           raw.get("metrics") or {}, raw.get("extra") or {}, raw.get("fedinv_version", "?"))
-    if num_classes is not None and ckpt.num_classes != num_classes:
-        raise CheckpointError(f"{path}: model has {ckpt.num_classes} classes, expected {num_classes}")
-    if image_shape is not None and ckpt.image_shape != tuple(image_shape):
-        raise CheckpointError(f"{path}: model takes input {ckpt.image_shape}, expected {tuple(image_shape)}")
-    if ckpt.label_counts is not None and len(ckpt.label_counts) != ckpt.num_classes:
-        raise CheckpointError(f"{path}: {len(ckpt.label_counts)} label counts for {ckpt.num_classes} classes")
-    # Shapes are checked against the model built on the meta device (no memory, no init): a
-    # mismatch is an error here, not later, and callers build the real model once.
-    try:
-        with torch.device("meta"):
-            expected = build_model(model["name"], model["in_channels"], model["num_classes"],
-                                   model["image_size"]).state_dict()
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: {e}") from e
-    wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
-    if wrong:
-        raise CheckpointError(f"{path}: weights do not fit model {model['name']!r}: "
-                              f"missing, unexpected or mis-shaped: {', '.join(wrong[:5])}")
-    return ckpt
+    return model, state
