@@ -202,3 +202,18 @@ def test_a_second_writer_on_a_store_is_told_so(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_tiny_dirichlet_alpha_gives_each_class_to_one_node_without_warnings():
+    import warnings
+
+    from fedinv.config import DataConfig, PartitionConfig
+    from fedinv.data.partition import make_partition
+
+    labels = np.repeat(np.arange(10), 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" was the symptom
+        part = make_partition(labels, 10, PartitionConfig(num_nodes=5, alpha=0.001, min_size=1), DataConfig())
+    counts = part.label_counts(labels)
+    assert (counts.max(0) >= 95).all()  # every class (almost) whole on one node
+    assert counts[-1].sum() < 1000  # not everything dumped on the last node

@@ -47,6 +47,12 @@ def dirichlet(labels: np.ndarray, num_classes: int, cfg: PartitionConfig, rng: n
         for idx_k in by_class:
             idx_k = rng.permutation(idx_k)
             p = rng.dirichlet(np.full(nodes, cfg.alpha)) * (sizes < n / nodes)
+            if not np.isfinite(p).all() or p.sum() <= 0:
+                # A tiny alpha: the draw underflowed (NaN), or all of it fell on nodes that are full.
+                # Its limit is one node per class: one of the nodes still below their fair share.
+                open_nodes = np.flatnonzero(sizes < n / nodes)
+                p = np.zeros(nodes)
+                p[rng.choice(open_nodes if len(open_nodes) else np.arange(nodes))] = 1.0
             cuts = (np.cumsum(p / p.sum()) * len(idx_k)).astype(int)[:-1]
             for j, chunk in enumerate(np.split(idx_k, cuts)):
                 parts[j].append(chunk)
