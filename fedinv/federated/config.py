@@ -6,7 +6,6 @@ the server step's generator (`GeneratorConfig`), and the algorithm's own hyperpa
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,8 +13,6 @@ from typing import Any, Sequence
 from ..config import DataConfig, PartitionConfig, at_least, check_choice, from_dict, load_toml, option, to_dict
 from ..errors import ConfigError
 from .registry import ALGORITHMS, algorithm_class, server_step_class
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,9 +140,9 @@ class FederatedRunConfig:
         base = defaults or cls()
         federate = dict(raw.get("federate", {}))
         legacy = {k: federate.pop(k) for k in LEGACY_KEYS if k in federate}
-        sections = {name: from_dict(sub, {**to_dict(getattr(base, name)), **(raw.get(name) or {})}) if name != "federate"
-                    else from_dict(FederateConfig, {**to_dict(base.federate), **federate})
-                    for name, sub in SECTIONS.items()}
+        sections = {name: from_dict(sub, {**to_dict(getattr(base, name)), **(raw.get(name) or {})})
+                    for name, sub in SECTIONS.items() if name != "federate"}
+        sections["federate"] = from_dict(FederateConfig, {**to_dict(base.federate), **federate})
         algo = algorithm_class(sections["federate"].algorithm)
         values = {new: legacy[old] for old, new in getattr(algo, "legacy", {}).items() if old in legacy}
         values.update(raw.get(algo.name) or {})
