@@ -1,13 +1,18 @@
-"""Benchmark: the one-shot pipeline on Fashion-MNIST, 5 nodes, Dirichlet alpha 0.1 / 0.3 / 0.5.
+"""Benchmark: the one-shot pipeline on Fashion-MNIST per synthesis method, on the same teachers.
 
-For each alpha, runs assets/configs/fmnist-dirichlet-<alpha>.toml with `fedinv run` (partition,
-teachers, synthesis, student), then trains an adaptive student on a copy of the same store, and
-prints one JSON object per alpha (one line each):
-  alpha, fedavg_accuracy, ensemble_accuracy, student_accuracy, student_adaptive_accuracy,
-  stage_seconds (wall time of every stage, the adaptive student included)
+For each (alpha, nodes, seed): one partition and one set of teachers (assets/configs/
+fmnist-dirichlet-<alpha>.toml, nodes and every seed replaced), then for each method a store, a
+student trained on it (plain), and a student trained online (a copy of the store, new batches
+against the current student every epoch). Appends one JSON line per (setting, method) to --json-out:
+  method, alpha, num_nodes, seed, fedavg_accuracy, ensemble_accuracy, student_accuracy,
+  student_online_accuracy, synthetic_images, online_store_images, stage_seconds
+(stage_seconds: wall time of partition + teachers, which the methods share, and of the method's
+own stages).
 
-    python bench/oneshot.py --alphas 0.1,0.3,0.5 --out runs/oneshot
-Runs are resumable: rerunning skips finished stages (their stage_seconds then read ~0).
+    python bench/oneshot.py --alphas 0.5 --methods deepinversion,fast,dense --seeds 0,1,2
+    python bench/oneshot.py --alphas 0.05 --num-nodes 10 --methods fast
+Method settings: the config's [synthesis] and [student] tables, then METHODS below. Runs resume:
+rerunning skips finished stages (their seconds are read from the earlier run's records).
 """
 
 from __future__ import annotations
@@ -17,54 +22,117 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
 from fedinv import __version__
 from fedinv.data.datasets import load_dataset
-from fedinv.pipeline import RunConfig, run_pipeline
+from fedinv.inversion.methods import state_path
+from fedinv.inversion.synthesize import synthesize
+from fedinv.nodes import train_teachers
+from fedinv.pipeline import RunConfig, partition_stage
+from fedinv.runtime import save_json
 from fedinv.student.train import train_student
 
 CONFIGS = Path(__file__).parent.parent / "assets" / "configs"
 
+# Per method: (synthesis fields, student fields, online-student fields) over the config's tables.
+# deepinversion: 8,192 images at 100 iterations (the report's setting); the generator methods spend
+# about the same synthesis time on more images, and the student the same number of image passes.
+METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    "deepinversion": ({}, {}, {"adaptive_batches": 1, "adaptive_every": 4}),
+    "fast": ({"method": "fast", "num_images": 32768}, {"epochs": 10}, {"adaptive_batches": 8, "adaptive_every": 1}),
+    "dense": ({"method": "dense", "num_images": 16384}, {"epochs": 20}, {"adaptive_batches": 2, "adaptive_every": 1}),
+}
+
+
+def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
+    """Run fn unless `done`; records its wall time under `stage`."""
+    if done:
+        return
+    t0 = time.perf_counter()
+    fn()
+    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path, device: str) -> list[dict]:
+    cfg = RunConfig.from_toml(CONFIGS / f"fmnist-dirichlet-{alpha}.toml")
+    cfg = dataclasses.replace(
+        cfg, partition=dataclasses.replace(cfg.partition, num_nodes=nodes, seed=seed),
+        teachers=dataclasses.replace(cfg.teachers, seed=seed, device=device))
+    run = out / f"alpha-{alpha}-nodes-{nodes}-seed-{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    times_file = run / "stage_seconds.json"
+    seconds: dict[str, dict[str, float]] = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    shared = seconds.setdefault("shared", {})
+    train, test = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
+    timed(shared, "partition", (run / "partition.json").is_file(),
+          lambda: partition_stage(cfg, run / "partition.json", train))
+    part = partition_stage(cfg, run / "partition.json", train)
+    teachers = run / "teachers"
+    timed(shared, "train_teachers", (teachers / "report.json").is_file(),
+          lambda: train_teachers(part, cfg.teachers, teachers, progress=False, train=train, test=test))
+    save_json(seconds, times_file)
+    t_report = json.loads((teachers / "report.json").read_text())
+    lines = []
+    for method in methods:
+        syn_fields, student_fields, online_fields = METHODS[method]
+        syn = dataclasses.replace(cfg.synthesis, seed=seed, device=device, **syn_fields)
+        student = dataclasses.replace(cfg.student, seed=seed, device=device, **student_fields)
+        online = dataclasses.replace(student, **online_fields)
+        mdir, mine = run / method, seconds.setdefault(method, {})
+        store, online_store = mdir / "synthetic.h5", mdir / "synthetic-online.h5"
+        timed(mine, "synthesize", (mdir / "synthesis.json").is_file(), lambda: save_json(
+            synthesize(teachers, store, syn, resume=True, progress=False), mdir / "synthesis.json"))
+        save_json(seconds, times_file)
+        timed(mine, "train_student", (mdir / "student" / "report.json").is_file(), lambda: train_student(
+            store, mdir / "student", student, teachers_dir=teachers, test=test, progress=False))
+        save_json(seconds, times_file)
+        if not online_store.exists():  # new batches are appended to a copy (with the generator state)
+            if state_path(store).is_file():
+                shutil.copy(state_path(store), state_path(online_store))
+            shutil.copy(store, online_store)
+        timed(mine, "train_student_online", (mdir / "student-online" / "report.json").is_file(),
+              lambda: train_student(online_store, mdir / "student-online", online, teachers_dir=teachers, test=test,
+                                    progress=False))
+        save_json(seconds, times_file)
+        plain = json.loads((mdir / "student" / "report.json").read_text())
+        onl = json.loads((mdir / "student-online" / "report.json").read_text())
+        lines.append({"method": method, "alpha": float(alpha), "num_nodes": nodes, "seed": seed,
+                      "fedavg_accuracy": t_report["fedavg_accuracy"],
+                      "ensemble_accuracy": t_report["ensemble_accuracy"],
+                      "student_accuracy": plain["test_accuracy"], "student_online_accuracy": onl["test_accuracy"],
+                      "synthetic_images": plain["store_images"], "online_store_images": onl["store_images"],
+                      "stage_seconds": {**shared, **mine}, "config": {"synthesis": dataclasses.asdict(syn),
+                                                                      "student": dataclasses.asdict(student),
+                                                                      "online": online_fields},
+                      "fedinv_version": __version__})
+    return lines
+
 
 @click.command()
-@click.option("--alphas", default="0.1,0.3,0.5", show_default=True)
+@click.option("--alphas", default="0.5", show_default=True, help="Dirichlet alphas (a config per alpha in "
+              "assets/configs/fmnist-dirichlet-<alpha>.toml)")
+@click.option("--num-nodes", default=5, show_default=True, help="nodes of the partition")
+@click.option("--seeds", default="0", show_default=True, help="seeds of partition, teachers, synthesis, student")
+@click.option("--methods", default="deepinversion,fast,dense", show_default=True, help="synthesis methods")
 @click.option("--out", default="runs/oneshot", show_default=True, help="run folders go here")
-@click.option("--adaptive-batches", default=1, show_default=True, help="adaptive student: new batches per round")
-@click.option("--adaptive-every", default=4, show_default=True, help="adaptive student: epochs between rounds")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also append each JSON line here")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="append each JSON line here")
 @click.option("--device", default="auto", show_default=True)
-def main(alphas, out, adaptive_batches, adaptive_every, json_out, device):
+def main(alphas, num_nodes, seeds, methods, out, json_out, device):
+    chosen = methods.split(",")
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise click.BadParameter(f"{unknown}; choose from {', '.join(METHODS)}", param_hint="--methods")
     for alpha in alphas.split(","):
-        cfg = RunConfig.from_toml(CONFIGS / f"fmnist-dirichlet-{alpha}.toml")
-        cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), device=device)
-                                          for name in ("teachers", "synthesis", "student")})
-        run = Path(out) / f"alpha-{alpha}"
-        summary = run_pipeline(cfg, run, progress=False)
-        adaptive_dir = run / "student-adaptive"
-        store = run / "synthetic-adaptive.h5"
-        if not (adaptive_dir / "report.json").is_file():
-            if not store.exists():
-                shutil.copy(run / "synthetic.h5", store)  # adaptive batches are appended to the copy
-            t0 = time.perf_counter()
-            adaptive_cfg = dataclasses.replace(cfg.student, adaptive_batches=adaptive_batches,
-                                               adaptive_every=adaptive_every)
-            train_student(store, adaptive_dir, adaptive_cfg, teachers_dir=run / "teachers",
-                          test=load_dataset(cfg.data, "test"), progress=False)
-            summary["stage_seconds"]["train_student_adaptive"] = time.perf_counter() - t0
-        adaptive = json.loads((adaptive_dir / "report.json").read_text())
-        line = json.dumps({"alpha": float(alpha), "fedavg_accuracy": summary["fedavg_accuracy"],
-                          "ensemble_accuracy": summary["ensemble_accuracy"],
-                          "student_accuracy": summary["student_accuracy"],
-                          "student_adaptive_accuracy": adaptive["test_accuracy"],
-                          "synthetic_images": summary["synthetic_images"],
-                          "adaptive_store_images": adaptive["store_images"],
-                          "stage_seconds": summary["stage_seconds"], "fedinv_version": __version__})
-        print(line, flush=True)
-        if json_out:
-            with open(json_out, "a") as f:
-                f.write(line + "\n")
+        for seed in map(int, seeds.split(",")):
+            for line in run_setting(alpha, num_nodes, seed, chosen, Path(out), device):
+                text = json.dumps(line)
+                print(text, flush=True)
+                if json_out:
+                    with open(json_out, "a") as f:
+                        f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -204,17 +204,33 @@ def pick(cls: type[T], values: dict[str, Any]) -> T:
 
 @dataclass(frozen=True)
 class SynthesisConfig:
-    """Sampling DeepInversion: how images are optimized from the teachers.
+    """How images are synthesized from the teachers: one objective (sampled teachers, head masking,
+    CE, BN statistics, priors, competition), three ways to descend it (`method`).
 
     Defaults follow the DeepInversion reference code and one-shot-dataset-distillation.txt:
     batch 256, Adam lr 0.1 with a cosine schedule, a_bn 10, a_tv(l2) 1e-3, a_l2 0, a_comp 10,
-    3 teachers per step, jitter 2 px.
+    3 teachers per step, jitter 2 px; the generator methods' from Fast-Datafree (Adam betas 0.5,
+    0.999; 5 steps at lr 3e-3, z at 1e-2, meta lr = steps x lr_g; BN momentum 0.9) and DENSE
+    (30 steps at lr 1e-3).
     """
 
+    method: str = option("deepinversion", "deepinversion: every batch's pixels optimized from noise for "
+                         "--iterations steps; fast: a generator whose meta-learned start is refined for --steps "
+                         "steps per batch (Fast-Datafree); dense: one generator trained on, batch after batch, "
+                         "for --steps steps each (DENSE)", choices=("deepinversion", "fast", "dense"))
     num_images: int = option(2560, "how many images to synthesize in all")
     batch_size: int = option(256, "images optimized together (one batch = one Adam run)")
-    iterations: int = option(1000, "gradient steps per batch")
-    lr: float = option(0.1, "Adam learning rate (cosine decay to 0 over the iterations)")
+    iterations: int = option(1000, "deepinversion: gradient steps on the pixels per batch")
+    lr: float = option(0.1, "deepinversion: Adam learning rate of the pixels (cosine decay to 0)")
+    steps: int = option(0, "fast, dense: generator steps per batch; 0 = the method's default (fast 5, dense 30)")
+    lr_g: float = option(0.0, "fast, dense: Adam learning rate of the generator within a batch; 0 = the "
+                              "method's default (fast 3e-3, dense 1e-3)")
+    lr_z: float = option(0.01, "fast, dense: Adam learning rate of the batch's latent codes (0 = codes fixed)")
+    meta_lr: float = option(0.0, "fast: Adam learning rate of the Reptile step that moves the generator's "
+                                 "start towards each refined generator; 0 = steps x lr_g (Fast-Datafree)")
+    bn_momentum: float = option(0.9, "fast, dense: BN statistics compared as (1 - m) x this batch's + m x a "
+                                     "running average over past batches (Fast-Datafree); 0 = each batch alone")
+    nz: int = option(100, "fast, dense: size of the generator's latent code")
     teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
                                        "0 = all; 1 = cycling (batch b uses teacher b mod N throughout)")
     label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "
@@ -240,12 +256,26 @@ class SynthesisConfig:
     seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly")
 
     def __post_init__(self) -> None:
-        for name in ("label_sampler", "precision", "batched"):
+        for name in ("method", "label_sampler", "precision", "batched"):
             check_choice(self, name)
-        at_least(self, 1, "num_images", "batch_size", "iterations")
-        at_least(self, 0, "teachers_per_step", "jitter")
+        at_least(self, 1, "num_images", "batch_size", "iterations", "nz")
+        at_least(self, 0, "teachers_per_step", "jitter", "steps")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr_g", "lr_z", "meta_lr"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.bn_momentum < 1:
+            raise ConfigError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if self.method != "deepinversion" and self.bn_momentum and self.batched == "batched":
+            raise ConfigError("bn_momentum runs on the looped multi-teacher path: use --batched loop (or auto), "
+                              "or --bn-momentum 0")
+
+    @property
+    def per_batch(self) -> bool:
+        """Whether every batch is drawn from (seed, batch) alone (deepinversion); the generator
+        methods carry a generator from batch to batch."""
+        return self.method == "deepinversion"
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Stream:
     STUDENT_LOCAL_DATA = 5  # (seed, pass): order of a student's local real data
     STUDENT_INIT = 6  # (seed): the student's initial weights
     STUDENT_RANK_AUGMENT = 6  # (seed, epoch, rank): augmentation of one rank under torchrun
+    SYNTHESIS_GENERATOR = 7  # (seed): the initial weights of a fast / dense synthesis generator
     # multi-round mode
     PARTICIPANTS = 3  # (seed, round): which nodes take part
     NODE_ROUND = 4  # (seed, round, node): a node's data order (and FedGen draws) in a round

@@ -81,7 +81,9 @@ class StoreWriter:
                 self.file.close()
                 raise
             self._truncate(n)
+            self.created = False
             return
+        self.created = True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.path, "w")
         for k, v in attrs.items():
@@ -99,6 +101,15 @@ class StoreWriter:
     @property
     def n_valid(self) -> int:
         return int(self.file["n_valid"][()])
+
+    def rewind(self, n: int) -> None:
+        """Drop the rows after the first n (a run whose carried state was saved at n rows goes on from
+        there and rewrites them exactly)."""
+        if not 0 <= n <= self.n_valid:
+            raise RunStateError(f"{self.path} holds {self.n_valid} rows; cannot rewind it to {n}")
+        self.file["n_valid"][()] = n
+        self.file.flush()
+        self._truncate(n)
 
     def _truncate(self, n: int) -> None:
         for name in ("images", "labels", "soft_labels", "source"):

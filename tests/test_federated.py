@@ -18,7 +18,7 @@ from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
 from fedinv.federated.ftg import (FedFTG, class_level_logits, diversity_loss,
                                   generator_objective, label_distribution)
-from fedinv.federated.generators import FeatureGenerator, ImageGenerator
+from fedinv.models.generators import FeatureGenerator, ImageGenerator
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
 from fedinv.federated.rounds import (federate, mean_last_accuracy, mean_node_metrics, participants,

@@ -86,6 +86,7 @@ def test_a_teacher_with_nan_weights_writes_no_synthetic_batch():
     from fedinv.config import SynthesisConfig
     from fedinv.inversion.batch import make_batch
     from fedinv.inversion.ensemble import TeacherEnsemble
+    from fedinv.inversion.methods import make_synthesizer
 
     models, counts = random_teachers(2)
     with torch.no_grad():
@@ -93,7 +94,7 @@ def test_a_teacher_with_nan_weights_writes_no_synthetic_batch():
     ensemble = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
     cfg = SynthesisConfig(iterations=2, batch_size=4, teachers_per_step=0, device="cpu")
     with pytest.raises(DivergedError, match="synthetic batch 7: the loss is not finite"):
-        make_batch(ensemble, cfg, 7, 4, amp_dtype=None)
+        make_batch(make_synthesizer(ensemble, cfg, None), 7, 4)
 
 
 @pytest.mark.parametrize("table,message", [

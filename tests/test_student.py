@@ -122,12 +122,28 @@ def test_adaptive_mode_appends_batches_made_against_the_student(tmp_path):
         assert sorted(set(f["source"][:, 0].tolist())) == [0, 1, 2, 3]
 
 
+def kill_after_round(monkeypatch, rows, run):
+    """Run `run()` with the adaptive round killed once the store holds `rows` rows; then unpatch."""
+    import fedinv.student.train as st
+    real_round = st.adaptive_round
+
+    def killed(store, *args, **kw):
+        n = real_round(store, *args, **kw)
+        if n == rows:
+            raise KeyboardInterrupt
+        return n
+
+    monkeypatch.setattr(st, "adaptive_round", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(st, "adaptive_round", real_round)
+
+
 def test_adaptive_student_killed_after_appending_resumes_to_the_same_result(tmp_path, monkeypatch):
     """A kill between an adaptive round's append and that epoch's checkpoint must not append the
     round twice on resume: store and student end as in an uninterrupted run."""
     from test_synthesis import random_teachers, small_cfg, write_teachers
     from fedinv.inversion.synthesize import synthesize
-    import fedinv.student.train as st
     models, counts = random_teachers(3)
     write_teachers(tmp_path / "t", models, counts)
     synthesize(tmp_path / "t", tmp_path / "pool.h5", small_cfg(num_images=24, batch_size=12), progress=False)
@@ -135,18 +151,9 @@ def test_adaptive_student_killed_after_appending_resumes_to_the_same_result(tmp_
         shutil.copy(tmp_path / "pool.h5", tmp_path / name)
     cfg = StudentConfig(model="lenet5", epochs=3, batch_size=12, adaptive_batches=2, adaptive_every=2, device="cpu")
     a = train_student(tmp_path / "a.h5", tmp_path / "a", cfg, teachers_dir=tmp_path / "t", progress=False)
-    real_round = st.adaptive_round
-
-    def killed_after_second_round(store, *args, **kw):
-        n = real_round(store, *args, **kw)
-        if n == 24 + 4 * 12:  # the epoch-3 round is on disk, its epoch checkpoint is not
-            raise KeyboardInterrupt
-        return n
-
-    monkeypatch.setattr(st, "adaptive_round", killed_after_second_round)
-    with pytest.raises(KeyboardInterrupt):
-        train_student(tmp_path / "c.h5", tmp_path / "c", cfg, teachers_dir=tmp_path / "t", progress=False)
-    monkeypatch.setattr(st, "adaptive_round", real_round)
+    kill_after_round(monkeypatch, 24 + 4 * 12,  # the epoch-3 round is on disk, its epoch checkpoint is not
+                     lambda: train_student(tmp_path / "c.h5", tmp_path / "c", cfg, teachers_dir=tmp_path / "t",
+                                           progress=False))
     c = train_student(tmp_path / "c.h5", tmp_path / "c", cfg, teachers_dir=tmp_path / "t", progress=False)
     assert [h["store_images"] for h in c["history"]] == [h["store_images"] for h in a["history"]] == [48, 48, 72]
     assert read_meta(tmp_path / "c.h5")["n_valid"] == 72

@@ -7,7 +7,6 @@ from fedinv.cli.main import cli
 from fedinv.config import SynthesisConfig
 from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError, RunStateError
-from fedinv.inversion import synthesize as synth_mod
 from fedinv.inversion.engine import invert_batch
 from fedinv.inversion.labels import sample_labels, sample_teachers
 from fedinv.inversion.batch import pixel_bounds
@@ -15,7 +14,7 @@ from fedinv.inversion.ensemble import TeacherEnsemble
 from fedinv.inversion.synthesize import synthesize
 from fedinv.teacher_files import load_teacher_folder
 from fedinv.models import build_model
-from fedinv.store import SyntheticDataset, read_meta, read_rows
+from fedinv.store import StoreWriter, SyntheticDataset, read_meta, read_rows
 
 from dataclasses import asdict
 
@@ -160,7 +159,7 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
     write_teachers(tmp_path / "t", models, counts)
     synthesize(tmp_path / "t", tmp_path / "straight.h5", small_cfg(), progress=False)
 
-    real_append = synth_mod.StoreWriter.append
+    real_append = StoreWriter.append
     calls = {"n": 0}
 
     def dying_append(self, images, labels, soft, source):
@@ -174,11 +173,11 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
             raise KeyboardInterrupt("killed")
         return real_append(self, images, labels, soft, source)
 
-    monkeypatch.setattr(synth_mod.StoreWriter, "append", dying_append)
+    monkeypatch.setattr(StoreWriter, "append", dying_append)
     with pytest.raises(KeyboardInterrupt):
         synthesize(tmp_path / "t", tmp_path / "killed.h5", small_cfg(), progress=False)
     assert read_meta(tmp_path / "killed.h5")["n_valid"] == 24
-    monkeypatch.setattr(synth_mod.StoreWriter, "append", real_append)
+    monkeypatch.setattr(StoreWriter, "append", real_append)
     stats = synthesize(tmp_path / "t", tmp_path / "killed.h5", small_cfg(), resume=True, progress=False)
     assert stats["batches"] == 3, "only the missing batches are made"
     for a, b in zip(read_rows(tmp_path / "killed.h5"), read_rows(tmp_path / "straight.h5")):

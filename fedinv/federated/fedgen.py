@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from ..evaluate import class_shares
 from ..train import Stepper
 from .ftg import class_level_logits, diversity_loss, label_distribution
-from .generators import FeatureGenerator
+from ..models.generators import FeatureGenerator
 from .local import LocalResult, RoundInfo, State, cpu_state, head_of
 from .registry import register_server_step
 from .server_step import GeneratorStep, NodeLoss

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from ..evaluate import class_shares
 from ..train import Stepper, round_decay
 from ..train.objectives import kd_loss
-from .generators import ImageGenerator, to_model_input
+from ..models.generators import ImageGenerator, to_model_input
 from .local import LocalResult, RoundInfo, State, bn_statistics, cpu_state
 from .registry import register_server_step
 from .server_step import GeneratorStep

@@ -4,18 +4,21 @@ class-level ensemble, provenance; drawn from random stream (seed, batch) alone."
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..config import SynthesisConfig
 from ..data.batches import denormalize
 from ..data.datasets import DatasetInfo
 from ..errors import ConfigError, DivergedError
 from ..runtime import Stream, rng
-from .engine import Inverted, StepCallback, invert_batch
+from .engine import Inverted, StepCallback
 from .ensemble import TeacherEnsemble
 from .labels import sample_labels
+
+if TYPE_CHECKING:
+    from .methods import Synthesizer
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images u8, labels, soft, source
 
@@ -42,21 +45,21 @@ def check_student(student: nn.Module, teachers: TeacherEnsemble, device: torch.d
         raise ConfigError(f"the student predicts {probe.shape[1]} classes, the teachers {teachers.num_classes}")
 
 
-def make_batch(teachers: TeacherEnsemble, cfg: SynthesisConfig, b: int, size: int, *,
-               amp_dtype: torch.dtype | None, student: nn.Module | None = None,
+def make_batch(synth: "Synthesizer", b: int, size: int, *, student: nn.Module | None = None,
                on_step: StepCallback | None = None) -> tuple[Rows, Inverted]:
-    """Synthesize batch `b` of `size` images (labels, images, soft labels, provenance).
+    """Synthesize batch `b` of `size` images with `synth` (any method of methods.py).
 
-    Returns the store rows (images uint8, labels, soft labels, source) and the engine result.
+    Returns the store rows (images uint8, labels, soft labels, source) and the method's result.
+    Labels and every per-batch draw come from random stream (seed, b).
     """
+    teachers, cfg = synth.teachers, synth.cfg
     gen = rng(cfg.seed, Stream.SYNTHESIS_BATCH, b)
     y = sample_labels(cfg.label_sampler, teachers.counts, size, gen)
-    inv = invert_batch(teachers, y, cfg, batch_index=b, bounds=pixel_bounds(teachers.info, teachers.device), gen=gen,
-                       amp_dtype=amp_dtype, student=student, on_step=on_step)
+    inv = synth.invert(y, b, gen, student=student, on_step=on_step)
     soft = teachers.ensemble_probs(inv.x).clamp_min(1e-8).log()
     if not all(math.isfinite(v) for v in inv.losses.values()) or not torch.isfinite(soft).all():
         raise DivergedError(f"synthetic batch {b}: the loss is not finite ({inv.losses}); nothing of it was "
-                            f"written. Lower --lr, or check the teachers")
+                            f"written. Lower the learning rate, or check the teachers")
     mask = inv.teacher_mask if len(teachers) <= 31 else -1
     source = torch.tensor([[b, mask]] * size, dtype=torch.int32)
     return (to_uint8(inv.x, teachers.info), y, soft, source), inv

@@ -24,7 +24,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..data.datasets import DatasetInfo
 from ..evaluate import class_shares
 from ..teacher_files import TeacherFolder, load_teacher_folder
-from .hooks import BNStatistics
+from .hooks import BNMomentum, BNStatistics
+
+Blend = Callable[[list[torch.Tensor], list[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]]
 from .losses import bn_stat_loss, competition_loss, masked_cross_entropy
 
 
@@ -38,19 +40,23 @@ class TermWeights:
 
 def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStatistics, x: torch.Tensor,
                   y: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor, student_logits: torch.Tensor | None,
-                  tw: TermWeights) -> torch.Tensor:
+                  tw: TermWeights, blend: Blend | None = None) -> torch.Tensor:
     """One teacher's [ce, bn, comp] on images x [B, C, H, W] with targets y [B].
 
     forward: the teacher (a module, or its functional call); stats: a collector on its BN layers.
 
     seen [K] bool masks the output heads (all True = no masking); weight [K] weighs the CE per
-    label (all ones = plain CE). comp is 0 without a student.
+    label (all ones = plain CE). comp is 0 without a student. blend: maps the batch's BN input
+    statistics (means, variances) to the ones compared with the teacher's (BN momentum).
     """
     with stats as layers:
         logits = forward(x)
     ce = masked_cross_entropy(logits, y, seen, weight)
-    bn = bn_stat_loss([s.mean for s in layers], [s.var for s in layers], [s.running_mean for s in layers],
-                      [s.running_var for s in layers], tw.first_bn_multiplier)
+    means, variances = [s.mean for s in layers], [s.var for s in layers]
+    if blend is not None:
+        means, variances = blend(means, variances)
+    bn = bn_stat_loss(means, variances, [s.running_mean for s in layers], [s.running_var for s in layers],
+                      tw.first_bn_multiplier)
     comp = (competition_loss(logits, student_logits, tw.comp_temperature, seen) if student_logits is not None
             else torch.zeros((), device=x.device))
     return torch.stack([ce, bn, comp])
@@ -91,6 +97,10 @@ class TeacherEnsemble:
     def __len__(self) -> int:
         return len(self.models)
 
+    def last_bn_statistics(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Teacher i's BN input (mean, var) per layer on its latest forward (loop path), detached."""
+        return [(s.mean.detach(), s.var.detach()) for s in self._stats[i].stats]
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.info.image_shape
@@ -106,11 +116,16 @@ class TeacherEnsemble:
         return seen, weight
 
     def terms(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor,
-              student_logits: torch.Tensor | None = None, tw: TermWeights = TermWeights()) -> torch.Tensor:
-        """[n, 3] per-teacher (ce, bn, comp) for teachers idx [n]; seen/weight are [N, K]."""
+              student_logits: torch.Tensor | None = None, tw: TermWeights = TermWeights(),
+              momentum: BNMomentum | None = None) -> torch.Tensor:
+        """[n, 3] per-teacher (ce, bn, comp) for teachers idx [n]; seen/weight are [N, K]. With
+        `momentum` (loop path only), each teacher's BN statistics are blended with its running ones."""
         if not self.batched:
             return torch.stack([teacher_terms(self.models[i], self._stats[i], x, y, seen[i], weight[i],
-                                              student_logits, tw) for i in idx.tolist()])
+                                              student_logits, tw, momentum.blender(i) if momentum else None)
+                                for i in idx.tolist()])
+        if momentum is not None:
+            raise ValueError("BN momentum runs on the looped path (--batched loop)")
         params = {k: v[idx] for k, v in self.params.items()}
         buffers = {k: v[idx] for k, v in self.buffers.items()}
 

@@ -1,4 +1,5 @@
-"""A context manager that collects the input statistics of every BatchNorm layer of a model."""
+"""BatchNorm input statistics: a context manager that collects them on every forward, and a running
+blend of them across batches (BN momentum, Fast-Datafree)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,40 @@ class BNStatistics:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+class BNMomentum:
+    """Per teacher, an exponential average of its BN input statistics over past batches.
+
+    Fast-Datafree's momentum: the BN-statistic loss compares the teacher's running statistics with
+    (1 - rate) * this batch's + rate * the average, and after each batch the average takes the
+    batch's last statistics: avg = rate * avg + (1 - rate) * batch. The first batch of a teacher is
+    compared as it is. State: `state_dict()` / `load_state_dict()` (tensors only).
+    """
+
+    def __init__(self, rate: float, num_teachers: int):
+        self.rate = rate
+        self.average: list[list[tuple[torch.Tensor, torch.Tensor]] | None] = [None] * num_teachers
+
+    def blender(self, i: int):
+        """The blend of teacher i: (means, variances) per layer -> the ones its loss compares."""
+        avg = self.average[i]
+        if avg is None:
+            return None
+        r = self.rate
+        return lambda means, variances: ([(1 - r) * m + r * a for m, (a, _) in zip(means, avg)],
+                                         [(1 - r) * v + r * a for v, (_, a) in zip(variances, avg)])
+
+    def update(self, i: int, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fold teacher i's latest per-layer (mean, var) into its average."""
+        old, r = self.average[i], self.rate
+        self.average[i] = stats if old is None else [(r * am + (1 - r) * m, r * av + (1 - r) * v)
+                                                     for (am, av), (m, v) in zip(old, stats)]
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return {str(i): [t for pair in avg for t in pair] for i, avg in enumerate(self.average) if avg is not None}
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        self.average = [None] * len(self.average)
+        for i, flat in state.items():
+            self.average[int(i)] = list(zip(flat[0::2], flat[1::2]))

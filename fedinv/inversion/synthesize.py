@@ -19,11 +19,12 @@ from ..config import SynthesisConfig
 from ..distributed import World, process_group, rank_device, shard_path, world_from_env
 from ..errors import ConfigError, RunStateError
 from ..runtime import resolve_device, resolve_precision
-from ..store import StoreWriter, merge_shards, store_meta
+from ..store import merge_shards, store_meta
 from ..teacher_files import TeacherFolder, load_teacher_folder
 from ..train.resume import comparable
-from .batch import check_student, make_batch
+from .batch import check_student
 from .ensemble import load_ensemble
+from .methods import append_batch, ensemble_path, make_synthesizer, open_synthesis_store
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,21 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
                shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Synthesize `cfg.num_images` images from the teachers in `teachers_dir` into the store `out`.
 
-    Batch b is drawn from random stream (seed, b): a resumed run continues at the first batch not
-    in the store and writes exactly what an uninterrupted run would. `shard=(r, W)` writes only
-    the batches b with b mod W == r (one rank of `synthesize_distributed`).
+    Batch b is drawn from random stream (seed, b) and, for the generator methods, the state they
+    carry (saved beside the store after every batch): a resumed run continues at the first batch
+    not in the store and writes exactly what an uninterrupted run would. `shard=(r, W)` writes only
+    the batches b with b mod W == r (one rank of `synthesize_distributed`; deepinversion only).
     """
     rank, world = shard
     if not 0 <= rank < world:
         raise ConfigError(f"shard {rank} of {world} does not exist")
+    if world > 1 and not cfg.per_batch:
+        raise ConfigError(f"--method {cfg.method} carries its generator from batch to batch and runs in one "
+                          f"process; drop torchrun, or use --method deepinversion")
     device = resolve_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
     folder = load_teacher_folder(teachers_dir)
-    teachers = load_ensemble(folder, device, cfg.batched)
+    teachers = load_ensemble(folder, device, ensemble_path(cfg))
     if not teachers.info.hflip and cfg.flip:
         log.info("%s: flips change labels here, so --flip is ignored", teachers.info.name)
         cfg = dataclasses.replace(cfg, flip=False)
@@ -59,7 +64,9 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
     stats: dict[str, Any] = {"batches": 0, "images": 0, "seconds": 0.0, "last_losses": None}
     mine = list(range(rank, num_batches, world))
     sizes = [min(cfg.batch_size, cfg.num_images - b * cfg.batch_size) for b in mine]
-    with StoreWriter(out, synthesis_meta(folder, cfg), resume=resume, chunk_rows=cfg.batch_size) as store:
+    synth = make_synthesizer(teachers, cfg, amp_dtype)
+    with open_synthesis_store(out, synthesis_meta(folder, cfg), synth, resume=resume,
+                              chunk_rows=cfg.batch_size) as store:
         n = store.n_valid
         ends = list(itertools.accumulate(sizes))
         if n and n not in ends:
@@ -67,16 +74,15 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
         start = ends.index(n) + 1 if n else 0
         if start:
             log.info("resuming %s after %d of %d batches", out, start, len(mine))
-        bar = tqdm(total=len(mine), initial=start, desc="synthesize", unit="batch", disable=not progress)
+        bar = tqdm(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch",
+                   disable=not progress)
 
         def show(step: int, losses: dict[str, float]) -> None:
             bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
 
         for b, size in zip(mine[start:], sizes[start:]):
             t0 = time.perf_counter()
-            rows, inv = make_batch(teachers, cfg, b, size, amp_dtype=amp_dtype, student=student,
-                                   on_step=show if progress else None)
-            store.append(*rows)
+            inv = append_batch(store, synth, b, size, student=student, on_step=show if progress else None)
             stats["batches"] += 1
             stats["images"] += size
             stats["seconds"] += time.perf_counter() - t0
@@ -103,6 +109,9 @@ def synthesize_distributed(teachers_dir: str | Path, out: str | Path, cfg: Synth
     world = world or world_from_env()
     if not world.is_distributed:
         return synthesize(teachers_dir, out, cfg, resume=resume, progress=progress, **kwargs)
+    if not cfg.per_batch:
+        raise ConfigError(f"--method {cfg.method} carries its generator from batch to batch and runs in one "
+                          f"process; drop torchrun, or use --method deepinversion")
     out = Path(out)
     if out.exists() and not resume:
         raise RunStateError(f"{out} exists; pass --resume to continue it, or choose another --out")

@@ -30,11 +30,12 @@ from ..data.datasets import DatasetInfo, ImageTensors
 from ..distributed import World, process_group, rank_device, world_from_env
 from ..errors import ConfigError
 from ..evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
-from ..inversion.batch import check_student, make_batch
+from ..inversion.batch import check_student
 from ..inversion.ensemble import TeacherEnsemble, load_ensemble
+from ..inversion.methods import append_batch, ensemble_path, make_synthesizer, open_synthesis_store
 from ..models import seeded_model
 from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
-from ..store import StoreWriter, iterate_store, meta_info, read_meta, writer_meta
+from ..store import iterate_store, meta_info, read_meta, writer_meta
 from ..train import Stepper, lr_at_epoch, train_epoch
 from ..train.objectives import kd_loss
 from ..train.resume import load_progress, save_progress
@@ -64,22 +65,26 @@ def _cycle(data: ImageTensors, batch_size: int, device: torch.device, seed: int)
                            shuffle=True, augment=True)
 
 
-def adaptive_round(store: Path, teachers: TeacherEnsemble, student: nn.Module, count: int, device: torch.device,
+def adaptive_round(store: Path, teachers: TeacherEnsemble, student: nn.Module, until: int, device: torch.device,
                    progress: bool) -> int:
-    """Synthesize `count` batches against the current student and append them; returns n_valid."""
+    """Synthesize batches against the current student (the store's own method and settings) and
+    append them until the store holds `until` rows; returns its n_valid."""
     meta = read_meta(store)
-    if count <= 0:
+    if meta["n_valid"] >= until:
         return meta["n_valid"]
     syn = from_dict(SynthesisConfig, {**meta["config"], "device": str(device)})
-    amp_dtype = resolve_precision(syn.precision, device)
+    synth = make_synthesizer(teachers, syn, resolve_precision(syn.precision, device))
     was_training = student.training
     student.eval().requires_grad_(False)  # the images get gradients, the student's weights none
-    with StoreWriter(store, writer_meta(meta), resume=True, chunk_rows=syn.batch_size) as writer:
-        for _ in tqdm(range(count), desc="adaptive batches", leave=False, disable=not progress):
+    with open_synthesis_store(store, writer_meta(meta), synth, resume=True, chunk_rows=syn.batch_size) as writer:
+        bar = tqdm(total=math.ceil((until - writer.n_valid) / syn.batch_size), desc=f"new batches ({syn.method})",
+                   leave=False, disable=not progress)
+        while writer.n_valid < until:
             b = math.ceil(writer.n_valid / syn.batch_size)  # indices continue past the initial pool
-            rows, inv = make_batch(teachers, syn, b, syn.batch_size, amp_dtype=amp_dtype, student=student)
-            writer.append(*rows)
+            inv = append_batch(writer, synth, b, syn.batch_size, student=student)
+            bar.update(1)
             log.debug("adaptive batch %d: %s", b, inv.losses)
+        bar.close()
         n = writer.n_valid
     student.train(was_training).requires_grad_(True)
     return n
@@ -148,7 +153,8 @@ class StudentRun:
             raise ConfigError("mixup needs KD from the teachers: give --teachers")
         if cfg.local_weight and local is None:
             raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
-        teachers = load_ensemble(teachers_dir, device) if teachers_dir else None
+        path = ensemble_path(from_dict(SynthesisConfig, meta["config"])) if cfg.adaptive_batches else "auto"
+        teachers = load_ensemble(teachers_dir, device, path) if teachers_dir else None
         if teachers is not None and teachers.image_shape != info.image_shape:
             raise ConfigError(f"the teachers take {teachers.image_shape} images, the store holds {info.image_shape}")
         student = seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT).to(device)
@@ -212,8 +218,7 @@ class StudentRun:
         cfg = self.cfg
         rows_per_batch = from_dict(SynthesisConfig, self.meta["config"]).batch_size
         rounds = epoch // cfg.adaptive_every + 1
-        appended = (read_meta(self.store)["n_valid"] - pool) // rows_per_batch
-        adaptive_round(self.store, self.teachers, self.student, rounds * cfg.adaptive_batches - appended,
+        adaptive_round(self.store, self.teachers, self.student, pool + rounds * cfg.adaptive_batches * rows_per_batch,
                        self.device, progress)
 
     def epoch_batches(self, epoch: int, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -1,4 +1,5 @@
-"""Conditional generators of the server steps (fedftg-supplementary.txt, Table 1).
+"""Conditional generators: of the FedFTG, FedDF and FedGen server steps (fedftg-supplementary.txt,
+Table 1) and of the fast and dense synthesis methods.
 
 `ImageGenerator` (FedFTG, FedDF): G(z, y) -> images, Table 1(a) adapted to the dataset's channels
 and size: FC(z) and FC(onehot(y)) each fill half of a 128 x s/4 x s/4 map; BN; conv-BN-LeakyReLU;
