@@ -1,4 +1,5 @@
-"""Markdown tables from bench/oneshot.py's JSON lines: ours beside the published numbers of DESIGN.md.
+"""Markdown tables from bench/oneshot.py's JSON lines: per (alpha, nodes, method) the mean ± std
+over seeds, beside the published numbers of DESIGN.md.
 
     python bench/oneshot_table.py docs/bench-oneshot.jsonl
 """
@@ -6,37 +7,45 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+from collections import defaultdict
 
-# DESIGN.md, "Numbers to beat" (DENSE, NeurIPS 2022, Table 1; ensemble as re-run in FuseFL).
-PUBLISHED = {"FedAvg": (41.69, 82.96, 83.72), "FedDF": (43.58, 80.67, 84.67), "Fed-ADI": (48.49, 81.15, 84.19),
-             "DENSE": (50.29, 83.96, 85.94), "ensemble": (67.71, 87.25, 89.42)}
-ALPHAS = (0.1, 0.3, 0.5)
+# DESIGN.md, "Numbers to beat": DENSE, NeurIPS 2022, Table 1 (5 clients); Co-Boosting as re-run in
+# the FedLPA paper (10 clients).
+PUBLISHED = {"DENSE": {0.1: 50.29, 0.3: 83.96, 0.5: 85.94}, "Co-Boosting": {0.1: 73.15, 0.3: 83.37, 0.5: 86.21}}
+KEYS = ("fedavg_accuracy", "ensemble_accuracy", "student_accuracy", "student_online_accuracy")
+
+
+def cell(values: list[float]) -> str:
+    pct = [100 * v for v in values]
+    if len(pct) == 1:
+        return f"{pct[0]:.2f}"
+    return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
 
 
 def main(path: str) -> None:
-    rows = {r["alpha"]: r for r in map(json.loads, open(path).read().splitlines())}
-    print("| alpha | one-shot FedAvg | ensemble | student | student (adaptive) | student - FedAvg "
-          "| student / ensemble | teachers s | synthesis s | student s | adaptive student s | total min |")
-    print("|" + "---|" * 12)
-    for a in sorted(rows):
-        r, s = rows[a], rows[a]["stage_seconds"]
-        pct = {k: 100 * r[k] for k in ("fedavg_accuracy", "ensemble_accuracy", "student_accuracy",
-                                       "student_adaptive_accuracy")}
-        print(f"| {a} | {pct['fedavg_accuracy']:.2f} | {pct['ensemble_accuracy']:.2f} | {pct['student_accuracy']:.2f} "
-              f"| {pct['student_adaptive_accuracy']:.2f} | {pct['student_accuracy'] - pct['fedavg_accuracy']:+.2f} "
-              f"| {r['student_accuracy'] / r['ensemble_accuracy']:.3f} | {s['train_teachers']:.0f} "
-              f"| {s['synthesize']:.0f} | {s['train_student']:.0f} | {s.get('train_student_adaptive', 0):.0f} "
-              f"| {sum(s.values()) / 60:.1f} |")
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for line in open(path).read().splitlines():
+        r = json.loads(line)
+        groups[(r["alpha"], r["num_nodes"], r["method"])].append(r)
+    print("| alpha | nodes | method | seeds | one-shot FedAvg | ensemble | student | student (online) "
+          "| best / ensemble | synthesis s | student s | online student s | pipeline min |")
+    print("|" + "---|" * 13)
+    for (alpha, nodes, method), rows in sorted(groups.items()):
+        best = max(statistics.mean(r["student_accuracy"] for r in rows),
+                   statistics.mean(r["student_online_accuracy"] for r in rows))
+        ens = statistics.mean(r["ensemble_accuracy"] for r in rows)
+        sec = {k: statistics.mean(r["stage_seconds"].get(k, 0.0) for r in rows)
+               for k in ("partition", "train_teachers", "synthesize", "train_student", "train_student_online")}
+        print(f"| {alpha} | {nodes} | {method} | {len(rows)} | " + " | ".join(cell([r[k] for r in rows]) for k in KEYS)
+              + f" | {best / ens:.3f} | {sec['synthesize']:.0f} | {sec['train_student']:.0f} "
+              f"| {sec['train_student_online']:.0f} | {sum(sec.values()) / 60:.1f} |")
     print()
-    print("| method | " + " | ".join(f"alpha={a}" for a in ALPHAS) + " |")
-    print("|---|" + "---|" * len(ALPHAS))
+    print("| published (Fashion-MNIST) | " + " | ".join(f"alpha={a}" for a in (0.1, 0.3, 0.5)) + " |")
+    print("|---|---|---|---|")
     for name, values in PUBLISHED.items():
-        print(f"| {name} (published) | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    ours = (("fedavg_accuracy", "one-shot FedAvg (ours)"), ("ensemble_accuracy", "ensemble (ours)"),
-            ("student_accuracy", "fedinv student"), ("student_adaptive_accuracy", "fedinv student, adaptive"))
-    for key, name in ours:
-        print(f"| {name} | " + " | ".join(f"{100 * rows[a][key]:.2f}" if a in rows else "-" for a in ALPHAS) + " |")
+        print(f"| {name} | " + " | ".join(f"{values[a]:.2f}" for a in (0.1, 0.3, 0.5)) + " |")
 
 
 if __name__ == "__main__":

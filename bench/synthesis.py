@@ -9,10 +9,17 @@ Prints one JSON object:
   ceiling_batched_img_it_per_s   the same bare work through the vmapped call
   engine_over_ceiling    the engine's default path for the device over the faster ceiling
   peak_rss_mb            peak resident memory of this process
-img*it/s = images per batch x optimizer steps per second.
+img*it/s = images per batch x optimizer steps per second. Then, per synthesis method at its
+defaults (deepinversion at --method-iterations), a store of --method-images images:
+  <method>_images_per_s        stored images per second (synthesis, soft labels and writing)
+  <method>_audit_agreement     the share of those images a reference classifier assigns to their
+                               label (as `fedinv audit`); the reference is a bncnn trained on all of
+                               Fashion-MNIST (--reference-epochs), unless --reference is given
+  fast_over_deepinversion      the ratio of stored images per second
 
-    python bench/synthesis.py --teachers runs/demo/teachers
-Without --teachers, 5 teachers are trained for 1 epoch first (speed does not depend on accuracy).
+    python bench/synthesis.py --teachers runs/demo/teachers --json-out docs/bench-synthesis.json
+Without --teachers, 5 teachers are trained for 1 epoch first (speed does not depend on accuracy;
+the audit agreement does, so pass real teachers for it).
 """
 
 from __future__ import annotations
@@ -36,8 +43,12 @@ from fedinv.inversion.engine import invert_batch
 from fedinv.inversion.labels import sample_teachers
 from fedinv.inversion.batch import pixel_bounds
 from fedinv.inversion.ensemble import load_ensemble
+from fedinv.inversion.synthesize import synthesize
+from fedinv.audit import audit_store
 from fedinv.nodes import train_teachers
-from fedinv.runtime import resolve_device, resolve_precision
+from fedinv.runtime import resolve_device, resolve_precision, save_json
+
+METHODS = ("deepinversion", "fast", "dense")
 
 
 def rate(fn, batch: int, iterations: int, repeats: int) -> float:
@@ -61,7 +72,14 @@ def _timed(fn) -> float:
 @click.option("--repeats", default=3, show_default=True, help="timings per path (best is kept)")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", default="auto", show_default=True)
-def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, device, precision):
+@click.option("--methods", default=",".join(METHODS), show_default=True, help="methods to time and audit ('' = none)")
+@click.option("--method-images", default=2048, show_default=True, help="images per method's store")
+@click.option("--method-iterations", default=100, show_default=True, help="deepinversion's iterations per batch")
+@click.option("--reference", default=None, help="reference classifier checkpoint for the audit")
+@click.option("--reference-epochs", default=3, show_default=True, help="epochs of the reference trained here")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also write the JSON here")
+def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, device, precision, methods,
+         method_images, method_iterations, reference, reference_epochs, json_out):
     dev = resolve_device(device)
     with tempfile.TemporaryDirectory() as tmp:
         if teachers_dir is None:
@@ -112,6 +130,21 @@ def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, devic
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             result["ceiling_img_it_per_s"] = rate(bare_loop, batch_size, iterations, repeats)
             result["ceiling_batched_img_it_per_s"] = rate(bare_batched, batch_size, iterations, repeats)
+        chosen = [m for m in methods.split(",") if m]
+        if chosen:
+            if reference is None:
+                reference = train_reference(Path(tmp) / "reference", reference_epochs, device)
+            for method in chosen:
+                mcfg = SynthesisConfig(method=method, num_images=method_images, batch_size=batch_size,
+                                       iterations=method_iterations, teachers_per_step=teachers_per_step,
+                                       device=device, precision=precision)
+                store = Path(tmp) / f"{method}.h5"
+                stats = synthesize(teachers_dir, store, mcfg, progress=False)
+                result[f"{method}_images_per_s"] = stats["images"] / stats["seconds"]
+                result[f"{method}_audit_agreement"] = audit_store(store, reference, dev)["reference_agreement"]
+                result[f"{method}_config"] = to_dict(mcfg)
+            if {"fast", "deepinversion"} <= set(chosen):
+                result["fast_over_deepinversion"] = result["fast_images_per_s"] / result["deepinversion_images_per_s"]
     auto = "batched" if sets["batched"].batched and dev.type == "cuda" else "loop"
     best_ceiling = max(result["ceiling_img_it_per_s"], result["ceiling_batched_img_it_per_s"])
     result.update({
@@ -124,6 +157,17 @@ def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, devic
                     "torch": torch.__version__},
     })
     print(json.dumps(result, indent=2))
+    if json_out:
+        save_json(result, json_out)
+
+
+def train_reference(folder: Path, epochs: int, device: str) -> Path:
+    """A bncnn trained on all of Fashion-MNIST (one IID node): the audit's reference classifier."""
+    data = DataConfig(dataset="fashion-mnist")
+    labels = load_dataset(data, "train").labels.numpy()
+    part = make_partition(labels, 10, PartitionConfig(scheme="iid", num_nodes=1), data)
+    train_teachers(part, TeacherConfig(epochs=epochs, device=device), folder, progress=False)
+    return folder / "node-0.pt"
 
 
 if __name__ == "__main__":

@@ -78,6 +78,16 @@ def test_bn_momentum_blends_and_averages_by_hand():
     assert copy.average[1] is None and torch.equal(copy.average[0][0][0], m.average[0][0][0])
 
 
+def test_an_unconditional_generator_draws_the_class_from_the_code_alone():
+    from fedinv.models.generators import ImageGenerator
+    g = ImageGenerator(8, 10, 3, 16, width=16, conditional=False).eval()
+    z = torch.randn(4, 8)
+    assert g.fc_y is None
+    assert torch.equal(g(z, torch.zeros(4, dtype=torch.long)), g(z, torch.full((4,), 7)))
+    c = ImageGenerator(8, 10, 3, 16, width=16).eval()
+    assert not torch.equal(c(z, torch.zeros(4, dtype=torch.long)), c(z, torch.full((4,), 7)))
+
+
 def test_fast_moves_its_start_and_dense_keeps_one_generator():
     models, counts = random_teachers(3)
     ts = TeacherEnsemble(models, counts, CPU, INFO, batched=False)

@@ -18,13 +18,18 @@ from ..errors import ConfigError
 
 
 class ImageGenerator(nn.Module):
-    def __init__(self, nz: int, num_classes: int, channels: int, image_size: int, width: int = 128):
+    """`conditional=False`: FC(z) fills the whole map and y is not an input (Fast-Datafree's and
+    DENSE's generators); each image's class then has to come from its code z."""
+
+    def __init__(self, nz: int, num_classes: int, channels: int, image_size: int, width: int = 128,
+                 conditional: bool = True):
         super().__init__()
         if image_size % 4:
             raise ConfigError(f"the FedFTG generator needs an image size divisible by 4, got {image_size}")
         self.num_classes, self.s0, self.width = num_classes, image_size // 4, width
         half = width // 2 * self.s0 ** 2
-        self.fc_z, self.fc_y = nn.Linear(nz, half), nn.Linear(num_classes, half)
+        self.fc_z = nn.Linear(nz, half if conditional else 2 * half)
+        self.fc_y = nn.Linear(num_classes, half) if conditional else None
         self.body = nn.Sequential(
             nn.BatchNorm2d(width),
             nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
@@ -36,6 +41,8 @@ class ImageGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z [B, nz], y [B] int64 -> images [B, C, H, W] in [-1, 1]."""
+        if self.fc_y is None:
+            return self.body(self.fc_z(z).view(-1, self.width, self.s0, self.s0))
         m = F.one_hot(y, self.num_classes).to(z.dtype)
         shape = (-1, self.width // 2, self.s0, self.s0)
         return self.body(torch.cat([self.fc_z(z).view(shape), self.fc_y(m).view(shape)], 1))
