@@ -231,8 +231,9 @@ class SynthesisConfig:
     bn_momentum: float = option(0.9, "fast, dense: BN statistics compared as (1 - m) x this batch's + m x a "
                                      "running average over past batches (Fast-Datafree); 0 = each batch alone")
     nz: int = option(100, "fast, dense: size of the generator's latent code")
-    conditional: bool = option(True, "fast, dense: the generator takes the target label as an input (else "
-                                     "only the code z, as the references' generators)")
+    conditional: bool = option(False, "fast, dense: the generator also takes the target label as an input "
+                                      "(off: only the code z, as the references' generators; on, it collapsed "
+                                      "to one image per class, docs/results.md)")
     teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
                                        "0 = all; 1 = cycling (batch b uses teacher b mod N throughout)")
     label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "

@@ -186,6 +186,26 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
     assert again["batches"] == 0 and again["n_valid"] == 50, "a complete store (short last batch) is left as is"
 
 
+def test_a_store_from_before_the_methods_continues(tmp_path):
+    """A store whose recorded config predates the fields added since (at their defaults) is the same
+    run and is continued, not refused as made with other settings."""
+    import h5py
+    import json
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    synthesize(tmp_path / "t", tmp_path / "old.h5", small_cfg(num_images=24), progress=False)
+    with h5py.File(tmp_path / "old.h5", "r+") as f:
+        config = json.loads(f.attrs["config"])
+        for name in ("method", "steps", "lr_g", "lr_z", "meta_lr", "bn_momentum", "nz", "conditional"):
+            del config[name]
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+    with pytest.raises(RunStateError, match="other settings"):
+        synthesize(tmp_path / "t", tmp_path / "old.h5", small_cfg(num_images=24, method="fast"), resume=True,
+                   progress=False)
+    stats = synthesize(tmp_path / "t", tmp_path / "old.h5", small_cfg(num_images=24), resume=True, progress=False)
+    assert stats["batches"] == 0 and stats["n_valid"] == 24
+
+
 def test_reader_with_two_dataloader_workers(tmp_path):
     models, counts = random_teachers(2)
     write_teachers(tmp_path / "t", models, counts)

@@ -19,9 +19,9 @@ from ..config import SynthesisConfig
 from ..distributed import World, process_group, rank_device, shard_path, world_from_env
 from ..errors import ConfigError, RunStateError
 from ..runtime import resolve_device, resolve_precision
-from ..store import merge_shards, store_meta
+from ..store import merge_shards, read_meta, store_meta
 from ..teacher_files import TeacherFolder, load_teacher_folder
-from ..train.resume import comparable
+from ..train.resume import changes, comparable
 from .batch import check_student
 from .ensemble import load_ensemble
 from .methods import append_batch, ensemble_path, make_synthesizer, open_synthesis_store
@@ -29,9 +29,19 @@ from .methods import append_batch, ensemble_path, make_synthesizer, open_synthes
 log = logging.getLogger(__name__)
 
 
-def synthesis_meta(folder: TeacherFolder, cfg: SynthesisConfig) -> dict[str, Any]:
-    """The store metadata of a synthesis run from `folder` with `cfg`."""
-    return store_meta(folder.info, seed=cfg.seed, config=comparable(cfg), teachers=folder.hashes())
+def synthesis_meta(folder: TeacherFolder, cfg: SynthesisConfig, existing: Path | None = None) -> dict[str, Any]:
+    """The store metadata of a synthesis run from `folder` with `cfg`. When `existing` is a store
+    made by the same run (by `changes`: e.g. by an older fedinv, without fields added since at
+    their defaults), its recorded config is kept, so it can be continued."""
+    config = comparable(cfg)
+    if existing is not None and existing.is_file():
+        try:
+            saved = read_meta(existing)["config"]
+        except ConfigError:
+            saved = None  # not a store: the writer says so
+        if saved is not None and not changes(saved, cfg):
+            config = saved
+    return store_meta(folder.info, seed=cfg.seed, config=config, teachers=folder.hashes())
 
 
 def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, *, resume: bool = False,
@@ -65,8 +75,8 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
     mine = list(range(rank, num_batches, world))
     sizes = [min(cfg.batch_size, cfg.num_images - b * cfg.batch_size) for b in mine]
     synth = make_synthesizer(teachers, cfg, amp_dtype)
-    with open_synthesis_store(out, synthesis_meta(folder, cfg), synth, resume=resume,
-                              chunk_rows=cfg.batch_size) as store:
+    meta = synthesis_meta(folder, cfg, Path(out) if resume else None)
+    with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
         n = store.n_valid
         ends = list(itertools.accumulate(sizes))
         if n and n not in ends:
