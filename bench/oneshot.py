@@ -49,6 +49,10 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
 }
 
 
+def read_seconds(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
     """Run fn unless `done`; records its wall time under `stage`."""
     if done:
@@ -65,9 +69,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
         teachers=dataclasses.replace(cfg.teachers, seed=seed, device=device))
     run = out / f"alpha-{alpha}-nodes-{nodes}-seed-{seed}"
     run.mkdir(parents=True, exist_ok=True)
-    times_file = run / "stage_seconds.json"
-    seconds: dict[str, dict[str, float]] = json.loads(times_file.read_text()) if times_file.is_file() else {}
-    shared = seconds.setdefault("shared", {})
+    shared = read_seconds(run / "stage_seconds.json")
     train, test = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
     timed(shared, "partition", (run / "partition.json").is_file(),
           lambda: partition_stage(cfg, run / "partition.json", train))
@@ -75,7 +77,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
     teachers = run / "teachers"
     timed(shared, "train_teachers", (teachers / "report.json").is_file(),
           lambda: train_teachers(part, cfg.teachers, teachers, progress=False, train=train, test=test))
-    save_json(seconds, times_file)
+    save_json(shared, run / "stage_seconds.json")
     t_report = json.loads((teachers / "report.json").read_text())
     lines = []
     for method in methods:
@@ -83,14 +85,16 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
         syn = dataclasses.replace(cfg.synthesis, seed=seed, device=device, **syn_fields)
         student = dataclasses.replace(cfg.student, seed=seed, device=device, **student_fields)
         online = dataclasses.replace(student, **online_fields)
-        mdir, mine = run / method, seconds.setdefault(method, {})
+        mdir = run / method
+        times_file = mdir / "stage_seconds.json"  # one file per method: methods may run side by side
+        mine = read_seconds(times_file)
         store, online_store = mdir / "synthetic.h5", mdir / "synthetic-online.h5"
         timed(mine, "synthesize", (mdir / "synthesis.json").is_file(), lambda: save_json(
             synthesize(teachers, store, syn, resume=True, progress=False), mdir / "synthesis.json"))
-        save_json(seconds, times_file)
+        save_json(mine, times_file)
         timed(mine, "train_student", (mdir / "student" / "report.json").is_file(), lambda: train_student(
             store, mdir / "student", student, teachers_dir=teachers, test=test, progress=False))
-        save_json(seconds, times_file)
+        save_json(mine, times_file)
         if not online_store.exists():  # new batches are appended to a copy (with the generator state)
             if state_path(store).is_file():
                 shutil.copy(state_path(store), state_path(online_store))
@@ -98,7 +102,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
         timed(mine, "train_student_online", (mdir / "student-online" / "report.json").is_file(),
               lambda: train_student(online_store, mdir / "student-online", online, teachers_dir=teachers, test=test,
                                     progress=False))
-        save_json(seconds, times_file)
+        save_json(mine, times_file)
         plain = json.loads((mdir / "student" / "report.json").read_text())
         onl = json.loads((mdir / "student-online" / "report.json").read_text())
         lines.append({"method": method, "alpha": float(alpha), "num_nodes": nodes, "seed": seed,
