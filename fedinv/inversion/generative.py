@@ -1,6 +1,6 @@
-"""The generator methods (`--method fast`, `--method dense`): a conditional generator produces each
-batch and is refined for a few steps against the inversion objective, so the cost of inversion is
-shared by all batches instead of paid anew for each.
+"""The generator methods (`--method fast`, `--method dense`): a generator G(z) (G(z, y) with
+`conditional`) produces each batch and is refined for a few steps against the inversion objective,
+so the cost of inversion is shared by all batches instead of paid anew for each.
 
 fast (Fast-Datafree, "Up to 100x faster data-free knowledge distillation"): the generator's
 meta-learned start is copied for every batch, the copy and the batch's latent codes take `steps`

@@ -1,4 +1,4 @@
-"""Conditional generators: of the FedFTG, FedDF and FedGen server steps (fedftg-supplementary.txt,
+"""Generators: of the FedFTG, FedDF and FedGen server steps (fedftg-supplementary.txt,
 Table 1) and of the fast and dense synthesis methods.
 
 `ImageGenerator` (FedFTG, FedDF): G(z, y) -> images, Table 1(a) adapted to the dataset's channels
@@ -25,7 +25,7 @@ class ImageGenerator(nn.Module):
                  conditional: bool = True):
         super().__init__()
         if image_size % 4:
-            raise ConfigError(f"the FedFTG generator needs an image size divisible by 4, got {image_size}")
+            raise ConfigError(f"the image generator (FedFTG, FedDF, fast, dense) needs an image size divisible by 4, got {image_size}")
         self.num_classes, self.s0, self.width = num_classes, image_size // 4, width
         half = width // 2 * self.s0 ** 2
         self.fc_z = nn.Linear(nz, half if conditional else 2 * half)
