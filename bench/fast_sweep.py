@@ -31,17 +31,19 @@ LR_G = {2: 5e-3, 5: 3e-3, 10: 2e-3, 20: 1e-3}  # Fast-Datafree's scripts (20: ha
 
 
 @click.command()
-@click.option("--teachers", "teachers_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--teachers", "teachers_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="teachers folder (node-K.pt and report.json from fedinv train-teachers)")
 @click.option("--reference", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="reference classifier for the audit (e.g. a bncnn trained on all the data)")
-@click.option("--steps", default="2,5,10,20", show_default=True)
+@click.option("--steps", default="2,5,10,20", show_default=True, help="refinement steps per batch to sweep")
 @click.option("--momentum", default="0.9,0", show_default=True, help="BN momentum values")
 @click.option("--images", default=4096, show_default=True, help="images per store")
-@click.option("--student-epochs", default=10, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", default="runs/fast-sweep", show_default=True, type=click.Path(path_type=Path))
+@click.option("--student-epochs", default=10, show_default=True, help="epochs of the student on each store")
+@click.option("--seed", default=0, show_default=True, help="seed of synthesis and student")
+@click.option("--out", default="runs/fast-sweep", show_default=True, type=click.Path(path_type=Path),
+              help="a run folder per setting goes here")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="append each JSON line here")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
 def main(teachers_dir, reference, steps, momentum, images, student_epochs, seed, out, json_out, device):
     test = load_dataset(DataConfig(dataset="fashion-mnist"), "test")
     ensemble = json.loads((teachers_dir / "report.json").read_text())["ensemble_accuracy"]

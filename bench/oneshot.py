@@ -125,7 +125,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
 @click.option("--methods", default="deepinversion,fast,dense", show_default=True, help="synthesis methods")
 @click.option("--out", default="runs/oneshot", show_default=True, help="run folders go here")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="append each JSON line here")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
 def main(alphas, num_nodes, seeds, methods, out, json_out, device):
     chosen = methods.split(",")
     unknown = [m for m in chosen if m not in METHODS]
