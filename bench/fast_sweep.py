@@ -26,6 +26,7 @@ from fedinv.data.datasets import load_dataset
 from fedinv.inversion.synthesize import synthesize
 from fedinv.runtime import resolve_device, save_json
 from fedinv.student.train import train_student
+from jsonl import emit
 
 LR_G = {2: 5e-3, 5: 3e-3, 10: 2e-3, 20: 1e-3}  # Fast-Datafree's scripts (20: halved again)
 
@@ -67,12 +68,7 @@ def main(teachers_dir, reference, steps, momentum, images, student_epochs, seed,
                            "student_accuracy": report["test_accuracy"], "ensemble_accuracy": ensemble,
                            "synthesis_seconds": seconds, "config": to_dict(cfg), "student_config": to_dict(student),
                            "fedinv_version": __version__}, done)
-            line = done.read_text().replace("\n", " ")
-            line = json.dumps(json.loads(line))
-            print(line, flush=True)
-            if json_out:
-                with open(json_out, "a") as f:
-                    f.write(line + "\n")
+            emit(json.loads(done.read_text()), json_out)
 
 
 if __name__ == "__main__":

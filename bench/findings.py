@@ -20,7 +20,6 @@ Scale (chosen to fit the 2-core CPU): 1,024 images x 100 iterations per row, stu
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import click
 from fedinv import __version__
 from fedinv.config import DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig
 from fedinv.pipeline import RunConfig, run_pipeline
+from jsonl import emit
 
 SYNTHESIS = SynthesisConfig(num_images=1024, iterations=100)
 STUDENT = StudentConfig(epochs=60, batch_size=128)
@@ -73,16 +73,12 @@ def main(rows: str, out: str, json_out: str | None, device: str) -> None:
             shutil.copytree(shared.parent, run / "teachers")  # same split and teacher config: skipped
         t0 = time.perf_counter()
         summary = run_pipeline(cfg, run, progress=False)
-        line = json.dumps({"row": name, "group": group, "switch": field, "value": value,
+        emit({"row": name, "group": group, "switch": field, "value": value,
                            "ensemble_accuracy": summary["ensemble_accuracy"],
                            "fedavg_accuracy": summary["fedavg_accuracy"],
                            "student_accuracy": summary["student_accuracy"],
                            "seconds": time.perf_counter() - t0, "stage_seconds": summary["stage_seconds"],
-                           "fedinv_version": __version__})
-        click.echo(line)
-        if json_out:
-            with open(json_out, "a") as f:
-                f.write(line + "\n")
+                           "fedinv_version": __version__}, json_out)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from fedinv.nodes import train_teachers
 from fedinv.pipeline import RunConfig, partition_stage
 from fedinv.runtime import save_json
 from fedinv.student.train import train_student
+from jsonl import emit
 
 CONFIGS = Path(__file__).parent.parent / "assets" / "configs"
 
@@ -133,12 +134,8 @@ def main(alphas, num_nodes, seeds, methods, out, json_out, device):
         raise click.BadParameter(f"{unknown}; choose from {', '.join(METHODS)}", param_hint="--methods")
     for alpha in alphas.split(","):
         for seed in map(int, seeds.split(",")):
-            for line in run_setting(alpha, num_nodes, seed, chosen, Path(out), device):
-                text = json.dumps(line)
-                print(text, flush=True)
-                if json_out:
-                    with open(json_out, "a") as f:
-                        f.write(text + "\n")
+            for record in run_setting(alpha, num_nodes, seed, chosen, Path(out), device):
+                emit(record, json_out)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,13 @@ def synthesis_meta(folder: TeacherFolder, cfg: SynthesisConfig, existing: Path |
     return store_meta(folder.info, seed=cfg.seed, config=config, teachers=folder.hashes())
 
 
+def check_shardable(cfg: SynthesisConfig) -> None:
+    """Only deepinversion's batches can be split over processes (the generator methods carry state)."""
+    if not cfg.per_batch:
+        raise ConfigError(f"--method {cfg.method} carries its generator from batch to batch and runs in one "
+                          f"process; drop torchrun, or use --method deepinversion")
+
+
 def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, *, resume: bool = False,
                student: nn.Module | None = None, progress: bool = True,
                shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
@@ -57,9 +64,8 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
     rank, world = shard
     if not 0 <= rank < world:
         raise ConfigError(f"shard {rank} of {world} does not exist")
-    if world > 1 and not cfg.per_batch:
-        raise ConfigError(f"--method {cfg.method} carries its generator from batch to batch and runs in one "
-                          f"process; drop torchrun, or use --method deepinversion")
+    if world > 1:
+        check_shardable(cfg)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
     folder = load_teacher_folder(teachers_dir)
@@ -119,9 +125,7 @@ def synthesize_distributed(teachers_dir: str | Path, out: str | Path, cfg: Synth
     world = world or world_from_env()
     if not world.is_distributed:
         return synthesize(teachers_dir, out, cfg, resume=resume, progress=progress, **kwargs)
-    if not cfg.per_batch:
-        raise ConfigError(f"--method {cfg.method} carries its generator from batch to batch and runs in one "
-                          f"process; drop torchrun, or use --method deepinversion")
+    check_shardable(cfg)
     out = Path(out)
     if out.exists() and not resume:
         raise RunStateError(f"{out} exists; pass --resume to continue it, or choose another --out")
