@@ -34,7 +34,7 @@ def audit_store(store: str | Path, reference: str | Path, device: torch.device, 
         x = (images[start:start + batch_size].to(device).float() / 255 - mean) / std
         y = labels[start:start + batch_size].to(device)
         agree.append((model(x).argmax(1) == y).cpu())
-        probs = teachers.ensemble_probs(x) if teachers is not None else soft[start:start + batch_size].to(device).exp()
+        probs = teachers.ensemble_probs(x) if teachers is not None else stored_probs(soft[start:start + batch_size].to(device))
         confidence.append(probs.gather(1, y[:, None]).squeeze(1).cpu())
     agree_t, conf_t = torch.cat(agree).float(), torch.cat(confidence)
     k = meta["num_classes"]
@@ -50,6 +50,13 @@ def audit_store(store: str | Path, reference: str | Path, device: torch.device, 
             "ensemble_confidence": float(conf_t.mean()),
             "ensemble_source": "teachers" if teachers is not None else "stored soft labels",
             "per_class": per_class}
+
+
+def stored_probs(soft: torch.Tensor) -> torch.Tensor:
+    """The probabilities [B, K] of stored soft labels. Stores hold normalized log-probabilities;
+    stores written before that fix hold the logs of the unnormalized class-level ensemble. softmax
+    reads both the same way (as KD does, which only sees differences within a row)."""
+    return soft.float().softmax(-1)
 
 
 def nan_to_none(obj: Any) -> Any:

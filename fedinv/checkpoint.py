@@ -7,10 +7,12 @@ class count before any model is built from it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from torch import nn
 from . import __version__
 from .data.datasets import DatasetInfo
 from .errors import CheckpointError, ConfigError
-from .models import MODELS, build_model
+from .models import MODELS, build_model, is_factory
 from .runtime import save_torch
 
 TEACHER = "fedinv.teacher"
@@ -41,6 +43,7 @@ class ModelCheckpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. node index, dataset facts, partition hash
     fedinv_version: str = __version__
+    trust: tuple[str, ...] = field(default=(), compare=False)  # module:factory models it may build (not saved)
 
     @property
     def num_classes(self) -> int:
@@ -71,20 +74,45 @@ class ModelCheckpoint:
         except TypeError:  # fields this fedinv does not know: foreign
             return None
 
+    def digest(self) -> str:
+        """sha256 of what the model is: its description, weights, label counts and dataset facts.
+
+        Not of the file: training metrics record wall times, so identical runs write different
+        bytes, while this digest is the same for identical weights (stores record it per teacher).
+        """
+        h = hashlib.sha256(json.dumps({"format": self.kind, "model": self.model, "label_counts": self.label_counts,
+                                       "dataset": self.extra.get("dataset")}, sort_keys=True).encode())
+        for name in sorted(self.state_dict):
+            t = self.state_dict[name].detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": self.kind, "schema_version": SCHEMA_VERSION, "fedinv_version": self.fedinv_version,
                 "model": dict(self.model), "state_dict": self.state_dict, "label_counts": self.label_counts,
                 "config": self.config, "seed": self.seed, "metrics": self.metrics, "extra": self.extra}
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
-        """Construct the registry model and load the weights (strict); returned in eval mode."""
+        """Construct the model (registry, or a trusted factory) and load the weights (strict); returned
+        in eval mode."""
         m = self.model
-        module = build_model(m["name"], m["in_channels"], m["num_classes"], m["image_size"])
-        try:
-            module.load_state_dict(self.state_dict, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"weights do not fit model {m['name']!r}: {str(e).splitlines()[0]}") from e
+        module = build_model(m["name"], m["in_channels"], m["num_classes"], m["image_size"], self.trust)
+        load_weights(module, self.state_dict, f"weights do not fit model {m['name']!r}")
         return module.to(device).eval()
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict (strict); a misfit is a `CheckpointError` "{what}: " + the keys that are
+    missing, unexpected or mis-shaped."""
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shaped = [k for k in expected if k in state and expected[k].shape != state[k].shape]
+    if missing or unexpected or shaped:
+        parts = [f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)) if keys]
+        raise CheckpointError(f"{what}: {'; '.join(parts)}")
+    module.load_state_dict(state, strict=True)
 
 
 def model_spec(name: str, info: DatasetInfo) -> dict[str, Any]:
@@ -99,10 +127,12 @@ def save_checkpoint(ckpt: ModelCheckpoint, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, num_classes: int | None = None,
-                    image_shape: tuple[int, int, int] | None = None) -> ModelCheckpoint:
+                    image_shape: tuple[int, int, int] | None = None, trust: Collection[str] = ()) -> ModelCheckpoint:
     """Read and validate a checkpoint; every problem is a `CheckpointError` naming the file.
 
     num_classes / image_shape, when given, must match what the checkpoint's model was built for.
+    A model that is a `module:factory` path (`fedinv import-teacher`) is accepted only if `trust`
+    names it: building it runs that code.
     """
     path = Path(path)
     raw = _read(path)
@@ -113,10 +143,10 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
     if raw.get("schema_version") != SCHEMA_VERSION:
         raise CheckpointError(f"{path}: schema_version {raw.get('schema_version')!r}, this fedinv reads "
                               f"{SCHEMA_VERSION}")
-    model, state = _check_fields(path, raw)
+    model, state = _check_fields(path, raw, trust)
     ckpt = ModelCheckpoint(raw["format"], model, state, raw.get("label_counts"), raw.get("config") or {},
-                           raw.get("seed"),
-                           raw.get("metrics") or {}, raw.get("extra") or {}, raw.get("fedinv_version", "?"))
+                           raw.get("seed"), raw.get("metrics") or {}, raw.get("extra") or {},
+                           raw.get("fedinv_version", "?"), tuple(trust))
     if num_classes is not None and ckpt.num_classes != num_classes:
         raise CheckpointError(f"{path}: model has {ckpt.num_classes} classes, expected {num_classes}")
     if image_shape is not None and ckpt.image_shape != tuple(image_shape):
@@ -128,7 +158,7 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
     try:
         with torch.device("meta"):
             expected = build_model(model["name"], model["in_channels"], model["num_classes"],
-                                   model["image_size"]).state_dict()
+                                   model["image_size"], trust).state_dict()
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
     wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
@@ -136,6 +166,19 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
         raise CheckpointError(f"{path}: weights do not fit model {model['name']!r}: "
                               f"missing, unexpected or mis-shaped: {', '.join(wrong[:5])}")
     return ckpt
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A `state_dict` saved with `torch.save` (or a dict holding one under "state_dict"), read
+    weights-only: a file from elsewhere is untrusted too."""
+    path = Path(path)
+    raw = _read(path)
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in raw.items()):
+        raise CheckpointError(f"{path} holds no state_dict (a dict of parameter names to tensors)")
+    return raw
 
 
 def _read(path: Path) -> Any:
@@ -157,7 +200,8 @@ def _read(path: Path) -> Any:
                               f"fedinv): {type(e).__name__}: {first}") from e
 
 
-def _check_fields(path: Path, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _check_fields(path: Path, raw: dict[str, Any],
+                  trust: Collection[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The model description and the weights of a checkpoint dict, checked for types and values."""
     model = raw.get("model")
     keys = {"name", "in_channels", "num_classes", "image_size"}
@@ -169,7 +213,11 @@ def _check_fields(path: Path, raw: dict[str, Any]) -> tuple[dict[str, Any], dict
         bad = wrong_type[0] if wrong_type else "name"
         raise CheckpointError(f"{path}: model.{bad} = {model[bad]!r} is not a "
                               f"{'positive integer' if wrong_type else 'string'}")
-    if model["name"] not in MODELS:
+    if is_factory(model["name"]):
+        if model["name"] not in trust:
+            raise CheckpointError(f"{path}: model {model['name']!r} is Python code named by the file; fedinv runs it "
+                                  f"only when you trust it: pass --trust-model {model['name']}")
+    elif model["name"] not in MODELS:
         raise CheckpointError(f"{path}: unknown model {model['name']!r}; known: {', '.join(sorted(MODELS))}")
     state = raw.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

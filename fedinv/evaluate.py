@@ -59,14 +59,16 @@ def ensemble_probs(logits: Sequence[torch.Tensor], weights: torch.Tensor | None 
     """Combine teachers' logits [N, K] each into class probabilities [N, K].
 
     The mean of the teachers' softmax outputs, or with per-class weights [T, K] (columns summing
-    to 1, see `class_shares`). Probabilities, not logits, are averaged: a teacher trained on
-    skewed data gives large logits to its own classes, and averaging logits lets it outvote the
-    teachers that saw the true class (on Fashion-MNIST, Dirichlet 0.5: 73% vs 87%).
+    to 1, see `class_shares`), renormalized so that each row sums to 1 (the weighted sum alone
+    does not: each class is weighted separately). Probabilities, not logits, are averaged: a
+    teacher trained on skewed data gives large logits to its own classes, and averaging logits lets
+    it outvote the teachers that saw the true class (on Fashion-MNIST, Dirichlet 0.5: 73% vs 87%).
     """
     probs = torch.stack([lg.float().softmax(-1) for lg in logits])  # [T, N, K]
     if weights is None:
         return probs.mean(0)
-    return (probs * weights.to(probs.dtype)[:, None, :]).sum(0)
+    mixed = (probs * weights.to(probs.dtype)[:, None, :]).sum(0)
+    return mixed / mixed.sum(-1, keepdim=True).clamp_min(torch.finfo(mixed.dtype).tiny)
 
 
 def evaluate_checkpoint(ckpt: ModelCheckpoint, test: ImageTensors, device: torch.device) -> tuple[dict, Image.Image]:

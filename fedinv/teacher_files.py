@@ -1,15 +1,20 @@
-"""A teachers folder as the server receives it: `node-K.pt` checkpoints (with label counts and
-dataset facts), validated together. The one place that finds, loads and checks teachers."""
+"""Teachers as the server receives them: a folder of `node-K.pt` checkpoints (with label counts
+and dataset facts), or models held in memory (the Python API), validated together. The one place
+that finds, loads and checks teachers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence, Union
 
-from .checkpoint import ModelCheckpoint, load_checkpoint
+import torch
+from torch import nn
+
+from .checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, load_weights, read_weights, save_checkpoint
 from .data.datasets import DatasetInfo
-from .errors import ConfigError
+from .errors import ConfigError, RunStateError
+from .models import build_model_for, has_batchnorm
 from .runtime import sha256_file
 
 
@@ -22,8 +27,89 @@ class TeacherFolder:
     info: DatasetInfo
 
     def hashes(self) -> dict[str, str]:
-        """file name -> sha256, recorded in every store made from these teachers."""
+        """file name -> `ModelCheckpoint.digest`, recorded in every store made from these teachers
+        (the same for identical teachers, however often they are written)."""
+        return {p.name: c.digest() for p, c in zip(self.paths, self.checkpoints)}
+
+    def file_hashes(self) -> dict[str, str]:
+        """file name -> sha256 of the file: what stores recorded before `hashes`."""
         return {p.name: sha256_file(p) for p in self.paths}
+
+    def counts(self) -> torch.Tensor:
+        """Label counts [N, K]."""
+        return torch.tensor([c.label_counts for c in self.checkpoints])
+
+    def build(self, device: torch.device | str) -> list[nn.Module]:
+        return [c.build(device) for c in self.checkpoints]
+
+
+@dataclass(frozen=True)
+class TeacherModels:
+    """Teachers held in memory: any classifiers with BatchNorm layers, each with the label counts
+    of the data it was trained on, and the dataset facts (shape, classes, normalization) their
+    inputs follow. What `synthesize` and `train_student` take besides a folder; they take the
+    modules over (frozen, in eval mode, moved to the run's device)."""
+
+    models: Sequence[nn.Module]
+    label_counts: Sequence[Sequence[int]]
+    info: DatasetInfo
+
+    def __post_init__(self) -> None:
+        if not self.models or len(self.models) != len(self.label_counts):
+            raise ConfigError(f"{len(self.models)} teacher models but {len(self.label_counts)} label counts")
+        for i, (model, counts) in enumerate(zip(self.models, self.label_counts)):
+            check_teacher_model(model, counts, self.info, f"teacher {i}")
+
+    def counts(self) -> torch.Tensor:
+        return torch.tensor([list(c) for c in self.label_counts])
+
+    def build(self, device: torch.device | str) -> list[nn.Module]:
+        return [m.to(device).eval() for m in self.models]
+
+    def hashes(self) -> dict[str, str]:
+        """"model-i" -> digest of its weights, label counts and dataset facts (as `ModelCheckpoint.digest`)."""
+        return {f"model-{i}": ModelCheckpoint(TEACHER, {"name": type(m).__qualname__}, m.state_dict(), list(c),
+                                              extra={"dataset": asdict(self.info)}).digest()
+                for i, (m, c) in enumerate(zip(self.models, self.label_counts))}
+
+    file_hashes = hashes  # no files: nothing recorded otherwise
+
+
+Teachers = Union[TeacherFolder, TeacherModels]
+
+
+def check_teacher_model(model: nn.Module, counts: Sequence[int], info: DatasetInfo, name: str) -> None:
+    """A model fit to be a teacher on `info`'s images: BatchNorm layers (inversion matches their
+    statistics), finite weights, K non-negative label counts, and logits [B, K] for its inputs."""
+    if len(counts) != info.num_classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                  for c in counts):
+        raise ConfigError(f"{name}: label counts must be {info.num_classes} non-negative integers, got {list(counts)}")
+    if not has_batchnorm(model):
+        raise ConfigError(f"{name} ({type(model).__name__}) has no BatchNorm layer: inversion matches the "
+                          f"running statistics of BatchNorm layers")
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{name}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            x = torch.zeros(2, *info.image_shape, device=param.device if param is not None else "cpu")
+            out = model.eval()(x)
+    except Exception as e:  # the model's own code rejects the input shape
+        raise ConfigError(f"{name} does not take {info.name} images {tuple(info.image_shape)}: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, info.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"{name} gives outputs {shape} for a batch of 2; a teacher gives logits "
+                          f"[B, {info.num_classes}] for {info.name}'s {info.num_classes} classes")
+
+
+def as_teachers(teachers: str | Path | Teachers, trust: Collection[str] = ()) -> Teachers:
+    """Teachers already loaded as they are; a path is loaded as a teachers folder."""
+    return teachers if isinstance(teachers, (TeacherFolder, TeacherModels)) else load_teacher_folder(teachers, trust)
 
 
 def teacher_paths(folder: str | Path) -> list[Path]:
@@ -37,9 +123,10 @@ def teacher_paths(folder: str | Path) -> list[Path]:
     return paths
 
 
-def load_teacher_checkpoints(paths: Sequence[str | Path]) -> list[ModelCheckpoint]:
-    """Load teacher checkpoints and check they agree on classes and input shape."""
-    ckpts = [load_checkpoint(p) for p in paths]
+def load_teacher_checkpoints(paths: Sequence[str | Path], trust: Collection[str] = ()) -> list[ModelCheckpoint]:
+    """Load teacher checkpoints and check they agree on classes and input shape (`trust`: the
+    `module:factory` models they may name, see `load_checkpoint`)."""
+    ckpts = [load_checkpoint(p, trust=trust) for p in paths]
     if not ckpts:
         raise ConfigError("no teacher checkpoints (node-*.pt) found")
     first = ckpts[0]
@@ -52,10 +139,10 @@ def load_teacher_checkpoints(paths: Sequence[str | Path]) -> list[ModelCheckpoin
     return ckpts
 
 
-def load_teacher_folder(folder: str | Path) -> TeacherFolder:
+def load_teacher_folder(folder: str | Path, trust: Collection[str] = ()) -> TeacherFolder:
     """Load and validate every `node-K.pt` in `folder` (same classes, input shape and dataset)."""
     paths = teacher_paths(folder)
-    ckpts = load_teacher_checkpoints(paths)
+    ckpts = load_teacher_checkpoints(paths, trust)
     infos = [c.dataset_info for c in ckpts]
     if any(i is None for i in infos):
         bad = paths[[i is None for i in infos].index(True)]
@@ -67,3 +154,37 @@ def load_teacher_folder(folder: str | Path) -> TeacherFolder:
         raise ConfigError(f"{paths[0]}: model input {ckpts[0].image_shape} does not match its dataset "
                           f"{info.name} {info.image_shape}")
     return TeacherFolder(ckpts, paths, info)
+
+
+def import_teacher(model: str, weights: str | Path, label_counts: Sequence[int], info: DatasetInfo,
+                   folder: str | Path, node: int | None = None) -> Path:
+    """Write a classifier trained outside fedinv as teacher `folder/node-K.pt` and return its path.
+
+    model: a registry name or a `module:factory` path (imported and called here: the caller names
+    it, so it is trusted; readers of the file must trust it again, see `load_checkpoint`).
+    weights: its state_dict file (read weights-only); label_counts: the samples per class it was
+    trained on; info: the dataset facts its inputs follow (shape, classes, normalization). The
+    model is checked as a teacher (BatchNorm, finite weights, logits [B, K]) before anything is
+    written; node: K (default: the next free index in the folder).
+    """
+    state = read_weights(weights)
+    module = build_model_for(model, info, trust=(model,))
+    if not has_batchnorm(module):
+        raise ConfigError(f"model {model!r} has no BatchNorm layer: inversion matches the running statistics "
+                          f"of BatchNorm layers")
+    load_weights(module, state, f"{weights}: weights do not fit model {model!r}")
+    counts = [int(c) for c in label_counts]
+    check_teacher_model(module, counts, info, f"model {model!r} with {Path(weights).name}")
+    folder = Path(folder)
+    taken = {int(p.stem.split("-")[1]) for p in folder.glob("node-*.pt") if p.stem.split("-")[1].isdigit()}
+    node = (max(taken) + 1 if taken else 0) if node is None else node
+    if node < 0:
+        raise ConfigError(f"--node must be >= 0, got {node}")
+    path = folder / f"node-{node}.pt"
+    if path.exists():
+        raise RunStateError(f"{path} exists; choose another --node (taken: {sorted(taken)})")
+    ckpt = ModelCheckpoint.of(TEACHER, model, info, module.state_dict(), label_counts=counts,
+                              extra={"node": node, "num_samples": sum(counts), "imported_from": Path(weights).name})
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, path)
+    return path

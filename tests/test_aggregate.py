@@ -28,8 +28,9 @@ def test_class_shares_and_weighted_ensemble_by_hand():
     l1, l2 = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
     p1, p2 = l1.exp() / l1.exp().sum(), l2.exp() / l2.exp().sum()  # softmax by hand
     torch.testing.assert_close(ensemble_probs([l1, l2]), (p1 + p2) / 2)
-    weighted = p1 * w[0].float() + p2 * w[1].float()
-    torch.testing.assert_close(ensemble_probs([l1, l2], w), weighted)
+    weighted = p1 * w[0].float() + p2 * w[1].float()  # per class; the row is then normalized
+    torch.testing.assert_close(ensemble_probs([l1, l2], w), weighted / weighted.sum())
+    assert ensemble_probs([l1, l2], w).sum().item() == pytest.approx(1.0)
 
 
 def test_confusion_and_per_class_accuracy():

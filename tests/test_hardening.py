@@ -1,5 +1,8 @@
 """Bad input gets one clear error (exit code 2 on the command line), and nothing half-written."""
 
+import dataclasses
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ from click.testing import CliRunner
 
 from fedinv.cli.main import cli
 from fedinv.config import StudentConfig
-from fedinv.errors import ConfigError, DivergedError
+from fedinv.errors import ConfigError, DivergedError, RunStateError
 from fedinv.pipeline import RunConfig
 from fedinv.store import StoreWriter, read_meta
 from fedinv.student.train import train_student
@@ -196,7 +199,6 @@ def test_a_second_writer_on_a_store_is_told_so(tmp_path):
                                "print('open', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        from fedinv.errors import RunStateError
         with pytest.raises(RunStateError, match="being written by another process"):
             StoreWriter(path, {k: meta[k] for k in ("num_classes", "image_shape", "mean", "std", "seed", "config",
                                                      "teachers", "dataset")}, resume=True)
@@ -218,3 +220,78 @@ def test_a_tiny_dirichlet_alpha_gives_each_class_to_one_node_without_warnings():
     counts = part.label_counts(labels)
     assert (counts.max(0) >= 95).all()  # every class (almost) whole on one node
     assert counts[-1].sum() < 1000  # not everything dumped on the last node
+
+
+def test_a_store_reads_the_same_in_plain_h5py_and_h5dump(tmp_path):
+    """/images used h5py's own LZF filter, which h5dump (HDF5 1.10) printed as empty data."""
+    import shutil
+    import subprocess
+
+    real_store(tmp_path / "s.h5", n=200)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        images = f["images"]
+        assert images.compression == "gzip" and images.shuffle  # built into every HDF5 library
+        ours = images[:3]
+    if shutil.which("h5dump") is None:
+        pytest.skip("h5dump not installed (apt-get install hdf5-tools)")
+    out = subprocess.run(["h5dump", "-d", "/images", "-s", "0,0,0,0", "-c", "3,3,16,16", "-y", "-w", "0",
+                          str(tmp_path / "s.h5")], capture_output=True, text=True, check=True).stdout
+    data = out.split("DATA {", 1)[1].split("}", 1)[0]
+    values = [int(v) for v in data.replace(",", " ").split()]
+    assert values == ours.reshape(-1).tolist()
+
+
+def test_stored_soft_labels_are_normalized_log_probabilities():
+    """The class-level ensemble weighs each class separately: its rows summed to 1.05-2.72."""
+    from fedinv.config import SynthesisConfig
+    from fedinv.inversion.batch import make_batch
+    from fedinv.inversion.ensemble import TeacherEnsemble
+    from fedinv.inversion.methods import make_synthesizer
+
+    models, counts = random_teachers(3)
+    ensemble = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
+    cfg = SynthesisConfig(iterations=2, batch_size=8, device="cpu")
+    (_, _, soft, _), _ = make_batch(make_synthesizer(ensemble, cfg, None), 0, 8)
+    torch.testing.assert_close(soft.exp().sum(1), torch.ones(8))
+
+
+def test_identical_teacher_runs_give_stores_the_same_teacher_hashes(tmp_path, tiny_partition):
+    """Identical train-teachers runs wrote byte-different files (the metrics' wall times), so a
+    store's `teachers` attribute differed between identical runs."""
+    from fedinv.data.partition import load_partition
+    from fedinv.nodes import train_teachers
+    from fedinv.runtime import sha256_file
+    from fedinv.teacher_files import load_teacher_folder
+
+    from conftest import tiny_teacher_config
+
+    for run in ("a", "b"):
+        train_teachers(load_partition(tiny_partition), tiny_teacher_config(epochs=1), tmp_path / run,
+                       nodes=[0], progress=False)
+    a, b = load_teacher_folder(tmp_path / "a"), load_teacher_folder(tmp_path / "b")
+    assert a.hashes() == b.hashes()
+    assert sha256_file(a.paths[0]) != sha256_file(b.paths[0])  # the files themselves differ
+    state = a.checkpoints[0].state_dict
+    different = state | {"0.weight": state["0.weight"] + 1e-6}
+    assert dataclasses.replace(a.checkpoints[0], state_dict=different).digest() != a.checkpoints[0].digest()
+
+
+def test_a_store_that_recorded_teacher_file_hashes_still_resumes(tmp_path):
+    from fedinv.config import SynthesisConfig
+    from fedinv.inversion.synthesize import synthesize
+    from fedinv.teacher_files import load_teacher_folder
+
+    from test_synthesis import write_teachers
+
+    write_teachers(tmp_path / "t", *random_teachers(2))
+    cfg = SynthesisConfig(num_images=8, batch_size=4, iterations=2, device="cpu")
+    synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, progress=False)
+    with h5py.File(tmp_path / "s.h5", "a") as f:  # killed after its first batch
+        f["n_valid"][()] = 4
+    with pytest.raises(RunStateError, match="other settings"):  # other teachers are still refused
+        with h5py.File(tmp_path / "s.h5", "a") as f:
+            f.attrs["teachers"] = json.dumps({"node-0.pt": "0" * 64, "node-1.pt": "1" * 64}, sort_keys=True)
+        synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, resume=True, progress=False)
+    with h5py.File(tmp_path / "s.h5", "a") as f:
+        f.attrs["teachers"] = json.dumps(load_teacher_folder(tmp_path / "t").file_hashes(), sort_keys=True)
+    assert synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, resume=True, progress=False)["n_valid"] == 8

@@ -10,6 +10,7 @@ import click
 from .. import __version__
 from ..errors import FedinvError
 from .federate import federate_cmd, federate_report_cmd
+from .import_teacher import import_teacher_cmd
 from .partition import partition_cmd, models_cmd
 from .run import run_cmd
 from .student import evaluate_cmd, train_student_cmd
@@ -45,7 +46,7 @@ class _Group(click.Group):
 def cli(verbose: int, quiet: bool) -> None:
     """fedinv: one-shot, data-free federated learning.
 
-    Pipeline: partition -> train-teachers -> synthesize -> train-student -> evaluate;
+    Pipeline: partition -> train-teachers (or import-teacher) -> synthesize -> train-student -> evaluate;
     `fedinv run CONFIG.toml` runs it all in one run folder. Multi-round mode (FedAvg, FedProx,
     FedDyn, SCAFFOLD, MOON, FedDistill, with FedFTG / FedDF / FedGen server steps):
     `fedinv federate CONFIG.toml`.
@@ -57,6 +58,7 @@ def cli(verbose: int, quiet: bool) -> None:
 cli.add_command(partition_cmd)
 cli.add_command(models_cmd)
 cli.add_command(train_teachers_cmd)
+cli.add_command(import_teacher_cmd)
 cli.add_command(synthesize_cmd)
 cli.add_command(view_cmd)
 cli.add_command(audit_cmd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import click
+
 from ..errors import ConfigError
 
 
@@ -17,3 +19,21 @@ def parse_numbers(text: str | None, option: str) -> list[int] | None:
     except ValueError:
         raise ConfigError(f"{option} {text!r}: expected comma-separated numbers or ranges, e.g. 0,3 or 0-2")
     return numbers
+
+
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """'0.5,0.25' -> (0.5, 0.25); empty or None -> None."""
+    if not text:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.2860 or 0.49,0.48,0.45")
+
+
+# The commands that read teachers take models from outside the registry only when named here.
+trust_model_option = click.option(
+    "--trust-model", "trust", multiple=True, metavar="MODULE:FACTORY",
+    help="a model that teacher files name as Python code (`fedinv import-teacher --model MODULE:FACTORY`): "
+         "building it imports and runs that code, so fedinv does it only for the factories named here "
+         "(repeat for several)")

@@ -16,6 +16,7 @@ from ..evaluate import evaluate_checkpoint
 from ..runtime import resolve_device, save_json
 from ..store import read_meta
 from ..student.train import train_student
+from .parsing import trust_model_option
 
 
 @click.command("train-student")
@@ -34,10 +35,11 @@ from ..student.train import train_student
               help="partition manifest, to mix in one node's real data (with --local-node, --local-weight)")
 @click.option("--local-node", type=int, default=None, help="the node whose real data the student holds")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
+@trust_model_option
 @click_options(StudentConfig)
 def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_root: str, test: bool,
                       eval_every: int, local_partition: Path | None, local_node: int | None, progress: bool,
-                      **kwargs) -> None:
+                      trust: tuple[str, ...], **kwargs) -> None:
     """Train a student on a synthetic store by distillation from the teacher ensemble.
 
     Reads the store in shuffled blocks (memory does not grow with its size). Resumable: rerun
@@ -57,7 +59,7 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
         local = load_dataset(part.data, "train").subset(part.indices[local_node])
     test_data = load_dataset(data_cfg, "test") if test else None
     report = train_student(store, out, cfg, teachers_dir=teachers_dir, local=local, test=test_data,
-                           eval_every=eval_every, progress=progress)
+                           eval_every=eval_every, progress=progress, trust=trust)
     keys = ("test_accuracy", "ensemble_accuracy", "fedavg_accuracy", "store_images")
     click.echo(json.dumps({k: report.get(k) for k in keys}, indent=2))
 

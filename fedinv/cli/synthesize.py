@@ -11,6 +11,7 @@ from ..config import SynthesisConfig, click_options, pick
 from ..checkpoint import MODEL_KINDS, load_checkpoint
 from ..distributed import rank_device, world_from_env
 from ..inversion.synthesize import synthesize_distributed
+from .parsing import trust_model_option
 from ..runtime import resolve_device
 
 
@@ -24,9 +25,10 @@ from ..runtime import resolve_device
 @click.option("--student", "student_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="adaptive mode: a model checkpoint to compete with (the --a-comp Jensen-Shannon term)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar")
+@trust_model_option
 @click_options(SynthesisConfig)
 def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Path | None, progress: bool,
-                   **kwargs) -> None:
+                   trust: tuple[str, ...], **kwargs) -> None:
     """Synthesize training images from the teachers by sampling DeepInversion.
 
     One objective, three methods (--method). deepinversion optimizes each batch's pixels with Adam
@@ -48,6 +50,6 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
         student = load_checkpoint(student_path, kind=MODEL_KINDS).build(
             resolve_device(rank_device(cfg.device, world)))
     stats = synthesize_distributed(teachers_dir, out, cfg, resume=resume, student=student, progress=progress,
-                                   world=world)
+                                   world=world, trust=trust)
     if world.rank == 0:
         click.echo(json.dumps({"out": str(out), **stats}, indent=2))

@@ -16,7 +16,7 @@ from ..inversion.ensemble import load_ensemble
 from ..runtime import resolve_device, save_json
 from ..store import read_labels, read_meta, read_rows
 from ..viz import bar_chart, class_grid, rows_per_class
-from .parsing import parse_numbers
+from .parsing import parse_numbers, trust_model_option
 
 
 @click.command("view")
@@ -72,11 +72,13 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON report; a bar chart PNG is written beside it")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-def audit_cmd(store: Path, reference: Path, teachers_dir: Path | None, out: Path, device: str) -> None:
+@trust_model_option
+def audit_cmd(store: Path, reference: Path, teachers_dir: Path | None, out: Path, device: str,
+              trust: tuple[str, ...]) -> None:
     """Per class, the share of synthetic images a reference classifier assigns to their label, and
     the teacher ensemble's confidence in it (FedFTG supplementary, Figure 2)."""
     dev = resolve_device(device)
-    teachers = load_ensemble(teachers_dir, dev) if teachers_dir else None
+    teachers = load_ensemble(teachers_dir, dev, trust=trust) if teachers_dir else None
     report = nan_to_none(audit_store(store, reference, dev, teachers))
     save_json(report, out)
     per = report["per_class"]

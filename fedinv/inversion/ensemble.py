@@ -15,15 +15,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..data.datasets import DatasetInfo
-from ..evaluate import class_shares
-from ..teacher_files import TeacherFolder, load_teacher_folder
+from ..evaluate import class_shares, ensemble_probs
+from ..teacher_files import Teachers, as_teachers
 from .hooks import BNMomentum, BNStatistics
 
 Blend = Callable[[list[torch.Tensor], list[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]]
@@ -145,9 +145,8 @@ class TeacherEnsemble:
     @torch.no_grad()
     def ensemble_probs(self, x: torch.Tensor) -> torch.Tensor:
         """FedFTG's class-level ensemble [B, K]: each teacher's softmax weighted per class by its
-        share of that class's samples."""
-        probs = self.logits(x).float().softmax(-1)  # [N, B, K]
-        return (probs * self.class_weights[:, None, :]).sum(0)
+        share of that class's samples, rows normalized (`evaluate.ensemble_probs`)."""
+        return ensemble_probs(list(self.logits(x)), self.class_weights)
 
 
 def _signature(model: nn.Module) -> tuple:
@@ -158,10 +157,9 @@ def _signature(model: nn.Module) -> tuple:
 BATCHED = {"auto": None, "batched": True, "loop": False}
 
 
-def load_ensemble(teachers: str | Path | TeacherFolder, device: torch.device, batched: str = "auto") -> TeacherEnsemble:
-    """The ensemble of a teachers folder (a path, or one loaded already); `batched` as in
-    SynthesisConfig: auto, batched or loop."""
-    folder = teachers if isinstance(teachers, TeacherFolder) else load_teacher_folder(teachers)
-    counts = torch.tensor([c.label_counts for c in folder.checkpoints])
-    return TeacherEnsemble([c.build(device) for c in folder.checkpoints], counts, device, folder.info,
-                           BATCHED[batched])
+def load_ensemble(teachers: str | Path | Teachers, device: torch.device, batched: str = "auto",
+                  trust: Collection[str] = ()) -> TeacherEnsemble:
+    """The ensemble of a teachers folder (a path, or one loaded already) or of teachers in memory;
+    `batched` as in SynthesisConfig: auto, batched or loop; `trust` as in `load_checkpoint`."""
+    loaded = as_teachers(teachers, trust)
+    return TeacherEnsemble(loaded.build(device), loaded.counts(), device, loaded.info, BATCHED[batched])

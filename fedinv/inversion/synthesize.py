@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch.distributed as dist
 from torch import nn
@@ -20,7 +20,7 @@ from ..distributed import World, process_group, rank_device, shard_path, world_f
 from ..errors import ConfigError, RunStateError
 from ..runtime import resolve_device, resolve_precision
 from ..store import merge_shards, read_meta, store_meta
-from ..teacher_files import TeacherFolder, load_teacher_folder
+from ..teacher_files import Teachers, as_teachers
 from ..train.resume import changes, comparable
 from .batch import check_student
 from .ensemble import load_ensemble
@@ -29,19 +29,22 @@ from .methods import append_batch, ensemble_path, make_synthesizer, open_synthes
 log = logging.getLogger(__name__)
 
 
-def synthesis_meta(folder: TeacherFolder, cfg: SynthesisConfig, existing: Path | None = None) -> dict[str, Any]:
+def synthesis_meta(folder: Teachers, cfg: SynthesisConfig, existing: Path | None = None) -> dict[str, Any]:
     """The store metadata of a synthesis run from `folder` with `cfg`. When `existing` is a store
     made by the same run (by `changes`: e.g. by an older fedinv, without fields added since at
-    their defaults), its recorded config is kept, so it can be continued."""
-    config = comparable(cfg)
+    their defaults, or with teachers recorded by file hash), what it records is kept, so it can be
+    continued."""
+    config, teachers = comparable(cfg), folder.hashes()
     if existing is not None and existing.is_file():
         try:
-            saved = read_meta(existing)["config"]
+            saved = read_meta(existing)
         except ConfigError:
             saved = None  # not a store: the writer says so
-        if saved is not None and not changes(saved, cfg):
-            config = saved
-    return store_meta(folder.info, seed=cfg.seed, config=config, teachers=folder.hashes())
+        if saved is not None and not changes(saved["config"], cfg):
+            config = saved["config"]
+        if saved is not None and saved["teachers"] == folder.file_hashes():  # recorded by file, as before
+            teachers = saved["teachers"]
+    return store_meta(folder.info, seed=cfg.seed, config=config, teachers=teachers)
 
 
 def check_shardable(cfg: SynthesisConfig) -> None:
@@ -51,10 +54,13 @@ def check_shardable(cfg: SynthesisConfig) -> None:
                           f"process; drop torchrun, or use --method deepinversion")
 
 
-def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, *, resume: bool = False,
-               student: nn.Module | None = None, progress: bool = True,
-               shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
-    """Synthesize `cfg.num_images` images from the teachers in `teachers_dir` into the store `out`.
+def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *, resume: bool = False,
+               student: nn.Module | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1),
+               trust: Collection[str] = ()) -> dict[str, Any]:
+    """Synthesize `cfg.num_images` images from `teachers` into the store `out`.
+
+    `teachers`: a teachers folder (`node-K.pt` checkpoints; `trust` names the `module:factory`
+    models they may use, see `load_checkpoint`), or `TeacherModels` held in memory.
 
     Batch b is drawn from random stream (seed, b) and, for the generator methods, the state they
     carry (saved beside the store after every batch): a resumed run continues at the first batch
@@ -68,19 +74,19 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
         check_shardable(cfg)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
-    folder = load_teacher_folder(teachers_dir)
-    teachers = load_ensemble(folder, device, ensemble_path(cfg))
-    if not teachers.info.hflip and cfg.flip:
-        log.info("%s: flips change labels here, so --flip is ignored", teachers.info.name)
+    folder = as_teachers(teachers, trust)
+    ensemble = load_ensemble(folder, device, ensemble_path(cfg))
+    if not ensemble.info.hflip and cfg.flip:
+        log.info("%s: flips change labels here, so --flip is ignored", ensemble.info.name)
         cfg = dataclasses.replace(cfg, flip=False)
     if student is not None:
         student = student.to(device).eval().requires_grad_(False)
-        check_student(student, teachers, device)
+        check_student(student, ensemble, device)
     num_batches = math.ceil(cfg.num_images / cfg.batch_size)
     stats: dict[str, Any] = {"batches": 0, "images": 0, "seconds": 0.0, "last_losses": None}
     mine = list(range(rank, num_batches, world))
     sizes = [min(cfg.batch_size, cfg.num_images - b * cfg.batch_size) for b in mine]
-    synth = make_synthesizer(teachers, cfg, amp_dtype)
+    synth = make_synthesizer(ensemble, cfg, amp_dtype)
     meta = synthesis_meta(folder, cfg, Path(out) if resume else None)
     with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
         n = store.n_valid
@@ -112,7 +118,7 @@ def synthesize(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, 
     return stats
 
 
-def synthesize_distributed(teachers_dir: str | Path, out: str | Path, cfg: SynthesisConfig, *,
+def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *,
                            resume: bool = False, progress: bool = True, world: World | None = None,
                            **kwargs: Any) -> dict[str, Any]:
     """`synthesize` split over the ranks of `world` (default: from torchrun's environment).
@@ -124,7 +130,7 @@ def synthesize_distributed(teachers_dir: str | Path, out: str | Path, cfg: Synth
     """
     world = world or world_from_env()
     if not world.is_distributed:
-        return synthesize(teachers_dir, out, cfg, resume=resume, progress=progress, **kwargs)
+        return synthesize(teachers, out, cfg, resume=resume, progress=progress, **kwargs)
     check_shardable(cfg)
     out = Path(out)
     if out.exists() and not resume:
@@ -133,7 +139,7 @@ def synthesize_distributed(teachers_dir: str | Path, out: str | Path, cfg: Synth
     with process_group(world, cfg.device):
         stats: dict[str, Any] = {}
         if not out.exists():  # a finished merge from an earlier run is complete
-            stats = synthesize(teachers_dir, shard_path(out, world), cfg, resume=resume,
+            stats = synthesize(teachers, shard_path(out, world), cfg, resume=resume,
                                progress=progress and world.rank == 0, shard=(world.rank, world.size), **kwargs)
         dist.barrier()
         if world.rank == 0 and not out.exists():

@@ -1,4 +1,5 @@
-"""Model registry: name -> constructor taking (in_channels, num_classes, image_size).
+"""Model registry: name -> constructor taking (in_channels, num_classes, image_size); models from
+outside it are `module:factory` paths, built only when trusted (`fedinv import-teacher`).
 
 Every model uses BatchNorm except the paper CNNs (cnn1, cnn2), whose optional BN is on by
 default here too, because inversion matches BatchNorm statistics.
@@ -6,8 +7,10 @@ default here too, because inversion matches BatchNorm statistics.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import nn
@@ -40,8 +43,24 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in (
 )}
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """Construct registry model `name` for inputs [B, in_channels, image_size, image_size]."""
+def is_factory(name: str) -> bool:
+    """Is `name` a Python `module:factory` path (a model from outside the registry)?"""
+    return ":" in name
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
+                trust: Collection[str] = ()) -> nn.Module:
+    """Construct model `name` for inputs [B, in_channels, image_size, image_size].
+
+    `name` is a registry name, or a `module:factory` path listed in `trust`: building it imports
+    the module and calls the factory, that is runs its code, so a name read from a file is built
+    only when the user has named it as trusted (`--trust-model`).
+    """
+    if is_factory(name):
+        if name not in trust:
+            raise ConfigError(f"model {name!r} is Python code named by a file; fedinv runs it only when you "
+                              f"trust it: pass --trust-model {name}")
+        return call_factory(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     if name not in MODELS:
         raise unknown("model", name, MODELS)
     spec = MODELS[name]
@@ -50,9 +69,41 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
     return spec.build(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
 
 
-def build_model_for(name: str, info) -> nn.Module:
-    """Registry model `name` for a dataset's images and classes (`info`: a `DatasetInfo`)."""
-    return build_model(name, info.channels, info.num_classes, info.image_size)
+def call_factory(path: str, **facts: int) -> nn.Module:
+    """Import `module:factory` (the factory may be a dotted attribute) and call it with those of
+    `facts` (in_channels, num_classes, image_size) that its signature names."""
+    module_name, _, attr = path.partition(":")
+    try:
+        factory: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"model factory {path!r} not found: {e}") from e
+    if not callable(factory):
+        raise ConfigError(f"model factory {path!r} is not callable")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    try:
+        model = factory(**{k: v for k, v in facts.items() if takes_all or k in params})
+    except Exception as e:  # the user's code: whatever it raises is a bad model name or setting
+        raise ConfigError(f"model factory {path!r} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model factory {path!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Does the model carry BatchNorm running statistics (what inversion matches)?"""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def build_model_for(name: str, info, trust: Collection[str] = ()) -> nn.Module:
+    """Model `name` for a dataset's images and classes (`info`: a `DatasetInfo`); `trust` as in
+    `build_model`."""
+    return build_model(name, info.channels, info.num_classes, info.image_size, trust)
 
 
 def seeded_model(name: str, info, seed: int, stream: int, *parts: int) -> nn.Module:
@@ -66,4 +117,4 @@ def seeded_model(name: str, info, seed: int, stream: int, *parts: int) -> nn.Mod
         return build_model_for(name, info)
 
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "build_model_for", "seeded_model"]
+__all__ = ["MODELS", "ModelSpec", "build_model", "build_model_for", "call_factory", "has_batchnorm", "is_factory", "seeded_model"]

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from ..inversion.methods import append_batch, ensemble_path, make_synthesizer, o
 from ..models import seeded_model
 from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
 from ..store import iterate_store, meta_info, read_meta, writer_meta
+from ..teacher_files import Teachers
 from ..train import Stepper, lr_at_epoch, train_epoch
 from ..train.objectives import kd_loss
 from ..train.resume import load_progress, save_progress
@@ -98,10 +99,13 @@ def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
-                  teachers_dir: str | Path | None = None, local: ImageTensors | None = None,
+                  teachers_dir: str | Path | Teachers | None = None, local: ImageTensors | None = None,
                   test: ImageTensors | None = None, eval_every: int = 10, progress: bool = True,
-                  world: World | None = None) -> dict[str, Any]:
+                  world: World | None = None, trust: Collection[str] = ()) -> dict[str, Any]:
     """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable).
+
+    `teachers_dir`: a teachers folder or `TeacherModels` (KD targets, adaptive mode); `trust` as in
+    `load_checkpoint`.
 
     With `test`, test accuracy is recorded every `eval_every` epochs and after the last. Under
     torchrun (`world` from its environment) the student trains with DistributedDataParallel: each
@@ -113,7 +117,7 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
         raise ConfigError("adaptive mode and local data run in one process; drop torchrun, or set "
                           "adaptive_batches and local_weight to 0")
     with process_group(world, rank_device(cfg.device, world)):
-        run = StudentRun.open(Path(store), cfg, teachers_dir, local, world)
+        run = StudentRun.open(Path(store), cfg, teachers_dir, local, world, trust)
         history = run.train(Path(out_dir), test, eval_every, progress and world.rank == 0)
         if world.rank != 0:
             return {}
@@ -138,8 +142,8 @@ class StudentRun:
     local_batches: Iterator[tuple] | None
 
     @classmethod
-    def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | None, local: ImageTensors | None,
-             world: World) -> "StudentRun":
+    def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | Teachers | None,
+             local: ImageTensors | None, world: World, trust: Collection[str] = ()) -> "StudentRun":
         meta = read_meta(store)
         if meta["n_valid"] == 0 and not cfg.adaptive_batches:
             raise ConfigError(f"{store} holds no images yet (a synthesis stopped before its first batch); "
@@ -154,7 +158,7 @@ class StudentRun:
         if cfg.local_weight and local is None:
             raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
         path = ensemble_path(from_dict(SynthesisConfig, meta["config"])) if cfg.adaptive_batches else "auto"
-        teachers = load_ensemble(teachers_dir, device, path) if teachers_dir else None
+        teachers = load_ensemble(teachers_dir, device, path, trust) if teachers_dir else None
         if teachers is not None and teachers.image_shape != info.image_shape:
             raise ConfigError(f"the teachers take {teachers.image_shape} images, the store holds {info.image_shape}")
         student = seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT).to(device)
@@ -264,7 +268,7 @@ class StudentRun:
         return objective
 
     def finish(self, out_dir: Path, history: list[dict], test: ImageTensors | None,
-               teachers_dir: str | Path | None) -> dict[str, Any]:
+               teachers_dir: str | Path | Teachers | None) -> dict[str, Any]:
         """Write student.pt and report.json, remove the epoch checkpoint; returns the report."""
         cfg, info = self.cfg, self.info
         report: dict[str, Any] = {"fedinv_version": __version__, "config": to_dict(cfg), "seed": cfg.seed,
@@ -275,7 +279,7 @@ class StudentRun:
             report.update(test_accuracy=accuracy(logits, test.labels),
                           per_class_accuracy=per_class_accuracy(logits, test.labels, info.num_classes),
                           confusion_matrix=confusion_matrix(logits, test.labels, info.num_classes).tolist())
-        teacher_report = Path(teachers_dir) / "report.json" if teachers_dir else None
+        teacher_report = Path(teachers_dir) / "report.json" if isinstance(teachers_dir, (str, Path)) else None
         if teacher_report is not None and teacher_report.is_file():
             t = json.loads(teacher_report.read_text())
             report.update(ensemble_accuracy=t.get("ensemble_accuracy"), fedavg_accuracy=t.get("fedavg_accuracy"))
