@@ -1,15 +1,24 @@
-"""Benchmark: multi-round methods with and without FedFTG on Fashion-MNIST, 10 nodes, Dirichlet 0.3,
-half the nodes per round (assets/configs/fmnist-rounds.toml).
+"""Benchmark: multi-round methods with and without a server step (FedFTG, FedDF, FedGen).
 
-Runs each method in its own resumable run folder and prints one JSON object keyed by method name
-(`fedavg`, `fedavg+ftg`, ...), each with rounds_to_80, rounds_to_85, final_accuracy (after
---rounds), mean_last_5_accuracy, best_accuracy, seconds_per_round, server_seconds_per_round and
-server_share (the server step's share of a round's wall time); then writes the comparison table
-and the accuracy-vs-round PNG with `fedinv federate-report`'s code. Finished runs are read back,
-not re-run; a larger --rounds extends them.
+Default setting: Fashion-MNIST, 10 nodes, Dirichlet 0.3, half the nodes per round
+(assets/configs/fmnist-rounds.toml); the FedFTG reference setting (100 nodes, 10% per round, 5
+local epochs, GroupNorm model) is assets/configs/fmnist-rounds-reference.toml.
 
-    python bench/rounds.py --rounds 30 --out runs/rounds
-    python bench/rounds.py --methods fedavg,fedavg+ftg --rounds 10
+Runs each model x method x seed in its own resumable run folder (OUT/MODEL/METHOD-seed-S) and
+prints one JSON object: model -> method (`fedavg`, `fedavg+ftg`, ...) -> rounds_to_75 / 80 / 85
+(null when not reached), final_accuracy (after --rounds), last5_accuracy, best_accuracy,
+seconds_per_round, server_seconds_per_round, server_share (the server step's share of a round's
+wall time), seeds, each a mean over the seeds (`per_seed` keeps each seed's). With --diagnose N,
+every round also records on the first N test images the accuracy of the round's ensemble of
+local models, of the aggregate before the server step and of the global model after it, and the
+picture OUT/MODEL/diagnose.png draws them. The comparison table and accuracy-vs-round PNG go to
+OUT/MODEL. Finished runs are read back, not re-run; a larger --rounds extends them; a killed run
+resumes.
+
+    python bench/rounds.py --rounds 30 --out runs/rounds --json-out docs/bench-rounds.json
+    python bench/rounds.py --config assets/configs/fmnist-rounds-reference.toml --models gncnn,bncnn \
+        --methods fedavg,fedavg+ftg --rounds 60 --diagnose 1000 --out runs/rounds-reference \
+        --json-out docs/bench-rounds-reference.json
 """
 
 from __future__ import annotations
@@ -19,13 +28,15 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from fedinv import __version__
 from fedinv.data.datasets import load_dataset
 from fedinv.federated.report import compare
 from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
-from fedinv.federated.rounds import federate
+from fedinv.federated.rounds import federate, mean_last_accuracy, rounds_to_target
+from fedinv.viz import line_plot
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-rounds.toml"
 DEFAULT = ",".join(f"{a}{s}" for a in ("fedavg", "fedprox", "feddyn", "scaffold") for s in ("", "+ftg"))
@@ -39,36 +50,89 @@ def parse(method: str) -> tuple[str, str]:
     return algorithm, server or "none"
 
 
+def summary(report: dict) -> dict:
+    history = report["history"]
+    server_s = report["server_seconds_per_round"]
+    out = {f"rounds_to_{t}": rounds_to_target(history, t / 100) for t in (75, 80, 85)}
+    out.update(final_accuracy=report["final_accuracy"], last5_accuracy=mean_last_accuracy(history, 5),
+               best_accuracy=report["best_accuracy"], seconds_per_round=report["seconds_per_round"],
+               server_seconds_per_round=server_s,
+               server_share=server_s / report["seconds_per_round"] if server_s else None)
+    return out
+
+
+def mean_over_seeds(rows: list[dict]) -> dict:
+    """Numbers averaged over seeds; a rounds_to_* is null unless every seed reached the target."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        out[key] = None if any(v is None for v in values) else float(np.mean(values))
+    return out
+
+
+def diagnose_plot(reports: list[dict]):
+    """Per method: the round's ensemble, the aggregate and the global model, accuracy per round."""
+    curves = {}
+    for r in reports:
+        rows = [h for h in r["history"] if "diagnose_ensemble_accuracy" in h]
+        for key, label in (("diagnose_ensemble_accuracy", "ensemble"), ("diagnose_aggregate_accuracy", "aggregate"),
+                           ("diagnose_global_accuracy", "after server step")):
+            if label == "after server step" and r["config"]["federate"]["server"] == "none":
+                continue
+            curves[f"{r['method']} {label}"] = [(h["round"], h[key]) for h in rows]
+    return line_plot(curves, title="is there anything to distill? (first test images)") if curves else None
+
+
 @click.command()
 @click.option("--methods", default=DEFAULT, show_default=True, help="comma-separated ALGORITHM[+SERVER]")
+@click.option("--models", default=None, help="comma-separated registry models (default: the config's)")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds (initialization, node "
+              "sampling, data order; the partition keeps the config's seed)")
 @click.option("--rounds", default=30, show_default=True, help="round budget of every method")
 @click.option("--config", default=str(CONFIG), show_default=True, help="the base TOML")
+@click.option("--diagnose", default=0, show_default=True,
+              help="per round, ensemble / aggregate / global accuracy on the first N test images (0: off)")
 @click.option("--out", default="runs/rounds", show_default=True, help="run folders go here")
-@click.option("--device", default="auto", show_default=True)
-def main(methods: str, rounds: int, config: str, out: str, device: str) -> None:
+@click.option("--json-out", default=None, help="write the JSON here (merged into what it holds, model by model)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
+def main(methods: str, models: str | None, seeds: str, rounds: int, config: str, diagnose: int, out: str,
+         json_out: str | None, device: str) -> None:
     base = FederatedRunConfig.from_toml(config)
+    seed_list = [int(s) for s in seeds.split(",")]
     train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
-    reports, result = [], {}
-    for method in methods.split(","):
-        algorithm, server = parse(method)
-        cfg = base if algorithm == base.federate.algorithm else base.with_algorithm(algorithm)
-        cfg = dataclasses.replace(cfg, federate=dataclasses.replace(cfg.federate, server=server, rounds=rounds,
-                                                                    device=device))
-        run = Path(out) / method.replace("+", "-")
-        report = federate(cfg, run, resume=(run / "checkpoint.pt").exists(), progress=False, train=train, test=test)
-        reports.append(report)
-        server_s = report["server_seconds_per_round"]
-        result[method] = {k: report[k] for k in ("rounds_to_80", "rounds_to_85", "final_accuracy",
-                                                 "mean_last_5_accuracy", "best_accuracy", "seconds_per_round",
-                                                 "server_seconds_per_round")}
-        result[method]["server_share"] = server_s / report["seconds_per_round"] if server_s else None
-    result["setting"] = {"config": str(config), "rounds": rounds, "fedinv_version": __version__,
-                         "partition": dataclasses.asdict(base.partition)}
+    result: dict = json.loads(Path(json_out).read_text()) if json_out and Path(json_out).is_file() else {}
+    for model in (models.split(",") if models else [base.federate.model]):
+        reports = []
+        for method in methods.split(","):
+            algorithm, server = parse(method)
+            per_seed = []
+            for seed in seed_list:
+                cfg = base if algorithm == base.federate.algorithm else base.with_algorithm(algorithm)
+                cfg = dataclasses.replace(cfg, federate=dataclasses.replace(
+                    cfg.federate, server=server, rounds=rounds, device=device, model=model, seed=seed,
+                    diagnose_images=diagnose))
+                run = Path(out) / model / f"{method.replace('+', '-')}-seed-{seed}"
+                report = federate(cfg, run, resume=(run / "checkpoint.pt").exists(), progress=False, train=train,
+                                  test=test)
+                if seed == seed_list[0]:
+                    reports.append(report)
+                per_seed.append(summary(report))
+            result.setdefault(model, {})[method] = {**mean_over_seeds(per_seed), "seeds": seed_list,
+                                                    "per_seed": per_seed}
+        result.setdefault("setting", {})[model] = {"config": str(config), "rounds": rounds,
+                                                   "fedinv_version": __version__,
+                                                   "partition": dataclasses.asdict(base.partition)}
+        rows, table, plot = compare(reports, (0.75, 0.8, 0.85))
+        folder = Path(out) / model
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "table.md").write_text(table)
+        plot.save(folder / "accuracy.png")
+        picture = diagnose_plot(reports)
+        if picture is not None:
+            picture.save(folder / "diagnose.png")
     click.echo(json.dumps(result, indent=2))
-    rows, table, plot = compare(reports, (0.8, 0.85))
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "table.md").write_text(table)
-    plot.save(Path(out) / "accuracy.png")
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

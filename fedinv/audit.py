@@ -34,7 +34,8 @@ def audit_store(store: str | Path, reference: str | Path, device: torch.device, 
         x = (images[start:start + batch_size].to(device).float() / 255 - mean) / std
         y = labels[start:start + batch_size].to(device)
         agree.append((model(x).argmax(1) == y).cpu())
-        probs = teachers.ensemble_probs(x) if teachers is not None else stored_probs(soft[start:start + batch_size].to(device))
+        probs = (teachers.ensemble_probs(x) if teachers is not None
+                 else stored_probs(soft[start:start + batch_size].to(device)))
         confidence.append(probs.gather(1, y[:, None]).squeeze(1).cpu())
     agree_t, conf_t = torch.cat(agree).float(), torch.cat(confidence)
     k = meta["num_classes"]

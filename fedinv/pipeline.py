@@ -22,9 +22,9 @@ from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig
 from .data.datasets import ImageTensors, load_dataset
 from .data.partition import Partition, load_partition, make_partition, save_partition
 from .checkpoint import STUDENT, load_checkpoint
-from .errors import RunStateError
+from .errors import ConfigError, RunStateError
 from .evaluate import evaluate_checkpoint
-from .models import build_model_for
+from .models import MODELS, batchnorm_models, build_model_for
 from .inversion.synthesize import synthesize
 from .nodes import train_teachers
 from .runtime import resolve_device, save_json
@@ -99,6 +99,9 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     for name in (cfg.teachers.model, cfg.student.model):
         with torch.device("meta"):
             build_model_for(name, train.info)
+    if cfg.synthesis.a_bn > 0 and not MODELS[cfg.teachers.model].batchnorm:
+        raise ConfigError(f"teachers.model {cfg.teachers.model!r} has no BatchNorm, whose statistics inversion "
+                          f"matches: choose one of {', '.join(batchnorm_models())}, or set synthesis.a_bn = 0")
     save_json(cfg.to_dict(), saved)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, load_weights, read_weights, save_checkpoint
 from .data.datasets import DatasetInfo
 from .errors import ConfigError, RunStateError
-from .models import build_model_for, has_batchnorm
+from .models import build_model_for
 from .runtime import sha256_file
 
 
@@ -45,9 +45,9 @@ class TeacherFolder:
 
 @dataclass(frozen=True)
 class TeacherModels:
-    """Teachers held in memory: any classifiers with BatchNorm layers, each with the label counts
-    of the data it was trained on, and the dataset facts (shape, classes, normalization) their
-    inputs follow. What `synthesize` and `train_student` take besides a folder; they take the
+    """Teachers held in memory: any classifiers (with BatchNorm layers for the BN term), each with
+    the label counts of the data it was trained on, and the dataset facts (shape, classes,
+    normalization) their inputs follow. What `synthesize` and `train_student` take besides a folder; they take the
     modules over (frozen, in eval mode, moved to the run's device)."""
 
     models: Sequence[nn.Module]
@@ -79,14 +79,12 @@ Teachers = Union[TeacherFolder, TeacherModels]
 
 
 def check_teacher_model(model: nn.Module, counts: Sequence[int], info: DatasetInfo, name: str) -> None:
-    """A model fit to be a teacher on `info`'s images: BatchNorm layers (inversion matches their
-    statistics), finite weights, K non-negative label counts, and logits [B, K] for its inputs."""
+    """A model fit to be a teacher on `info`'s images: finite weights, K non-negative label counts,
+    and logits [B, K] for its inputs. (Synthesis also needs BatchNorm layers unless its BN term is
+    off: `methods.make_synthesizer` says so.)"""
     if len(counts) != info.num_classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
                                                   for c in counts):
         raise ConfigError(f"{name}: label counts must be {info.num_classes} non-negative integers, got {list(counts)}")
-    if not has_batchnorm(model):
-        raise ConfigError(f"{name} ({type(model).__name__}) has no BatchNorm layer: inversion matches the "
-                          f"running statistics of BatchNorm layers")
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ConfigError(f"{name}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}")
@@ -169,9 +167,6 @@ def import_teacher(model: str, weights: str | Path, label_counts: Sequence[int],
     """
     state = read_weights(weights)
     module = build_model_for(model, info, trust=(model,))
-    if not has_batchnorm(module):
-        raise ConfigError(f"model {model!r} has no BatchNorm layer: inversion matches the running statistics "
-                          f"of BatchNorm layers")
     load_weights(module, state, f"{weights}: weights do not fit model {model!r}")
     counts = [int(c) for c in label_counts]
     check_teacher_model(module, counts, info, f"model {model!r} with {Path(weights).name}")

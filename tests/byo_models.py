@@ -12,7 +12,3 @@ def resnet18_gray(num_classes: int) -> nn.Module:
     model.maxpool = nn.Identity()
     return model
 
-
-def mlp(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """A classifier without BatchNorm: refused as a teacher."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes))

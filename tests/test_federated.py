@@ -21,8 +21,8 @@ from fedinv.federated.ftg import (FedFTG, class_level_logits, diversity_loss,
 from fedinv.models.generators import FeatureGenerator, ImageGenerator
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
-from fedinv.federated.rounds import (federate, mean_last_accuracy, mean_node_metrics, participants,
-                                     rounds_to_target)
+from fedinv.federated.rounds import (Federation, federate, mean_last_accuracy, mean_node_metrics,
+                                     participants, rounds_to_target)
 from fedinv.federated.scaffold import scaffold_control_update
 from fedinv.models import build_model_for
 
@@ -229,6 +229,22 @@ def test_two_rounds_of_every_method(tmp_path, tiny_train, algorithm, server):
         assert report["server_seconds_per_round"] > 0 and "server_distill" in report["history"][0]
     if algorithm == "feddistill":
         assert 0.0 <= report["personal_accuracy"] <= 1.0
+
+
+def test_diagnose_records_the_ensemble_and_the_aggregate_before_the_server_step(tmp_path, tiny_train):
+    from fedinv.data.datasets import load_dataset
+
+    test = load_dataset("synthetic-tiny", "test")
+    report = federate(tiny_run("fedavg", "ftg", diagnose_images=100), tmp_path, progress=False, train=tiny_train,
+                      test=test)
+    row = report["history"][-1]
+    assert all(0.0 <= row[f"diagnose_{k}_accuracy"] <= 1.0 for k in ("ensemble", "aggregate", "global"))
+    fed = Federation(tiny_run(), tiny_train.info)  # the aggregate's figure is its test accuracy on the subset
+    from fedinv.checkpoint import GLOBAL, load_checkpoint
+    state = load_checkpoint(tmp_path / "global.pt", kind=GLOBAL).state_dict
+    assert fed.test_accuracy(state, test.subset(range(100))) == row["diagnose_global_accuracy"]
+    plain = federate(tiny_run("fedavg"), tmp_path / "plain", progress=False, train=tiny_train, test=test)
+    assert not any(k.startswith("diagnose") for k in plain["history"][-1])
 
 
 @pytest.mark.parametrize("algorithm,server", [("scaffold", "ftg"), ("feddyn", "none"), ("feddistill", "none"),

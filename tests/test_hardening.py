@@ -295,3 +295,22 @@ def test_a_store_that_recorded_teacher_file_hashes_still_resumes(tmp_path):
     with h5py.File(tmp_path / "s.h5", "a") as f:
         f.attrs["teachers"] = json.dumps(load_teacher_folder(tmp_path / "t").file_hashes(), sort_keys=True)
     assert synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, resume=True, progress=False)["n_valid"] == 8
+
+
+def test_inversion_of_teachers_without_batchnorm_is_refused_naming_the_bn_models(tmp_path):
+    from fedinv.models import build_model
+    from fedinv.pipeline import run_pipeline
+    from test_pipeline import TINY
+    from test_synthesis import write_teachers
+
+    write_teachers(tmp_path / "t", [build_model("gncnn", 3, 10, 16) for _ in range(2)],
+                   torch.ones(2, 10, dtype=torch.long), name="gncnn")
+    res = CliRunner().invoke(cli, ["synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "s.h5"),
+                                   "--num-images", "4", "--batch-size", "2", "--iterations", "1", "--device", "cpu"])
+    assert res.exit_code == 2 and "has no BatchNorm layer" in res.output and "bncnn" in res.output, res.output
+    assert "--a-bn 0" in res.output and not (tmp_path / "s.h5").exists()
+    cfg = RunConfig.from_toml(TINY)
+    gn = dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, model="gncnn"))
+    with pytest.raises(ConfigError, match="teachers.model 'gncnn' has no BatchNorm"):
+        run_pipeline(gn, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -51,7 +51,6 @@ def test_import_teacher_writes_a_teacher_that_synthesis_trusts_only_when_told(tm
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "byo_models:mlp"], "has no BatchNorm layer"),
     (["--label-counts", "1,2,3"], "label counts must be 10 non-negative integers"),
     (["--dataset", "cifar10"], "does not take cifar10 images"),
     (["--model", "byo_models:nothing"], "model factory 'byo_models:nothing' not found"),
@@ -74,7 +73,7 @@ def test_a_teacher_file_naming_code_is_refused_without_trust(tmp_path):
     with pytest.raises(CheckpointError, match="is Python code named by the file"):
         load_checkpoint(tmp_path / "t" / "node-0.pt")
     with pytest.raises(CheckpointError, match="is Python code named by the file"):
-        load_checkpoint(tmp_path / "t" / "node-0.pt", trust=("byo_models:mlp",))
+        load_checkpoint(tmp_path / "t" / "node-0.pt", trust=("byo_models:another_model",))
 
 
 def test_synthesize_takes_teachers_held_in_memory(tmp_path):
@@ -85,7 +84,11 @@ def test_synthesize_takes_teachers_held_in_memory(tmp_path):
     assert stats["n_valid"] == 4
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert sorted(f.attrs["teachers"]) and "model-1" in f.attrs["teachers"]
-    with pytest.raises(ConfigError, match="no BatchNorm layer"):
-        TeacherModels([torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))], [COUNTS], FMNIST)
+    mlp = TeacherModels([torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))], [COUNTS], FMNIST)
+    with pytest.raises(ConfigError, match=r"teacher 0 \(Sequential\) has no BatchNorm layer.*bncnn.*--a-bn 0"):
+        synthesize(mlp, tmp_path / "mlp.h5", SynthesisConfig(**TINY), progress=False)
+    assert not (tmp_path / "mlp.h5").exists()
+    no_bn = SynthesisConfig(**TINY, a_bn=0.0)
+    assert synthesize(mlp, tmp_path / "mlp.h5", no_bn, progress=False)["n_valid"] == 4
     with pytest.raises(ConfigError, match="2 teacher models but 1 label counts"):
         TeacherModels(models, [COUNTS], FMNIST)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fedinv.errors import ConfigError
-from fedinv.models import MODELS, build_model
+from fedinv.models import MODELS, build_model, has_batchnorm
 
 SHAPES = [(1, 28), (3, 32), (3, 16)]
 
@@ -22,11 +22,11 @@ def test_forward_and_backward_at_image_size(name, channels, size):
     out.logsumexp(1).mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "inversion needs BatchNorm"
+    assert has_batchnorm(model) == MODELS[name].batchnorm, "the registry says which models carry BN statistics"
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet19'; known: bncnn, cnn1, cnn2, lenet5"):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet19'; known: bncnn, cnn1, cnn2, feddyn-cnn, gncnn, lenet5"):
         build_model("resnet19", 3, 10, 32)
 
 
@@ -36,3 +36,17 @@ def test_paper_cnn_shapes_match_feddistill():
     assert (linear[0].in_features, linear[0].out_features) == (1024, 64)
     linear = [m for m in build_model("cnn2", 3, 10, 32).modules() if isinstance(m, torch.nn.Linear)]
     assert linear[0].in_features == 2048
+
+
+def test_groupnorm_models_have_no_running_statistics_to_aggregate():
+    from fedinv.aggregate import weighted_average
+    from fedinv.federated.local import bn_statistics
+
+    for name in ("gncnn", "resnet18-gn", "feddyn-cnn"):
+        states = [build_model(name, 1, 10, 28).state_dict() for _ in range(2)]
+        assert bn_statistics(states[0]) == {}
+        assert set(states[0]) == {n for n, _ in build_model(name, 1, 10, 28).named_parameters()}  # weights only
+        avg = weighted_average(states, [1, 3])
+        for k in avg:
+            torch.testing.assert_close(avg[k], (states[0][k].double() / 4 + 3 * states[1][k].double() / 4).float())
+    assert build_model("gncnn", 1, 10, 28)[1].num_groups == 2

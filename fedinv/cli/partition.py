@@ -29,6 +29,7 @@ def partition_cmd(out: Path, **kwargs) -> None:
 
 @click.command("models")
 def models_cmd() -> None:
-    """List the models of the registry."""
+    """List the models of the registry; those marked BN carry BatchNorm statistics (teachers for
+    inversion), the others (GroupNorm, no normalization) serve multi-round runs and students."""
     for spec in MODELS.values():
-        click.echo(f"{spec.name:10s} {spec.summary}")
+        click.echo(f"{spec.name:12s} {'BN' if spec.batchnorm else '--'}  {spec.summary}")

@@ -41,6 +41,9 @@ class FederateConfig:
     weight_decay: float = option(1e-3, "local SGD weight decay")
     server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)")
     eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True)
+    diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "
+                                  "step and of the round's class-level ensemble of local models (is there anything "
+                                  "to distill?), on the first N test images; 0: off", runtime=True)
     precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
                             choices=("auto", "fp32", "bf16", "fp16"))
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
@@ -51,6 +54,7 @@ class FederateConfig:
         server_step_class(self.server)
         check_choice(self, "precision")
         at_least(self, 1, "rounds", "local_epochs", "batch_size", "eval_every")
+        at_least(self, 0, "diagnose_images")
         if not 0 < self.participation <= 1:
             raise ConfigError(f"participation must be in (0, 1], got {self.participation}")
         if not self.lr > 0 or not self.server_lr > 0:

@@ -27,7 +27,7 @@ from ..checkpoint import GLOBAL, ModelCheckpoint, save_checkpoint
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
-from ..evaluate import accuracy, per_class_accuracy, predict_logits
+from ..evaluate import accuracy, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import seeded_model
 from ..runtime import (Stream, atomic_path, remove_stale_temporaries, resolve_device, resolve_precision, rng,
                        save_json, save_torch)
@@ -164,9 +164,24 @@ class Federation:
         return global_state, server_state, row, info
 
     def test_accuracy(self, global_state: State, test: ImageTensors) -> float:
+        return accuracy(self.logits(global_state, test), test.labels)
+
+    def logits(self, state: State, test: ImageTensors) -> torch.Tensor:
         model = self.algo.build()
-        model.load_state_dict(global_state)
-        return accuracy(predict_logits(model.to(self.device), test, self.device), test.labels)
+        model.load_state_dict(state)
+        return predict_logits(model.to(self.device), test, self.device)
+
+    def diagnose(self, results: Sequence[LocalResult], aggregate: State, new_state: State,
+                 test: ImageTensors) -> dict[str, float]:
+        """Is there anything for a server step to distill? On `test` (a subset): the accuracy of
+        the round's class-level ensemble of the local models (probabilities weighted per class by
+        each node's share of it, `evaluate.ensemble_probs`), of the aggregate before the server
+        step and of the global model after it."""
+        counts = torch.stack([r.label_counts for r in results])
+        ensemble = ensemble_probs([self.logits(r.state, test) for r in results], class_shares(counts))
+        return {"diagnose_ensemble_accuracy": accuracy(ensemble, test.labels),
+                "diagnose_aggregate_accuracy": self.test_accuracy(aggregate, test),
+                "diagnose_global_accuracy": self.test_accuracy(new_state, test)}
 
 
 class NodeEngine(Protocol):
@@ -239,6 +254,9 @@ def run_round(fed: Federation, rnd: int, num_nodes: int, global_state: State, se
         row["test_accuracy"] = fed.test_accuracy(new_state, test)
         if fed.algo.reports_nodes:
             row.update(nodes.evaluate(test))
+        if fc.diagnose_images:
+            row.update(fed.diagnose(results, aggregate, new_state,
+                                    test.subset(range(min(fc.diagnose_images, len(test))))))
     return RoundOutcome(new_state, server_state, row, results, aggregate)
 
 

@@ -55,8 +55,8 @@ def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStat
     means, variances = [s.mean for s in layers], [s.var for s in layers]
     if blend is not None:
         means, variances = blend(means, variances)
-    bn = bn_stat_loss(means, variances, [s.running_mean for s in layers], [s.running_var for s in layers],
-                      tw.first_bn_multiplier)
+    bn = (bn_stat_loss(means, variances, [s.running_mean for s in layers], [s.running_var for s in layers],
+                       tw.first_bn_multiplier) if layers else torch.zeros((), device=x.device))
     comp = (competition_loss(logits, student_logits, tw.comp_temperature, seen) if student_logits is not None
             else torch.zeros((), device=x.device))
     return torch.stack([ce, bn, comp])

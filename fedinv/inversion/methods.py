@@ -19,7 +19,8 @@ from torch import nn
 
 from .. import __version__
 from ..config import SynthesisConfig
-from ..errors import RunStateError
+from ..errors import ConfigError, RunStateError
+from ..models import batchnorm_models, has_batchnorm
 from ..runtime import remove_stale_temporaries, save_torch
 from ..store import StoreWriter
 from .batch import make_batch, pixel_bounds
@@ -63,6 +64,12 @@ class PerBatchSynthesizer:
 
 def make_synthesizer(teachers: TeacherEnsemble, cfg: SynthesisConfig, amp_dtype: torch.dtype | None) -> Synthesizer:
     """The synthesizer of `cfg.method`, at its initial state."""
+    no_bn = [i for i, m in enumerate(teachers.models) if not has_batchnorm(m)]
+    if no_bn and cfg.a_bn > 0:
+        name = type(teachers.models[no_bn[0]]).__name__
+        raise ConfigError(f"teacher {no_bn[0]} ({name}) has no BatchNorm layer, whose running statistics inversion "
+                          f"matches: train the teachers with a BN model ({', '.join(batchnorm_models())}), or "
+                          f"switch the BN term off with --a-bn 0")
     if cfg.per_batch:
         return PerBatchSynthesizer(teachers, cfg, amp_dtype)
     return GeneratorSynthesizer(teachers, cfg, amp_dtype)

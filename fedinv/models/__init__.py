@@ -1,8 +1,10 @@
 """Model registry: name -> constructor taking (in_channels, num_classes, image_size); models from
 outside it are `module:factory` paths, built only when trusted (`fedinv import-teacher`).
 
-Every model uses BatchNorm except the paper CNNs (cnn1, cnn2), whose optional BN is on by
-default here too, because inversion matches BatchNorm statistics.
+Teachers need BatchNorm, because inversion matches its running statistics (the paper CNNs
+cnn1 / cnn2 have their optional BN on). `ModelSpec.batchnorm` says which models have it: the
+GroupNorm and normalization-free models (gncnn, feddyn-cnn, resnet18-gn, the models of FedDyn's
+and FedFTG's code) serve the multi-round mode and students.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from torch import nn
 
 from ..errors import ConfigError, unknown
 from ..runtime import rng
-from .resnet import resnet18, resnet34
-from .small import bncnn, cnn1, cnn2, lenet5
+from .resnet import resnet18, resnet18_gn, resnet34
+from .small import bncnn, cnn1, cnn2, feddyn_cnn, gncnn, lenet5
 from .vgg import vgg11
 
 
@@ -28,16 +30,23 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     summary: str
     min_image_size: int = 8
+    batchnorm: bool = True  # carries BN running statistics: can be a teacher that inversion matches
 
 
 MODELS: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("bncnn", bncnn, "small BatchNorm CNN, 3 conv blocks (32-64-128); the CPU default"),
+    ModelSpec("gncnn", gncnn, "bncnn with GroupNorm(2) in place of BatchNorm (no running statistics)",
+              batchnorm=False),
+    ModelSpec("feddyn-cnn", feddyn_cnn, "FedDyn's CIFAR CNN: 5x5 convs 64-64, FC 384-192, no normalization",
+              min_image_size=16, batchnorm=False),
     ModelSpec("cnn1", cnn1, "FedDistill CNN1: 3x3 convs 32-64-64, FC 1024-64 (feddistill.txt IV-B), with BN",
               min_image_size=24),
     ModelSpec("cnn2", cnn2, "FedDistill CNN2: 3x3 convs 128-128-128, FC 2048 (feddistill.txt IV-B), with BN",
               min_image_size=24),
     ModelSpec("lenet5", lenet5, "LeNet-5 with BatchNorm"),
     ModelSpec("resnet18", resnet18, "CIFAR-style ResNet-18 (3x3 stem, no max-pool)"),
+    ModelSpec("resnet18-gn", resnet18_gn, "resnet18 with GroupNorm(2) in place of every BatchNorm (FedDyn's code)",
+              batchnorm=False),
     ModelSpec("resnet34", resnet34, "CIFAR-style ResNet-34 (3x3 stem, no max-pool)"),
     ModelSpec("vgg11", vgg11, "VGG-11 with BatchNorm, one FC classifier", min_image_size=16),
 )}
@@ -95,6 +104,11 @@ def call_factory(path: str, **facts: int) -> nn.Module:
     return model
 
 
+def batchnorm_models() -> list[str]:
+    """The registry models with BN running statistics (fit to be inverted)."""
+    return [name for name, spec in MODELS.items() if spec.batchnorm]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     """Does the model carry BatchNorm running statistics (what inversion matches)?"""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -117,4 +131,5 @@ def seeded_model(name: str, info, seed: int, stream: int, *parts: int) -> nn.Mod
         return build_model_for(name, info)
 
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "build_model_for", "call_factory", "has_batchnorm", "is_factory", "seeded_model"]
+__all__ = ["MODELS", "ModelSpec", "batchnorm_models", "build_model", "build_model_for", "call_factory", "has_batchnorm",
+           "is_factory", "seeded_model"]
