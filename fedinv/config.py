@@ -236,6 +236,8 @@ class SynthesisConfig:
                                       "to one image per class, docs/results.md)")
     teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
                                        "0 = all; 1 = cycling (batch b uses teacher b mod N throughout)")
+    fixed_teachers: bool = option(False, "sample the teachers_per_step teachers once per batch and keep them for "
+                                         "all its steps, instead of at every step (the report's open idea, §VI)")
     label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "
                                 "FedFTG), balanced (equal share per teacher over the labels it knows)",
                                 choices=("uniform", "proportional", "balanced"))

@@ -62,6 +62,7 @@ class Stream:
     STUDENT_INIT = 6  # (seed): the student's initial weights
     STUDENT_RANK_AUGMENT = 6  # (seed, epoch, rank): augmentation of one rank under torchrun
     SYNTHESIS_GENERATOR = 7  # (seed): the initial weights of a fast / dense synthesis generator
+    SYNTHESIS_FIXED_TEACHERS = 8  # (seed, batch): the one teacher sample of a batch with fixed_teachers
     # multi-round mode
     PARTICIPANTS = 3  # (seed, round): which nodes take part
     NODE_ROUND = 4  # (seed, round, node): a node's data order (and FedGen draws) in a round

@@ -126,6 +126,24 @@ def test_cycling_uses_one_teacher_per_batch():
     assert out.teacher_mask == 1 << (4 % 3)
 
 
+def test_fixed_teachers_keep_one_sample_for_a_whole_batch():
+    from fedinv.inversion.objective import InversionObjective
+
+    models, counts = random_teachers(5)
+    ts = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
+    x, y = torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
+
+    def sampled(fixed: bool, batch: int) -> list[list[int]]:
+        objective = InversionObjective(ts, SynthesisConfig(teachers_per_step=2, fixed_teachers=fixed, device="cpu"))
+        gen = torch.Generator().manual_seed(batch)
+        return [objective(x, y, batch, gen).teachers for _ in range(8)]
+
+    per_step, fixed = sampled(False, 0), sampled(True, 0)
+    assert len({tuple(t) for t in per_step}) > 1 and len({tuple(t) for t in fixed}) == 1
+    assert {tuple(sampled(True, b)[0]) for b in range(10)} != {tuple(fixed[0])}  # another sample per batch
+    assert sampled(True, 3) == sampled(True, 3)  # from the seed and the batch
+
+
 def small_cfg(**kw):
     base = dict(num_images=50, batch_size=12, iterations=4, device="cpu", teachers_per_step=2)
     base.update(kw)

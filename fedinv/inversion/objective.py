@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import SynthesisConfig
+from ..runtime import Stream, rng
 from .ensemble import TeacherEnsemble, TermWeights
 from .hooks import BNMomentum
 from .labels import sample_teachers
@@ -41,9 +42,14 @@ def image_priors(x: torch.Tensor, cfg: SynthesisConfig) -> torch.Tensor:
 
 
 def teachers_for_step(cfg: SynthesisConfig, num_teachers: int, batch_index: int, gen: torch.Generator) -> torch.Tensor:
-    """n sampled teachers per step; with teachers_per_step = 1, cycling: batch b uses teacher b mod N."""
+    """n sampled teachers per step; with teachers_per_step = 1, cycling: batch b uses teacher b mod N.
+    With fixed_teachers, the n are drawn once per batch, from their own stream (seed, batch), so
+    the step's other draws (jitter, flip) are those of the default."""
     if cfg.teachers_per_step == 1:
         return torch.tensor([batch_index % num_teachers])
+    if cfg.fixed_teachers:
+        return sample_teachers(num_teachers, cfg.teachers_per_step,
+                               rng(cfg.seed, Stream.SYNTHESIS_FIXED_TEACHERS, batch_index))
     return sample_teachers(num_teachers, cfg.teachers_per_step, gen)
 
 
