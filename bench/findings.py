@@ -1,84 +1,321 @@
-"""Benchmark: the ablations of one-shot-dataset-distillation.txt on Fashion-MNIST, 5 nodes.
+"""Benchmark: the findings of one-shot-dataset-distillation.txt, each in the report's own setting,
+on Fashion-MNIST, with seeds.
 
-Each row is one `fedinv run` (partition -> teachers -> synthesize -> student -> evaluate) that
-differs from its group's other rows in one synthesis switch; rows of a group share their teachers
-(copied from the group's first finished row, which `train-teachers` then skips). Prints one JSON
-line per row: row, group, switch, value, ensemble_accuracy, fedavg_accuracy, student_accuracy,
-seconds.
+A row is one finding in one setting with one value of its switch, for one seed. The rows of a
+setting and seed share the partition and the teachers (OUT/SETTING-seed-S/teachers); rows whose
+synthesis is the same share its store (OUT/SETTING-seed-S/stores/); every row trains its own
+student (OUT/SETTING-seed-S/ROW/). Everything resumes: a killed run continues where it stopped,
+a finished row is read back. Within a finding every row has the same synthesis budget.
 
-    python bench/findings.py --rows all --out runs/findings
-    python bench/findings.py --rows head-mask-on,head-mask-off
+Findings (report section; setting; switch values):
+  adaptive           §III   1 teacher on all data; the student's new batches with the competition term
+                            against it (a_comp 10) or without (0), same schedule; also the student's and
+                            the teachers' accuracy on each fresh batch (Figure 3)
+  local-data         §IV-B  1 teacher on half the labels, the student holds the other half; weight of the
+                            synthetic (teacher) data against the local data 1 / 2 / 10 (local_weight 1/w)
+  teachers-per-step  §IV-C  10 IID teachers: cycling (1) / sampling n = 3 / n = 5
+  weighted-ce        §IV-D  10 teachers, mixed split (half uniform, half by class): label-weighted CE off / on
+  head-mask          §IV-E  2 and 5 label-disjoint teachers: output-head masking on / off
+  fixed-teachers     §VI    10 IID teachers, n = 3: teachers sampled at every step / once per batch
 
-Groups (the report's findings):
-  teachers-per-step  Dirichlet 0.5: 1 (cycling) / 3 / 5 (all) teachers per synthesis step
-  head-mask          label-disjoint split (2 labels per node): output-head masking on / off
-  weighted-ce        mixed split (half uniform, half by class): label-weighted CE (eq. 5) on / off
-The adaptive-vs-not comparison is bench/oneshot.py's student vs student_adaptive columns.
-Scale (chosen to fit the 2-core CPU): 1,024 images x 100 iterations per row, student 60 epochs.
+Prints (and with --json-out appends) one JSON line per row and seed: finding, setting, switch,
+value, seed, student_accuracy, ensemble_accuracy, seconds (the row's wall time: the teachers when
+this row trained them, its synthesis unless another row made the store, its student),
+stage_seconds, per_class_accuracy and more.
+`--plots DIR` draws, from the run folders, each finding's accuracy over epochs (mean over seeds),
+the fresh-batch accuracies, class-wise bars and a confusion matrix for local-data, and grids per
+setting.
+
+    python bench/findings.py --rows all --seeds 0,1,2 --out runs/findings --json-out docs/bench-findings.jsonl
+    python bench/findings.py --rows head-mask --seeds 0 --out runs/findings
+    python bench/findings.py --plots docs/findings --out runs/findings --seeds 0,1,2
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+import numpy as np
+import torch
 
 from fedinv import __version__
-from fedinv.config import DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig
-from fedinv.pipeline import RunConfig, run_pipeline
-from jsonl import emit
+from fedinv.config import DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, to_dict
+from fedinv.data.datasets import ImageTensors, dataset_info, load_dataset
+from fedinv.data.partition import Partition, load_partition, make_partition, save_partition
+from fedinv.inversion.methods import state_path
+from fedinv.inversion.synthesize import synthesize
+from fedinv.nodes import train_teachers
+from fedinv.store import read_rows
+from fedinv.student.train import train_student
+from fedinv.train.resume import comparable
+from fedinv.viz import bar_chart, class_grid, confusion_plot, line_plot, rows_per_class
 
-SYNTHESIS = SynthesisConfig(num_images=1024, iterations=100)
-STUDENT = StudentConfig(epochs=60, batch_size=128)
-GROUPS = {
-    "teachers-per-step": (PartitionConfig(scheme="dirichlet", alpha=0.5), TeacherConfig(epochs=15),
-                          "teachers_per_step", (1, 3, 5)),
-    "head-mask": (PartitionConfig(scheme="label-disjoint"), TeacherConfig(epochs=5), "head_mask", (True, False)),
-    "weighted-ce": (PartitionConfig(scheme="mixed"), TeacherConfig(epochs=5), "weighted_ce", (False, True)),
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from jsonl import emit  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A split of Fashion-MNIST and its teachers. `student_node`: the node whose data the student
+    holds (it trains no teacher)."""
+
+    partition: PartitionConfig
+    student_node: int | None = None
+
+
+SETTINGS = {
+    "1-teacher-all-data": Setting(PartitionConfig(scheme="iid", num_nodes=1)),
+    "1-teacher-half-labels": Setting(PartitionConfig(scheme="label-disjoint", num_nodes=2), student_node=1),
+    "10-iid": Setting(PartitionConfig(scheme="iid", num_nodes=10)),
+    "10-mixed": Setting(PartitionConfig(scheme="mixed", num_nodes=10)),
+    "2-disjoint": Setting(PartitionConfig(scheme="label-disjoint", num_nodes=2)),
+    "5-disjoint": Setting(PartitionConfig(scheme="label-disjoint", num_nodes=5)),
+}
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What every row spends. FULL is scaled to the 2-core CPU (the report: CIFAR-10, 1,000
+    iterations, 650 batches of 256, 300 student epochs): 1,024 images at 100 iterations and a
+    60-epoch student; adaptive: a pool of 4 batches, then one new batch of 128 every epoch for
+    20 epochs (3,072 images). QUICK (--quick) checks the bench end to end on synthetic-tiny."""
+
+    dataset: str = "fashion-mnist"
+    teachers: TeacherConfig = TeacherConfig(epochs=10)
+    synthesis: SynthesisConfig = SynthesisConfig(num_images=1024, batch_size=128, iterations=100)
+    student: StudentConfig = StudentConfig(epochs=60, batch_size=128)
+    adaptive_images: int = 512
+    adaptive_epochs: int = 20
+
+
+FULL = Budget()
+QUICK = Budget("synthetic-tiny", TeacherConfig(model="lenet5", epochs=1), SynthesisConfig(num_images=16, batch_size=8,
+               iterations=2), StudentConfig(model="lenet5", epochs=2, batch_size=8), 8, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    settings: tuple[str, ...]
+    switch: str
+    values: tuple[Any, ...]
+    report: str  # the report's figure, for the table
+
+
+FINDINGS = {
+    "adaptive": Finding(("1-teacher-all-data",), "a_comp", (10.0, 0.0), "90.5% adaptive vs 63.9% (CIFAR-10)"),
+    "local-data": Finding(("1-teacher-half-labels",), "synthetic_weight", (1.0, 2.0, 10.0),
+                          "60.7% at weight 1, +3 points at 2, about the same at 10"),
+    "teachers-per-step": Finding(("10-iid",), "teachers_per_step", (1, 3, 5), "cycling 74%, n = 3 80%, n = 5 no gain"),
+    "weighted-ce": Finding(("10-mixed",), "weighted_ce", (False, True), "68.3% with weighted CE"),
+    "head-mask": Finding(("2-disjoint", "5-disjoint"), "head_mask", (True, False),
+                         "2 teachers: +9 points with masking (64.6%); 5 teachers: 43.8%"),
+    "fixed-teachers": Finding(("10-iid",), "fixed_teachers", (False, True), "open idea (§VI), not measured"),
 }
 
 
-def row_name(group: str, value: object) -> str:
+def row_configs(finding: str, value: Any, seed: int, device: str,
+                budget: Budget = FULL) -> tuple[SynthesisConfig, StudentConfig]:
+    """The synthesis and student configs of one row."""
+    syn = dataclasses.replace(budget.synthesis, seed=seed, device=device)
+    student = dataclasses.replace(budget.student, seed=seed, device=device)
+    if finding == "adaptive":
+        syn = dataclasses.replace(syn, a_comp=value, num_images=budget.adaptive_images)
+        student = dataclasses.replace(student, epochs=budget.adaptive_epochs, adaptive_batches=1, adaptive_every=1)
+    elif finding == "local-data":  # only the teacher's labels are synthesized; local CE weighted 1 / w
+        syn = dataclasses.replace(syn, label_sampler="proportional")
+        student = dataclasses.replace(student, local_weight=1.0 / value)
+    elif finding == "fixed-teachers":
+        syn = dataclasses.replace(syn, teachers_per_step=3, fixed_teachers=value)
+    else:
+        syn = dataclasses.replace(syn, **{FINDINGS[finding].switch: value})
+    return syn, student
+
+
+def store_key(syn: SynthesisConfig) -> str:
+    """A short name for a synthesis config (run-time fields such as the device left out)."""
+    return hashlib.sha256(json.dumps(comparable(syn), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def value_name(value: Any) -> str:
     if isinstance(value, bool):
-        return f"{group}-{'on' if value else 'off'}"
-    return f"{group}-{value}"
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-ROWS = {row_name(g, v): (g, v) for g, (_, _, _, values) in GROUPS.items() for v in values}
+def setting_dir(out: Path, setting: str, seed: int) -> Path:
+    return out / f"{setting}-seed-{seed}"
+
+
+def prepare_setting(out: Path, setting: str, seed: int, train: ImageTensors, test: ImageTensors,
+                    device: str, budget: Budget) -> tuple[Partition, Path, float]:
+    """The setting's partition and teachers (made once per seed); returns them and the seconds spent now."""
+    folder, spec = setting_dir(out, setting, seed), SETTINGS[setting]
+    t0 = time.perf_counter()
+    manifest = folder / "partition.json"
+    if manifest.is_file():
+        part = load_partition(manifest)
+    else:
+        cfg = dataclasses.replace(spec.partition, seed=seed)
+        part = make_partition(train.labels.numpy(), train.info.num_classes, cfg, DataConfig(budget.dataset))
+        save_partition(part, train.labels.numpy(), manifest, train.info.class_names)
+    nodes = [k for k in range(part.num_nodes) if k != spec.student_node]
+    teachers = folder / "teachers"
+    if not (teachers / "report.json").is_file():
+        train_teachers(part, dataclasses.replace(budget.teachers, seed=seed, device=device), teachers, nodes=nodes,
+                       progress=False, train=train, test=test)
+    return part, teachers, time.perf_counter() - t0
+
+
+def run_row(out: Path, finding: str, setting: str, value: Any, seed: int, train: ImageTensors, test: ImageTensors,
+            device: str, budget: Budget = FULL) -> dict[str, Any]:
+    part, teachers, teacher_s = prepare_setting(out, setting, seed, train, test, device, budget)
+    folder = setting_dir(out, setting, seed)
+    syn, student_cfg = row_configs(finding, value, seed, device, budget)
+    row_dir = folder / f"{finding}-{value_name(value)}"
+    report_file = row_dir / "student" / "report.json"
+    seconds = {"teachers": teacher_s}
+    key = store_key(syn)
+    store = folder / "stores" / f"{key}.h5"  # rows with the same synthesis share it
+    if not report_file.is_file():
+        t0 = time.perf_counter()
+        if not (folder / "stores" / f"{key}.done").is_file():
+            synthesize(teachers, store, syn, resume=store.exists(), progress=False)
+            (folder / "stores" / f"{key}.done").write_text(json.dumps(to_dict(syn)))
+        seconds["synthesize"] = time.perf_counter() - t0
+        if student_cfg.adaptive_batches:  # new batches go to the row's own copy
+            own = row_dir / "synthetic.h5"
+            if not own.exists():
+                row_dir.mkdir(parents=True, exist_ok=True)
+                if state_path(store).exists():
+                    shutil.copy(state_path(store), state_path(own))
+                shutil.copy(store, own)
+            store = own
+        local = None
+        if SETTINGS[setting].student_node is not None:
+            local = train.subset(part.indices[SETTINGS[setting].student_node])
+        t0 = time.perf_counter()
+        train_student(store, row_dir / "student", student_cfg, teachers_dir=teachers, local=local, test=test,
+                      eval_every=5, progress=False)
+        seconds["train_student"] = time.perf_counter() - t0
+        (row_dir / "seconds.json").write_text(json.dumps(seconds))
+    else:
+        seconds = json.loads((row_dir / "seconds.json").read_text()) if (row_dir / "seconds.json").is_file() else {}
+    report = json.loads(report_file.read_text())
+    ensemble = json.loads((teachers / "report.json").read_text())
+    fresh = [{k: h[k] for k in ("epoch", "fresh_student_accuracy", "fresh_teacher_accuracy")}
+             for h in report["history"] if "fresh_student_accuracy" in h]
+    return {"finding": finding, "setting": setting, "switch": FINDINGS[finding].switch, "value": value,
+            "seed": seed, "student_accuracy": report["test_accuracy"],
+            "ensemble_accuracy": ensemble["ensemble_accuracy"], "teacher_accuracy": ensemble["node_accuracy"],
+            "seconds": sum(seconds.values()), "stage_seconds": seconds, "store_images": report["store_images"],
+            "per_class_accuracy": report["per_class_accuracy"], "fresh_batches": fresh,
+            "teacher_labels": sorted(int(k) for k in np.flatnonzero(np.array(ensemble["label_counts"]).sum(0))),
+            "fedinv_version": __version__}
+
+
+def all_rows(names: list[str]) -> list[tuple[str, str, Any]]:
+    return [(f, s, v) for f in names for s in FINDINGS[f].settings for v in FINDINGS[f].values]
+
+
+def mean_curve(reports: list[dict], key: str) -> list[tuple[float, float]]:
+    """Mean over seeds of `key` per epoch (epochs where every seed has it)."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in reports:
+        for h in r["history"]:
+            if h.get(key) is not None:
+                by_epoch.setdefault(h["epoch"], []).append(h[key])
+    return [(float(e), float(np.mean(v))) for e, v in sorted(by_epoch.items()) if len(v) == len(reports)]
+
+
+def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> list[Path]:
+    """The findings' pictures from the finished rows under `out`."""
+    plots.mkdir(parents=True, exist_ok=True)
+    written = []
+    classes = list(dataset_info(budget.dataset).class_names)
+    for finding, spec in FINDINGS.items():
+        curves, fresh, per_class = {}, {}, {}
+        for setting in spec.settings:
+            for value in spec.values:
+                reports = []
+                for seed in seeds:
+                    path = (setting_dir(out, setting, seed) / f"{finding}-{value_name(value)}" / "student"
+                            / "report.json")
+                    if path.is_file():
+                        reports.append(json.loads(path.read_text()))
+                if not reports:
+                    continue
+                label = f"{setting} {spec.switch}={value_name(value)}"
+                curves[label] = mean_curve(reports, "test_accuracy")
+                if finding == "adaptive":
+                    fresh[f"student, {label}"] = mean_curve(reports, "fresh_student_accuracy")
+                    fresh[f"teachers, {label}"] = mean_curve(reports, "fresh_teacher_accuracy")
+                if finding == "local-data":
+                    per_class[f"weight {value_name(value)}"] = list(np.mean([r["per_class_accuracy"] for r in reports],
+                                                                           axis=0))
+                    if value == spec.values[0]:
+                        path = plots / "local-data-confusion.png"
+                        confusion_plot(np.array(reports[0]["confusion_matrix"]), classes).save(path)
+                        written.append(path)
+        if curves:
+            path = plots / f"{finding}-accuracy.png"
+            line_plot(curves, title=f"{finding}: test accuracy, mean over seeds", x_label="epoch").save(path)
+            written.append(path)
+        if per_class:
+            path = plots / "local-data-classes.png"
+            bar_chart(classes, per_class, title="local-data: class-wise accuracy per weight of the synthetic "
+                      "data, mean over seeds").save(path)
+            written.append(path)
+        if fresh:
+            path = plots / "adaptive-fresh-batches.png"
+            line_plot(fresh, title="accuracy on each fresh batch (report's Figure 3)", x_label="epoch").save(path)
+            written.append(path)
+    for setting, finding, value in (("10-iid", "teachers-per-step", 1), ("10-iid", "teachers-per-step", 3),
+                                    ("10-iid", "teachers-per-step", 5), ("1-teacher-all-data", "adaptive", 10.0),
+                                    ("2-disjoint", "head-mask", True), ("5-disjoint", "head-mask", True)):
+        key = store_key(row_configs(finding, value, seeds[0], "cpu", budget)[0])
+        store = setting_dir(out, setting, seeds[0]) / "stores" / f"{key}.h5"
+        if not store.is_file():
+            continue
+        images, labels, _ = read_rows(store)
+        wanted = list(range(10))
+        rows = rows_per_class(labels.numpy(), 6, wanted, seed=0)
+        path = plots / f"grid-{setting}-{finding}-{value_name(value)}.png"
+        class_grid(images[rows], labels[rows], dataset_info(budget.dataset).class_names, 6, wanted, 2).save(path)
+        written.append(path)
+    return written
 
 
 @click.command()
-@click.option("--rows", default="all", show_default=True, help=f"comma-separated, or all: {', '.join(ROWS)}")
+@click.option("--rows", default="all", show_default=True,
+              help=f"comma-separated findings, or all: {', '.join(FINDINGS)}")
+@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds")
 @click.option("--out", default="runs/findings", show_default=True, help="run folders go here")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also append each JSON line here")
-@click.option("--device", default="auto", show_default=True)
-def main(rows: str, out: str, json_out: str | None, device: str) -> None:
-    names = list(ROWS) if rows == "all" else rows.split(",")
-    unknown = [n for n in names if n not in ROWS]
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="draw the pictures of the finished rows into this folder (runs nothing)")
+@click.option("--quick", is_flag=True, help="tiny budgets on synthetic-tiny: checks the bench end to end in minutes")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
+def main(rows: str, seeds: str, out: str, json_out: str | None, plots: Path | None, quick: bool, device: str) -> None:
+    seed_list = [int(s) for s in seeds.split(",")]
+    budget = QUICK if quick else FULL
+    if plots is not None:
+        for path in draw(Path(out), seed_list, plots, budget):
+            click.echo(path)
+        return
+    names = list(FINDINGS) if rows == "all" else rows.split(",")
+    unknown = [n for n in names if n not in FINDINGS]
     if unknown:
-        raise click.BadParameter(f"unknown row(s) {unknown}; known: {', '.join(ROWS)}", param_hint="--rows")
-    for name in names:
-        group, value = ROWS[name]
-        partition, teachers, field, _ = GROUPS[group]
-        cfg = RunConfig(DataConfig(), partition, dataclasses.replace(teachers, device=device),
-                        dataclasses.replace(SYNTHESIS, device=device, **{field: value}),
-                        dataclasses.replace(STUDENT, device=device))
-        run = Path(out) / name
-        shared = next((p for p in sorted(Path(out).glob(f"{group}-*/teachers/report.json"))
-                       if p.parent.parent != run), None)
-        if shared is not None and not (run / "teachers").exists():
-            shutil.copytree(shared.parent, run / "teachers")  # same split and teacher config: skipped
-        t0 = time.perf_counter()
-        summary = run_pipeline(cfg, run, progress=False)
-        emit({"row": name, "group": group, "switch": field, "value": value,
-                           "ensemble_accuracy": summary["ensemble_accuracy"],
-                           "fedavg_accuracy": summary["fedavg_accuracy"],
-                           "student_accuracy": summary["student_accuracy"],
-                           "seconds": time.perf_counter() - t0, "stage_seconds": summary["stage_seconds"],
-                           "fedinv_version": __version__}, json_out)
+        raise click.BadParameter(f"unknown finding(s) {unknown}; known: {', '.join(FINDINGS)}", param_hint="--rows")
+    train, test = load_dataset(DataConfig(budget.dataset), "train"), load_dataset(DataConfig(budget.dataset), "test")
+    for seed in seed_list:
+        for finding, setting, value in all_rows(names):
+            emit(run_row(Path(out), finding, setting, value, seed, train, test, device, budget), json_out)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence
 
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: str = "",
-              colors: Sequence[tuple[int, int, int]] = ((66, 114, 196), (237, 125, 49)),
+              colors: Sequence[tuple[int, int, int]] = ((66, 114, 196), (237, 125, 49), (112, 173, 71),
+                                                        (165, 165, 165)),
               height: int = 220) -> Image.Image:
     """Grouped vertical bars of values in [0, 1], one group per entry of `groups`."""
     font = _font()

@@ -120,6 +120,16 @@ def test_adaptive_mode_appends_batches_made_against_the_student(tmp_path):
     import h5py
     with h5py.File(tmp_path / "s.h5") as f:
         assert sorted(set(f["source"][:, 0].tolist())) == [0, 1, 2, 3]
+    # the fresh batches' accuracy (the report's Figure 3): the teachers' agreement with the targets, by hand
+    from fedinv.data.batches import normalize
+    from fedinv.inversion.ensemble import load_ensemble
+    from fedinv.store import read_rows
+    images, labels, _ = read_rows(tmp_path / "s.h5", list(range(36, 48)))
+    ensemble = load_ensemble(tmp_path / "t", torch.device("cpu"))
+    by_hand = (ensemble.ensemble_probs(normalize(images, ensemble.info)).argmax(1) == labels).float().mean().item()
+    last = report["history"][-1]
+    assert last["fresh_images"] == 12 and last["fresh_teacher_accuracy"] == pytest.approx(by_hand)
+    assert 0.0 <= last["fresh_student_accuracy"] <= 1.0
 
 
 def kill_after_round(monkeypatch, rows, run):

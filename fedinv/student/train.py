@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -35,7 +36,7 @@ from ..inversion.ensemble import TeacherEnsemble, load_ensemble
 from ..inversion.methods import append_batch, ensemble_path, make_synthesizer, open_synthesis_store
 from ..models import seeded_model
 from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
-from ..store import iterate_store, meta_info, read_meta, writer_meta
+from ..store import iterate_store, meta_info, read_meta, read_rows, writer_meta
 from ..teacher_files import Teachers
 from ..train import Stepper, lr_at_epoch, train_epoch
 from ..train.objectives import kd_loss
@@ -193,8 +194,9 @@ class StudentRun:
             save(0)  # records the pool size, so a resumed run knows which rounds were appended
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
+            fresh = {}
             if cfg.adaptive_batches and epoch % cfg.adaptive_every == 0:
-                self.adaptive(epoch, pool, progress)
+                fresh = self.adaptive(epoch, pool, progress)
             n = read_meta(self.store)["n_valid"]
             steps = math.ceil(n / cfg.batch_size)
             bar = tqdm(self.epoch_batches(epoch, n), total=steps // self.world.size, leave=False, unit="batch",
@@ -206,7 +208,7 @@ class StudentRun:
                                   what=f"student epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "store_images": n, "loss": metrics["loss"],
                       "train_accuracy": metrics["accuracy"], "steps_per_rank": metrics["steps"],
-                      "seconds": time.perf_counter() - t0}
+                      "seconds": time.perf_counter() - t0, **fresh}
             if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
                 record["test_accuracy"] = accuracy(predict_logits(self.student, test, self.device), test.labels)
             history.append(record)
@@ -215,15 +217,24 @@ class StudentRun:
             save(epoch + 1)
         return history
 
-    def adaptive(self, epoch: int, pool: int, progress: bool) -> None:
-        """The adaptive round of `epoch`. A run killed after appending (part of) this round but
-        before its epoch checkpoint appends only the missing batches (each is seeded by its index
-        and the same student)."""
+    def adaptive(self, epoch: int, pool: int, progress: bool) -> dict[str, float]:
+        """The adaptive round of `epoch`; returns how well the student (before learning from them)
+        and the teacher ensemble classify the round's fresh images as their target labels (the
+        report's Figure 3). A run killed after appending (part of) this round but before its epoch
+        checkpoint appends only the missing batches (each is seeded by its index and the same student)."""
         cfg = self.cfg
-        rows_per_batch = from_dict(SynthesisConfig, self.meta["config"]).batch_size
+        per_round = cfg.adaptive_batches * from_dict(SynthesisConfig, self.meta["config"]).batch_size
         rounds = epoch // cfg.adaptive_every + 1
-        adaptive_round(self.store, self.teachers, self.student, pool + rounds * cfg.adaptive_batches * rows_per_batch,
-                       self.device, progress)
+        end = adaptive_round(self.store, self.teachers, self.student, pool + rounds * per_round, self.device, progress)
+        images, labels, _ = read_rows(self.store, np.arange(max(pool, end - per_round), end))
+        x, y = normalize(images.to(self.device), self.info), labels.to(self.device)
+        was_training = self.student.training
+        with torch.no_grad():
+            student = self.student.eval()(x).argmax(1)
+            teachers = self.teachers.ensemble_probs(x).argmax(1)
+        self.student.train(was_training)
+        return {"fresh_images": len(y), "fresh_student_accuracy": (student == y).float().mean().item(),
+                "fresh_teacher_accuracy": (teachers == y).float().mean().item()}
 
     def epoch_batches(self, epoch: int, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """This rank's (x normalized [B, C, H, W], y [B], stored soft labels [B, K]) of `epoch` over the
