@@ -231,6 +231,8 @@ class SynthesisConfig:
     bn_momentum: float = option(0.9, "fast, dense: BN statistics compared as (1 - m) x this batch's + m x a "
                                      "running average over past batches (Fast-Datafree); 0 = each batch alone")
     nz: int = option(100, "fast, dense: size of the generator's latent code")
+    generator_width: int = option(128, "fast, dense: channels of the generator's first feature map (halved at the "
+                                       "next; Fast-Datafree: 64)")
     conditional: bool = option(False, "fast, dense: the generator also takes the target label as an input "
                                       "(off: only the code z, as the references' generators; on, it collapsed "
                                       "to one image per class, docs/results.md)")

@@ -88,6 +88,15 @@ def test_an_unconditional_generator_draws_the_class_from_the_code_alone():
     assert not torch.equal(c(z, torch.zeros(4, dtype=torch.long)), c(z, torch.full((4,), 7)))
 
 
+def test_the_generator_width_is_the_configs():
+    models, counts = random_teachers(2)
+    teachers = TeacherEnsemble(models, counts, CPU, INFO)
+    for width in (16, 64):
+        g = GeneratorSynthesizer(teachers, gen_cfg(generator_width=width), None).generator
+        convs = [m for m in g.body if isinstance(m, torch.nn.Conv2d)]
+        assert [c.out_channels for c in convs] == [width, width // 2, 3]
+
+
 def test_fast_moves_its_start_and_dense_keeps_one_generator():
     models, counts = random_teachers(3)
     ts = TeacherEnsemble(models, counts, CPU, INFO, batched=False)

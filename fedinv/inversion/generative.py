@@ -54,7 +54,7 @@ class GeneratorSynthesizer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(rng(cfg.seed, Stream.SYNTHESIS_GENERATOR).initial_seed())
             self.generator = ImageGenerator(cfg.nz, info.num_classes, info.channels, info.image_size,
-                                            conditional=cfg.conditional)
+                                            width=cfg.generator_width, conditional=cfg.conditional)
         self.generator.to(teachers.device).train()
         self.meta_optimizer = (torch.optim.Adam(self.generator.parameters(), lr=meta_lr, betas=BETAS)
                                if cfg.method == "fast" else None)
