@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,15 @@ class StoreWriter:
         self.file.flush()
         self._truncate(n)
 
+    def _check_space(self, raw_bytes: int) -> None:
+        """Refuse a batch the disk cannot hold: HDF5 that runs out of space mid-write leaves a cascade
+        of errors and can crash the process. Needs the batch uncompressed plus 1 MiB of slack."""
+        free = shutil.disk_usage(self.path.parent).free
+        if free < raw_bytes + (1 << 20):
+            raise RunStateError(f"the disk holding {self.path} is full ({free / 2 ** 20:.1f} MiB free, a batch needs "
+                                f"about {(raw_bytes + (1 << 20)) / 2 ** 20:.1f}); the store holds {self.n_valid} "
+                                f"images intact: free space and continue with --resume")
+
     def _truncate(self, n: int) -> None:
         for name in ("images", "labels", "soft_labels", "source"):
             self.file[name].resize(n, axis=0)
@@ -126,6 +136,7 @@ class StoreWriter:
                source: torch.Tensor) -> int:
         """Write one batch (uint8 [B, C, H, W], [B], [B, K], [B, 2]); returns the new n_valid."""
         n, b = self.n_valid, len(labels)
+        self._check_space(sum(t.numel() * t.element_size() for t in (images, labels, soft_labels, source)))
         for name, value in (("images", images), ("labels", labels), ("soft_labels", soft_labels), ("source", source)):
             ds = self.file[name]
             ds.resize(n + b, axis=0)

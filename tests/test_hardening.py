@@ -314,3 +314,30 @@ def test_inversion_of_teachers_without_batchnorm_is_refused_naming_the_bn_models
     with pytest.raises(ConfigError, match="teachers.model 'gncnn' has no BatchNorm"):
         run_pipeline(gn, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_full_disk_stops_synthesis_with_the_store_intact(tmp_path, monkeypatch):
+    """HDF5 that ran out of space mid-write crashed the process (rc 139)."""
+    import collections
+
+    import fedinv.store as store_module
+    from test_synthesis import write_teachers
+
+    write_teachers(tmp_path / "t", *random_teachers(2))
+    args = ["synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "s.h5"), "--num-images", "8",
+            "--batch-size", "4", "--iterations", "1", "--device", "cpu", "--no-progress"]
+    usage = collections.namedtuple("usage", "total used free")
+    calls = []
+
+    def nearly_full(path):  # room for the first batch only
+        calls.append(path)
+        return usage(1 << 30, 1 << 30, (1 << 21) if len(calls) == 1 else (1 << 19))
+
+    monkeypatch.setattr(store_module.shutil, "disk_usage", nearly_full)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "is full" in res.output and "--resume" in res.output, res.output
+    assert read_meta(tmp_path / "s.h5")["n_valid"] == 4
+    monkeypatch.undo()
+    res = CliRunner().invoke(cli, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert read_meta(tmp_path / "s.h5")["n_valid"] == 8
