@@ -20,12 +20,18 @@ from .train.schedule import SCHEDULES
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None, runtime: bool = False) -> Any:
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, runtime: bool = False,
+           before: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with help text (and optional valid choices) for the CLI and docs.
 
     `runtime=True` marks a field that changes where or how fast a run computes, not what: a saved
-    run may be continued with another value (`fedinv.train.resume.changes`)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "runtime": runtime})
+    run may be continued with another value (`fedinv.train.resume.changes`). `before`: what a
+    saved config without this field stands for, when the field was added with a default other
+    than the behaviour before it; a value, or a function of the saved dict (`from_dict` fills it in)."""
+    metadata = {"help": help, "choices": choices, "runtime": runtime}
+    if before is not dataclasses.MISSING:
+        metadata["before"] = before
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def at_least(cfg: Any, minimum: int, *names: str) -> None:
@@ -108,6 +114,8 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """Build `cls` from a dict (`to_dict`'s form; nested configs from nested dicts), refusing keys it
     does not know (and naming the ones it does)."""
     names = {f.name for f in dataclasses.fields(cls)}
+    values = {**{f.name: f.metadata["before"](values) if callable(f.metadata["before"]) else f.metadata["before"]
+                 for f in dataclasses.fields(cls) if "before" in f.metadata and f.name not in values}, **values}
     extra = set(values) - names
     if extra:
         raise ConfigError(f"unknown {cls.__name__} field(s) {sorted(extra)}; known: {', '.join(sorted(names))}")
@@ -231,8 +239,9 @@ class SynthesisConfig:
     bn_momentum: float = option(0.9, "fast, dense: BN statistics compared as (1 - m) x this batch's + m x a "
                                      "running average over past batches (Fast-Datafree); 0 = each batch alone")
     nz: int = option(100, "fast, dense: size of the generator's latent code")
-    generator_width: int = option(128, "fast, dense: channels of the generator's first feature map (halved at the "
-                                       "next; Fast-Datafree: 64)")
+    generator_width: int = option(64, "fast, dense: channels of the generator's first feature map (halved at the "
+                                      "next), as Fast-Datafree and DENSE; 128 costs 1.6x the time (docs/results.md)",
+                                  before=lambda saved: 128 if saved.get("method") in ("fast", "dense") else 64)
     conditional: bool = option(False, "fast, dense: the generator also takes the target label as an input "
                                       "(off: only the code z, as the references' generators; on, it collapsed "
                                       "to one image per class, docs/results.md)")

@@ -47,8 +47,8 @@ class TeacherFolder:
 class TeacherModels:
     """Teachers held in memory: any classifiers (with BatchNorm layers for the BN term), each with
     the label counts of the data it was trained on, and the dataset facts (shape, classes,
-    normalization) their inputs follow. What `synthesize` and `train_student` take besides a folder; they take the
-    modules over (frozen, in eval mode, moved to the run's device)."""
+    normalization) their inputs follow. `synthesize` and `train_student` take them as they take a
+    folder, and take the modules over (frozen, in eval mode, moved to the run's device)."""
 
     models: Sequence[nn.Module]
     label_counts: Sequence[Sequence[int]]

@@ -97,6 +97,23 @@ def test_the_generator_width_is_the_configs():
         assert [c.out_channels for c in convs] == [width, width // 2, 3]
 
 
+def test_a_fast_store_from_before_the_width_option_continues_at_its_width(tmp_path):
+    """Stores of fast made before --generator-width were made at 128; the default is now 64."""
+    import h5py
+
+    write_teachers(tmp_path / "t", *random_teachers(2))
+    cfg = gen_cfg(num_images=24, generator_width=128)
+    synthesize(tmp_path / "t", tmp_path / "old.h5", cfg, progress=False)
+    with h5py.File(tmp_path / "old.h5", "r+") as f:
+        config = json.loads(f.attrs["config"])
+        del config["generator_width"]
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+    with pytest.raises(RunStateError, match=r"other settings \(generator_width\)"):
+        synthesize(tmp_path / "t", tmp_path / "old.h5", gen_cfg(num_images=24), resume=True, progress=False)
+    stats = synthesize(tmp_path / "t", tmp_path / "old.h5", cfg, resume=True, progress=False)
+    assert stats["n_valid"] == 24 and stats["batches"] == 0
+
+
 def test_fast_moves_its_start_and_dense_keeps_one_generator():
     models, counts = random_teachers(3)
     ts = TeacherEnsemble(models, counts, CPU, INFO, batched=False)

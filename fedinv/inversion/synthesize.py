@@ -40,7 +40,11 @@ def synthesis_meta(folder: Teachers, cfg: SynthesisConfig, existing: Path | None
             saved = read_meta(existing)
         except ConfigError:
             saved = None  # not a store: the writer says so
-        if saved is not None and not changes(saved["config"], cfg):
+        diff = changes(saved["config"], cfg) if saved is not None else []
+        if diff:
+            raise RunStateError(f"{existing} was made with other settings ({', '.join(diff)}); continue it with the "
+                                f"options that made it, or choose another --out")
+        if saved is not None:
             config = saved["config"]
         if saved is not None and saved["teachers"] == folder.file_hashes():  # recorded by file, as before
             teachers = saved["teachers"]
