@@ -28,6 +28,7 @@ setting.
 
     python bench/findings.py --rows all --seeds 0,1,2 --out runs/findings --json-out docs/bench-findings.jsonl
     python bench/findings.py --rows head-mask --seeds 0 --out runs/findings
+    python bench/findings.py --rows all --method fast --out runs/findings-fast --json-out docs/bench-findings.jsonl
     python bench/findings.py --plots docs/findings --out runs/findings --seeds 0,1,2
 """
 
@@ -211,7 +212,7 @@ def run_row(out: Path, finding: str, setting: str, value: Any, seed: int, train:
     fresh = [{k: h[k] for k in ("epoch", "fresh_student_accuracy", "fresh_teacher_accuracy")}
              for h in report["history"] if "fresh_student_accuracy" in h]
     return {"finding": finding, "setting": setting, "switch": FINDINGS[finding].switch, "value": value,
-            "seed": seed, "student_accuracy": report["test_accuracy"],
+            "seed": seed, "method": syn.method, "student_accuracy": report["test_accuracy"],
             "ensemble_accuracy": ensemble["ensemble_accuracy"], "teacher_accuracy": ensemble["node_accuracy"],
             "seconds": sum(seconds.values()), "stage_seconds": seconds, "store_images": report["store_images"],
             "per_class_accuracy": report["per_class_accuracy"], "fresh_batches": fresh,
@@ -299,11 +300,15 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also append each JSON line here")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="draw the pictures of the finished rows into this folder (runs nothing)")
+@click.option("--method", default="deepinversion", show_default=True, type=click.Choice(["deepinversion", "fast"]),
+              help="synthesis method of every row (use another --out per method)")
 @click.option("--quick", is_flag=True, help="tiny budgets on synthetic-tiny: checks the bench end to end in minutes")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-def main(rows: str, seeds: str, out: str, json_out: str | None, plots: Path | None, quick: bool, device: str) -> None:
+def main(rows: str, seeds: str, out: str, json_out: str | None, plots: Path | None, method: str, quick: bool,
+         device: str) -> None:
     seed_list = [int(s) for s in seeds.split(",")]
     budget = QUICK if quick else FULL
+    budget = dataclasses.replace(budget, synthesis=dataclasses.replace(budget.synthesis, method=method))
     if plots is not None:
         for path in draw(Path(out), seed_list, plots, budget):
             click.echo(path)
