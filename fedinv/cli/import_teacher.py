@@ -9,6 +9,7 @@ import click
 
 from ..data.datasets import DATASETS, dataset_info
 from ..errors import ConfigError
+from ..models import is_factory
 from ..teacher_files import import_teacher
 from .parsing import parse_floats
 
@@ -34,9 +35,10 @@ def import_teacher_cmd(model: str, weights: Path, label_counts: str, dataset: st
                        std: str | None, out: Path, node: int | None) -> None:
     """Bring your own teacher: turn a classifier trained elsewhere into a fedinv teacher file.
 
-    The model must have BatchNorm layers (inversion matches their statistics) and give logits for
-    the dataset's classes; it is built, loaded (strict), checked on a dummy batch, and written as
-    OUT/node-K.pt with its label counts and dataset facts. A MODULE:FACTORY model is Python code:
+    The model gives logits for the dataset's classes and should have BatchNorm layers (synthesis
+    matches their statistics; without them, synthesize with --a-bn 0). It is built, loaded
+    (strict), checked on a dummy batch, and written as OUT/node-K.pt with its label counts and
+    dataset facts. A MODULE:FACTORY model is Python code:
     the commands that read the file build it only with `--trust-model MODULE:FACTORY`.
     """
     info = dataset_info(dataset)
@@ -52,4 +54,4 @@ def import_teacher_cmd(model: str, weights: Path, label_counts: str, dataset: st
         raise ConfigError(f"--std must be positive, got {std}")
     path = import_teacher(model, weights, counts, dataclasses.replace(info, **norm), out, node)
     click.echo(f"{path}: {model} for {info.name}, {sum(counts)} samples; synthesize from {out}"
-               + (f" with --trust-model {model}" if ":" in model else ""))
+               + (f" with --trust-model {model}" if is_factory(model) else ""))
