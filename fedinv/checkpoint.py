@@ -102,16 +102,26 @@ class ModelCheckpoint:
         return module.to(device).eval()
 
 
-def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict (strict); a misfit is a `CheckpointError` "{what}: " + the keys that are
-    missing, unexpected or mis-shaped."""
-    expected = module.state_dict()
+def weight_misfit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """The keys of `state` that are missing, unexpected or mis-shaped against `expected` (a model's
+    state_dict), as one line; None when it fits."""
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     shaped = [k for k in expected if k in state and expected[k].shape != state[k].shape]
-    if missing or unexpected or shaped:
-        parts = [f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)) if keys]
-        raise CheckpointError(f"{what}: {'; '.join(parts)}")
+    parts = [f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)) if keys]
+    return "; ".join(parts) or None
+
+
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors of a state_dict holding NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict (strict); a misfit is a `CheckpointError` "{what}: " + `weight_misfit`."""
+    misfit = weight_misfit(module.state_dict(), state)
+    if misfit:
+        raise CheckpointError(f"{what}: {misfit}")
     module.load_state_dict(state, strict=True)
 
 
@@ -161,10 +171,9 @@ def load_checkpoint(path: str | Path, *, kind: str | tuple[str, ...] = TEACHER, 
                                    model["image_size"], trust).state_dict()
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from e
-    wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
-    if wrong:
-        raise CheckpointError(f"{path}: weights do not fit model {model['name']!r}: "
-                              f"missing, unexpected or mis-shaped: {', '.join(wrong[:5])}")
+    misfit = weight_misfit(expected, state)
+    if misfit:
+        raise CheckpointError(f"{path}: weights do not fit model {model['name']!r}: {misfit}")
     return ckpt
 
 
@@ -222,7 +231,7 @@ def _check_fields(path: Path, raw: dict[str, Any],
     state = raw.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: state_dict missing or not a dict of tensors")
-    not_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    not_finite = non_finite(state)
     if not_finite:
         raise CheckpointError(f"{path}: non-finite weights (NaN or inf) in {', '.join(not_finite[:3])}: the model "
                               f"that wrote it diverged")

@@ -11,7 +11,8 @@ from typing import Collection, Sequence, Union
 import torch
 from torch import nn
 
-from .checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, load_weights, read_weights, save_checkpoint
+from .checkpoint import (TEACHER, ModelCheckpoint, load_checkpoint, load_weights, non_finite, read_weights,
+                         save_checkpoint)
 from .data.datasets import DatasetInfo
 from .errors import ConfigError, RunStateError
 from .models import build_model_for
@@ -85,7 +86,7 @@ def check_teacher_model(model: nn.Module, counts: Sequence[int], info: DatasetIn
     if len(counts) != info.num_classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
                                                   for c in counts):
         raise ConfigError(f"{name}: label counts must be {info.num_classes} non-negative integers, got {list(counts)}")
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite(model.state_dict())
     if bad:
         raise ConfigError(f"{name}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}")
     was_training = model.training
@@ -110,12 +111,18 @@ def as_teachers(teachers: str | Path | Teachers, trust: Collection[str] = ()) ->
     return teachers if isinstance(teachers, (TeacherFolder, TeacherModels)) else load_teacher_folder(teachers, trust)
 
 
+def node_index(path: Path) -> int | None:
+    """K of a `node-K.pt` file name (None for another name)."""
+    k = path.stem.partition("-")[2]
+    return int(k) if k.isdigit() else None
+
+
 def teacher_paths(folder: str | Path) -> list[Path]:
     """The `node-K.pt` files of a folder, in node order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"teachers folder {folder} not found; train teachers with `fedinv train-teachers`")
-    paths = sorted(folder.glob("node-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    paths = sorted((p for p in folder.glob("node-*.pt") if node_index(p) is not None), key=node_index)
     if not paths:
         raise ConfigError(f"no node-*.pt teacher checkpoints in {folder}")
     return paths
@@ -171,7 +178,7 @@ def import_teacher(model: str, weights: str | Path, label_counts: Sequence[int],
     counts = [int(c) for c in label_counts]
     check_teacher_model(module, counts, info, f"model {model!r} with {Path(weights).name}")
     folder = Path(folder)
-    taken = {int(p.stem.split("-")[1]) for p in folder.glob("node-*.pt") if p.stem.split("-")[1].isdigit()}
+    taken = {k for k in map(node_index, folder.glob("node-*.pt")) if k is not None}
     node = (max(taken) + 1 if taken else 0) if node is None else node
     if node < 0:
         raise ConfigError(f"--node must be >= 0, got {node}")

@@ -179,9 +179,10 @@ class Federation:
         step and of the global model after it."""
         counts = torch.stack([r.label_counts for r in results])
         ensemble = ensemble_probs([self.logits(r.state, test) for r in results], class_shares(counts))
+        before = self.test_accuracy(aggregate, test)
         return {"diagnose_ensemble_accuracy": accuracy(ensemble, test.labels),
-                "diagnose_aggregate_accuracy": self.test_accuracy(aggregate, test),
-                "diagnose_global_accuracy": self.test_accuracy(new_state, test)}
+                "diagnose_aggregate_accuracy": before,
+                "diagnose_global_accuracy": before if new_state is aggregate else self.test_accuracy(new_state, test)}
 
 
 class NodeEngine(Protocol):
