@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ from fedinv import __version__
 from fedinv.config import DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, to_dict
 from fedinv.data.datasets import ImageTensors, dataset_info, load_dataset
 from fedinv.data.partition import Partition, load_partition, make_partition, save_partition
-from fedinv.inversion.methods import state_path
+from fedinv.inversion.methods import copy_synthesis_store
 from fedinv.inversion.synthesize import synthesize
 from fedinv.nodes import train_teachers
 from fedinv.store import read_rows
@@ -192,10 +191,7 @@ def run_row(out: Path, finding: str, setting: str, value: Any, seed: int, train:
         if student_cfg.adaptive_batches:  # new batches go to the row's own copy
             own = row_dir / "synthetic.h5"
             if not own.exists():
-                row_dir.mkdir(parents=True, exist_ok=True)
-                if state_path(store).exists():
-                    shutil.copy(state_path(store), state_path(own))
-                shutil.copy(store, own)
+                copy_synthesis_store(store, own)
             store = own
         local = None
         if SETTINGS[setting].student_node is not None:

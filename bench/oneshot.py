@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 from fedinv import __version__
 from fedinv.data.datasets import load_dataset
-from fedinv.inversion.methods import state_path
+from fedinv.inversion.methods import copy_synthesis_store
 from fedinv.inversion.synthesize import synthesize
 from fedinv.nodes import train_teachers
 from fedinv.pipeline import RunConfig, partition_stage
@@ -63,7 +62,8 @@ def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], An
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path, device: str) -> list[dict]:
+def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path, device: str) -> Iterator[dict]:
+    """Yields each method's line as soon as it is measured (a killed run keeps what it printed)."""
     cfg = RunConfig.from_toml(CONFIGS / f"fmnist-dirichlet-{alpha}.toml")
     cfg = dataclasses.replace(
         cfg, partition=dataclasses.replace(cfg.partition, num_nodes=nodes, seed=seed),
@@ -80,7 +80,6 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
           lambda: train_teachers(part, cfg.teachers, teachers, progress=False, train=train, test=test))
     save_json(shared, run / "stage_seconds.json")
     t_report = json.loads((teachers / "report.json").read_text())
-    lines = []
     for method in methods:
         syn_fields, student_fields, online_fields = METHODS[method]
         syn = dataclasses.replace(cfg.synthesis, seed=seed, device=device, **syn_fields)
@@ -97,16 +96,14 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
             store, mdir / "student", student, teachers_dir=teachers, test=test, progress=False))
         save_json(mine, times_file)
         if not online_store.exists():  # new batches are appended to a copy (with the generator state)
-            if state_path(store).is_file():
-                shutil.copy(state_path(store), state_path(online_store))
-            shutil.copy(store, online_store)
+            copy_synthesis_store(store, online_store)
         timed(mine, "train_student_online", (mdir / "student-online" / "report.json").is_file(),
               lambda: train_student(online_store, mdir / "student-online", online, teachers_dir=teachers, test=test,
                                     progress=False))
         save_json(mine, times_file)
         plain = json.loads((mdir / "student" / "report.json").read_text())
         onl = json.loads((mdir / "student-online" / "report.json").read_text())
-        lines.append({"method": method, "alpha": float(alpha), "num_nodes": nodes, "seed": seed,
+        yield {"method": method, "alpha": float(alpha), "num_nodes": nodes, "seed": seed,
                       "fedavg_accuracy": t_report["fedavg_accuracy"],
                       "ensemble_accuracy": t_report["ensemble_accuracy"],
                       "student_accuracy": plain["test_accuracy"], "student_online_accuracy": onl["test_accuracy"],
@@ -114,8 +111,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
                       "stage_seconds": {**shared, **mine}, "config": {"synthesis": dataclasses.asdict(syn),
                                                                       "student": dataclasses.asdict(student),
                                                                       "online": online_fields},
-                      "fedinv_version": __version__})
-    return lines
+                      "fedinv_version": __version__}
 
 
 @click.command()

@@ -36,6 +36,7 @@ from fedinv.federated.report import compare
 from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
 from fedinv.federated.rounds import federate, mean_last_accuracy, rounds_to_target
+from fedinv.runtime import save_json
 from fedinv.viz import line_plot
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-rounds.toml"
@@ -97,14 +98,14 @@ def diagnose_plot(reports: list[dict]):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
 def main(methods: str, models: str | None, seeds: str, rounds: int, config: str, diagnose: int, out: str,
          json_out: str | None, device: str) -> None:
+    parsed = {method: parse(method) for method in methods.split(",")}  # refused before any work
     base = FederatedRunConfig.from_toml(config)
     seed_list = [int(s) for s in seeds.split(",")]
     train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
     result: dict = json.loads(Path(json_out).read_text()) if json_out and Path(json_out).is_file() else {}
     for model in (models.split(",") if models else [base.federate.model]):
         reports = []
-        for method in methods.split(","):
-            algorithm, server = parse(method)
+        for method, (algorithm, server) in parsed.items():
             per_seed = []
             for seed in seed_list:
                 cfg = base if algorithm == base.federate.algorithm else base.with_algorithm(algorithm)
@@ -119,9 +120,11 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
                 per_seed.append(summary(report))
             result.setdefault(model, {})[method] = {**mean_over_seeds(per_seed), "seeds": seed_list,
                                                     "per_seed": per_seed}
-        result.setdefault("setting", {})[model] = {"config": str(config), "rounds": rounds,
-                                                   "fedinv_version": __version__,
-                                                   "partition": dataclasses.asdict(base.partition)}
+            result.setdefault("setting", {})[model] = {"config": str(config), "rounds": rounds,
+                                                       "fedinv_version": __version__,
+                                                       "partition": dataclasses.asdict(base.partition)}
+            if json_out:  # after every method: a killed run keeps what it measured
+                save_json(result, json_out)
         rows, table, plot = compare(reports, (0.75, 0.8, 0.85))
         folder = Path(out) / model
         folder.mkdir(parents=True, exist_ok=True)
@@ -131,8 +134,6 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
         if picture is not None:
             picture.save(folder / "diagnose.png")
     click.echo(json.dumps(result, indent=2))
-    if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -31,3 +31,28 @@ def test_findings_bench_writes_the_keys_the_issue_reads(tmp_path):
                                str(tmp_path / "runs"), "--plots", str(tmp_path / "plots")],
                               check=True, capture_output=True, text=True).stdout.split()
     assert {Path(p).name for p in pictures} >= {"head-mask-accuracy.png", "adaptive-fresh-batches.png"}
+
+
+def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
+    cfg = tmp_path / "fl.toml"
+    cfg.write_text('[data]\ndataset = "synthetic-tiny"\n[partition]\nnum_nodes = 3\nalpha = 1.0\n'
+                   '[federate]\nmodel = "lenet5"\nrounds = 2\nbatch_size = 32\n'
+                   '[generator]\niterations = 1\nbatch_size = 8\n')
+    out = tmp_path / "rounds.json"
+
+    def bench(methods: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(BENCH / "rounds.py"), "--config", str(cfg), "--methods", methods,
+                               "--rounds", "2", "--out", str(tmp_path / "runs"), "--json-out", str(out),
+                               "--device", "cpu"], capture_output=True, text=True)
+
+    bad = bench("fedavg,fedsgd+ftg")
+    assert bad.returncode == 2 and "fedsgd+ftg" in bad.stderr and "fedavg" in bad.stderr
+    assert not out.exists() and not (tmp_path / "runs").exists(), "a bad method is refused before any round"
+    assert bench("fedavg").returncode == 0
+    assert bench("fedavg+ftg").returncode == 0  # a later run adds its methods to the file
+    result = json.loads(out.read_text())
+    assert set(result["lenet5"]) == {"fedavg", "fedavg+ftg"}
+    for row in result["lenet5"].values():
+        assert {"rounds_to_75", "rounds_to_80", "rounds_to_85", "final_accuracy", "last5_accuracy",
+                "seconds_per_round", "server_share", "seeds"} <= set(row)
+    assert result["lenet5"]["fedavg"]["server_share"] is None and result["lenet5"]["fedavg+ftg"]["server_share"] > 0

@@ -2,7 +2,6 @@
 exact resume of synthesis and of the online student, BN momentum, end to end through `fedinv run`."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from fedinv.inversion.engine import invert_batch
 from fedinv.inversion.ensemble import TeacherEnsemble
 from fedinv.inversion.generative import GeneratorSynthesizer
 from fedinv.inversion.hooks import BNMomentum
-from fedinv.inversion.methods import state_path
+from fedinv.inversion.methods import copy_synthesis_store, state_path
 from fedinv.inversion.objective import InversionObjective
 from fedinv.inversion.synthesize import synthesize
 from fedinv.models.generators import to_model_input
@@ -195,8 +194,7 @@ def test_online_student_on_a_fast_store_resumes_exactly(tmp_path, monkeypatch):
     write_teachers(tmp_path / "t", models, counts)
     synthesize(tmp_path / "t", tmp_path / "pool.h5", gen_cfg(num_images=24), progress=False)
     for name in ("a.h5", "c.h5"):
-        shutil.copy(tmp_path / "pool.h5", tmp_path / name)
-        shutil.copy(state_path(tmp_path / "pool.h5"), state_path(tmp_path / name))
+        copy_synthesis_store(tmp_path / "pool.h5", tmp_path / name)
     cfg = StudentConfig(model="lenet5", epochs=3, batch_size=12, adaptive_batches=2, device="cpu")
     a = train_student(tmp_path / "a.h5", tmp_path / "a", cfg, teachers_dir=tmp_path / "t", progress=False)
     assert [h["store_images"] for h in a["history"]] == [48, 72, 96]

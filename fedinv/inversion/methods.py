@@ -11,6 +11,7 @@ written after it, so it writes exactly what an uninterrupted run writes.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -21,7 +22,7 @@ from .. import __version__
 from ..config import SynthesisConfig
 from ..errors import ConfigError, RunStateError
 from ..models import batchnorm_models, has_batchnorm
-from ..runtime import remove_stale_temporaries, save_torch
+from ..runtime import atomic_path, remove_stale_temporaries, save_torch
 from ..store import StoreWriter
 from .batch import make_batch, pixel_bounds
 from .engine import Inverted, StepCallback, invert_batch
@@ -84,6 +85,18 @@ def state_path(store: str | Path) -> Path:
     """Where a store's synthesizer state lives: beside it, `NAME.state.pt`."""
     store = Path(store)
     return store.with_name(store.name + ".state.pt")
+
+
+def copy_synthesis_store(src: str | Path, dst: str | Path) -> None:
+    """Copy a store with its synthesizer state, so that new batches can go to the copy (an online
+    student's) and leave `src` as it is. Each file appears under its final name only when complete,
+    the store last: a copy killed midway leaves no `dst`, and is made again."""
+    src, dst = Path(src), Path(dst)
+    if state_path(src).is_file():
+        with atomic_path(state_path(dst)) as tmp:
+            shutil.copyfile(state_path(src), tmp)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 @contextlib.contextmanager
