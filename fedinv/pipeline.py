@@ -22,9 +22,10 @@ from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig
 from .data.datasets import ImageTensors, load_dataset
 from .data.partition import Partition, load_partition, make_partition, save_partition
 from .checkpoint import STUDENT, load_checkpoint
-from .errors import ConfigError, RunStateError
+from .errors import RunStateError
 from .evaluate import evaluate_checkpoint
-from .models import MODELS, batchnorm_models, build_model_for
+from .models import build_model_for
+from .inversion.methods import require_batchnorm
 from .inversion.synthesize import synthesize
 from .nodes import train_teachers
 from .runtime import resolve_device, save_json
@@ -96,12 +97,10 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     test = load_dataset(cfg.data, "test")  # is written: the data, the devices, the model names
     for stage in (cfg.teachers, cfg.synthesis, cfg.student):
         resolve_device(stage.device)
-    for name in (cfg.teachers.model, cfg.student.model):
-        with torch.device("meta"):
-            build_model_for(name, train.info)
-    if cfg.synthesis.a_bn > 0 and not MODELS[cfg.teachers.model].batchnorm:
-        raise ConfigError(f"teachers.model {cfg.teachers.model!r} has no BatchNorm, whose statistics inversion "
-                          f"matches: choose one of {', '.join(batchnorm_models())}, or set synthesis.a_bn = 0")
+    with torch.device("meta"):  # unknown model names fail here
+        teacher = build_model_for(cfg.teachers.model, train.info)
+        build_model_for(cfg.student.model, train.info)
+    require_batchnorm([teacher], cfg.synthesis, [f"teachers.model {cfg.teachers.model!r}"])
     save_json(cfg.to_dict(), saved)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

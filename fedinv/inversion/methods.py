@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -63,14 +63,21 @@ class PerBatchSynthesizer:
         pass
 
 
+def require_batchnorm(models: Sequence[nn.Module], cfg: SynthesisConfig, names: Sequence[str] = ()) -> None:
+    """The BN-statistic term needs teachers with BatchNorm running statistics: refuse any without
+    (naming it as `names` do, by default `teacher K (Class)`) unless the term is off."""
+    no_bn = [i for i, m in enumerate(models) if not has_batchnorm(m)]
+    if no_bn and cfg.a_bn > 0:
+        i = no_bn[0]
+        name = names[i] if names else f"teacher {i} ({type(models[i]).__name__})"
+        raise ConfigError(f"{name} has no BatchNorm layer, whose running statistics inversion matches: train the "
+                          f"teachers with a BN model ({', '.join(batchnorm_models())}), or switch the BN term off "
+                          f"(--a-bn 0; synthesis.a_bn = 0 in a config)")
+
+
 def make_synthesizer(teachers: TeacherEnsemble, cfg: SynthesisConfig, amp_dtype: torch.dtype | None) -> Synthesizer:
     """The synthesizer of `cfg.method`, at its initial state."""
-    no_bn = [i for i, m in enumerate(teachers.models) if not has_batchnorm(m)]
-    if no_bn and cfg.a_bn > 0:
-        name = type(teachers.models[no_bn[0]]).__name__
-        raise ConfigError(f"teacher {no_bn[0]} ({name}) has no BatchNorm layer, whose running statistics inversion "
-                          f"matches: train the teachers with a BN model ({', '.join(batchnorm_models())}), or "
-                          f"switch the BN term off with --a-bn 0")
+    require_batchnorm(teachers.models, cfg)
     if cfg.per_batch:
         return PerBatchSynthesizer(teachers, cfg, amp_dtype)
     return GeneratorSynthesizer(teachers, cfg, amp_dtype)

@@ -67,14 +67,13 @@ def _cycle(data: ImageTensors, batch_size: int, device: torch.device, seed: int)
                            shuffle=True, augment=True)
 
 
-def adaptive_round(store: Path, teachers: TeacherEnsemble, student: nn.Module, until: int, device: torch.device,
-                   progress: bool) -> int:
-    """Synthesize batches against the current student (the store's own method and settings) and
-    append them until the store holds `until` rows; returns its n_valid."""
+def adaptive_round(store: Path, syn: SynthesisConfig, teachers: TeacherEnsemble, student: nn.Module, until: int,
+                   device: torch.device, progress: bool) -> int:
+    """Synthesize batches against the current student (`syn`: the store's own method and settings)
+    and append them until the store holds `until` rows; returns its n_valid."""
     meta = read_meta(store)
     if meta["n_valid"] >= until:
         return meta["n_valid"]
-    syn = from_dict(SynthesisConfig, {**meta["config"], "device": str(device)})
     synth = make_synthesizer(teachers, syn, resolve_precision(syn.precision, device))
     was_training = student.training
     student.eval().requires_grad_(False)  # the images get gradients, the student's weights none
@@ -141,6 +140,7 @@ class StudentRun:
     student: nn.Module
     stepper: Stepper
     local_batches: Iterator[tuple] | None
+    synthesis: SynthesisConfig | None  # the store's, on this device: what adaptive rounds run
 
     @classmethod
     def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | Teachers | None,
@@ -158,7 +158,9 @@ class StudentRun:
             raise ConfigError("mixup needs KD from the teachers: give --teachers")
         if cfg.local_weight and local is None:
             raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
-        path = ensemble_path(from_dict(SynthesisConfig, meta["config"])) if cfg.adaptive_batches else "auto"
+        synthesis = (from_dict(SynthesisConfig, {**meta["config"], "device": str(device)})
+                     if cfg.adaptive_batches else None)
+        path = ensemble_path(synthesis) if synthesis else "auto"
         teachers = load_ensemble(teachers_dir, device, path, trust) if teachers_dir else None
         if teachers is not None and teachers.image_shape != info.image_shape:
             raise ConfigError(f"the teachers take {teachers.image_shape} images, the store holds {info.image_shape}")
@@ -170,7 +172,7 @@ class StudentRun:
         local_batches = (_cycle(local, cfg.batch_size, device, cfg.seed)
                          if local is not None and cfg.local_weight else None)
         return cls(store, cfg, meta, info, device, world, teachers, source, student,
-                   Stepper(optimizer, device, resolve_precision(cfg.precision, device)), local_batches)
+                   Stepper(optimizer, device, resolve_precision(cfg.precision, device)), local_batches, synthesis)
 
     def train(self, out_dir: Path, test: ImageTensors | None, eval_every: int, progress: bool) -> list[dict]:
         """Every epoch from the last saved one; returns the history of all epochs."""
@@ -223,9 +225,10 @@ class StudentRun:
         report's Figure 3). A run killed after appending (part of) this round but before its epoch
         checkpoint appends only the missing batches (each is seeded by its index and the same student)."""
         cfg = self.cfg
-        per_round = cfg.adaptive_batches * from_dict(SynthesisConfig, self.meta["config"]).batch_size
+        per_round = cfg.adaptive_batches * self.synthesis.batch_size
         rounds = epoch // cfg.adaptive_every + 1
-        end = adaptive_round(self.store, self.teachers, self.student, pool + rounds * per_round, self.device, progress)
+        end = adaptive_round(self.store, self.synthesis, self.teachers, self.student, pool + rounds * per_round,
+                             self.device, progress)
         images, labels, _ = read_rows(self.store, np.arange(max(pool, end - per_round), end))
         x, y = normalize(images.to(self.device), self.info), labels.to(self.device)
         was_training = self.student.training
