@@ -30,6 +30,7 @@ setting.
     python bench/findings.py --rows head-mask --seeds 0 --out runs/findings
     python bench/findings.py --rows all --method fast --out runs/findings-fast --json-out docs/bench-findings.jsonl
     python bench/findings.py --plots docs/findings --out runs/findings --seeds 0,1,2
+    python bench/findings.py --table docs/bench-findings.jsonl
 """
 
 from __future__ import annotations
@@ -288,6 +289,35 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
     return written
 
 
+def table(lines: list[dict]) -> str:
+    """A markdown table of measured rows (JSON lines as printed; a row printed again on a resumed run
+    counts once): per finding, setting and switch value the student's accuracy as mean ± std over
+    seeds, its paired difference to the finding's first value, the ensemble, seconds, the report."""
+    rows = {(r["finding"], r["setting"], json.dumps(r["value"]), r["seed"]): r for r in lines}
+    out = ["| finding | setting | switch | seeds | student | vs first value (paired) | ensemble | seconds | report |",
+           "|---|---|---|---|---|---|---|---|---|"]
+
+    def pm(values: list[float], scale: float = 100.0) -> str:
+        v = scale * np.array(values)
+        return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+    for finding, spec in FINDINGS.items():
+        for setting in spec.settings:
+            first = {seed: r for (f, s, v, seed), r in rows.items()
+                     if (f, s, v) == (finding, setting, json.dumps(spec.values[0]))}
+            for value in spec.values:
+                mine = [r for (f, s, v, _), r in sorted(rows.items()) if (f, s, v) == (finding, setting, json.dumps(value))]
+                if not mine:
+                    continue
+                paired = [r["student_accuracy"] - first[r["seed"]]["student_accuracy"] for r in mine if r["seed"] in first]
+                diff = "" if value == spec.values[0] or not paired else f"{'+' if np.mean(paired) >= 0 else ''}{pm(paired)}"
+                out.append(f"| {finding} | {setting} | {spec.switch} = {value_name(value)} | {len(mine)} | "
+                           f"{pm([r['student_accuracy'] for r in mine])} | {diff} | "
+                           f"{pm([r['ensemble_accuracy'] for r in mine])} | {np.mean([r['seconds'] for r in mine]):.0f} | "
+                           f"{spec.report if value == spec.values[0] else ''} |")
+    return "\n".join(out) + "\n"
+
+
 @click.command()
 @click.option("--rows", default="all", show_default=True,
               help=f"comma-separated findings, or all: {', '.join(FINDINGS)}")
@@ -296,12 +326,18 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also append each JSON line here")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="draw the pictures of the finished rows into this folder (runs nothing)")
+@click.option("--table", "table_from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="print the markdown table of the JSON lines in this file (runs nothing)")
 @click.option("--method", default="deepinversion", show_default=True, type=click.Choice(["deepinversion", "fast"]),
               help="synthesis method of every row (use another --out per method)")
 @click.option("--quick", is_flag=True, help="tiny budgets on synthetic-tiny: checks the bench end to end in minutes")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-def main(rows: str, seeds: str, out: str, json_out: str | None, plots: Path | None, method: str, quick: bool,
-         device: str) -> None:
+def main(rows: str, seeds: str, out: str, json_out: str | None, plots: Path | None, table_from: str | None,
+         method: str, quick: bool, device: str) -> None:
+    if table_from is not None:
+        click.echo(table([json.loads(line) for line in Path(table_from).read_text().splitlines() if line.strip()]),
+                   nl=False)
+        return
     seed_list = [int(s) for s in seeds.split(",")]
     budget = QUICK if quick else FULL
     budget = dataclasses.replace(budget, synthesis=dataclasses.replace(budget.synthesis, method=method))

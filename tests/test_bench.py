@@ -27,6 +27,12 @@ def test_findings_bench_writes_the_keys_the_issue_reads(tmp_path):
                             "--seeds", "0", "--out", str(tmp_path / "runs"), "--device", "cpu"],
                            check=True, capture_output=True, text=True).stdout.splitlines()
     assert [json.loads(line)["student_accuracy"] for line in again] == [r["student_accuracy"] for r in rows[:4]]
+    table = subprocess.run([sys.executable, str(BENCH / "findings.py"), "--table", str(out)], check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    assert len(table) == 2 + 6 and table[4].startswith("| head-mask | 2-disjoint | head_mask = on | 1 |")  # by finding
+    assert f"{100 * rows[0]['student_accuracy']:.2f}" in table[4] and "64.6%" in table[4]
+    diff = 100 * (rows[1]["student_accuracy"] - rows[0]["student_accuracy"])
+    assert f"{'+' if diff >= 0 else ''}{diff:.2f}" in table[5]  # off minus on, paired by seed
     pictures = subprocess.run([sys.executable, str(BENCH / "findings.py"), "--quick", "--seeds", "0", "--out",
                                str(tmp_path / "runs"), "--plots", str(tmp_path / "plots")],
                               check=True, capture_output=True, text=True).stdout.split()
