@@ -306,14 +306,18 @@ def table(lines: list[dict]) -> str:
             first = {seed: r for (f, s, v, seed), r in rows.items()
                      if (f, s, v) == (finding, setting, json.dumps(spec.values[0]))}
             for value in spec.values:
-                mine = [r for (f, s, v, _), r in sorted(rows.items()) if (f, s, v) == (finding, setting, json.dumps(value))]
+                key = (finding, setting, json.dumps(value))
+                mine = [r for (f, s, v, _), r in sorted(rows.items()) if (f, s, v) == key]
                 if not mine:
                     continue
-                paired = [r["student_accuracy"] - first[r["seed"]]["student_accuracy"] for r in mine if r["seed"] in first]
-                diff = "" if value == spec.values[0] or not paired else f"{'+' if np.mean(paired) >= 0 else ''}{pm(paired)}"
+                paired = [r["student_accuracy"] - first[r["seed"]]["student_accuracy"]
+                          for r in mine if r["seed"] in first]
+                diff = ("" if value == spec.values[0] or not paired
+                        else f"{'+' if np.mean(paired) >= 0 else ''}{pm(paired)}")
                 out.append(f"| {finding} | {setting} | {spec.switch} = {value_name(value)} | {len(mine)} | "
                            f"{pm([r['student_accuracy'] for r in mine])} | {diff} | "
-                           f"{pm([r['ensemble_accuracy'] for r in mine])} | {np.mean([r['seconds'] for r in mine]):.0f} | "
+                           f"{pm([r['ensemble_accuracy'] for r in mine])} | "
+                           f"{np.mean([r['seconds'] for r in mine]):.0f} | "
                            f"{spec.report if value == spec.values[0] else ''} |")
     return "\n".join(out) + "\n"
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 from fedinv.cli.main import cli
 from fedinv.aggregate import feddyn_aggregate, scaffold_aggregate, server_step
@@ -16,7 +17,7 @@ from fedinv.errors import ConfigError, RunStateError
 from fedinv.federated.config import FederateConfig, FederatedRunConfig, GeneratorConfig
 from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
-from fedinv.federated.ftg import (FedFTG, class_level_logits, diversity_loss,
+from fedinv.federated.ftg import (FedFTG, class_level_logits, diversity_loss, ema_update,
                                   generator_objective, label_distribution)
 from fedinv.models.generators import FeatureGenerator, ImageGenerator
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
@@ -399,3 +400,34 @@ def test_ftg_saves_generated_batches_for_view(tmp_path, tiny_train):
     res = CliRunner().invoke(cli, ["view", str(store), "--out", str(tmp_path / "g.png"), "--per-class", "2"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "g.png").is_file()
+
+
+def test_ema_update_by_hand():
+    ema, model = nn.BatchNorm1d(2), nn.BatchNorm1d(2)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(5.0)
+    ema_update(ema, model, 0.75)
+    assert torch.allclose(ema.weight, torch.full((2,), 1.5))  # 0.75 * 1 + 0.25 * 3
+    assert torch.equal(ema.running_mean, model.running_mean)
+
+
+def test_ftg_with_an_ema_generator_resumes_exactly_and_keeps_the_average(tmp_path, tiny_train):
+    cfg = tiny_run("fedavg", "ftg", rounds=3, participation=0.5)
+    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, generator_ema=0.5))
+    federate(cfg, tmp_path / "whole", progress=False, train=tiny_train)
+    federate(cfg, tmp_path / "split", progress=False, train=tiny_train, stop_after=2)
+    federate(cfg, tmp_path / "split", resume=True, progress=False, train=tiny_train)
+    a = torch.load(tmp_path / "whole" / "global.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "split" / "global.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    server = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["server"]["server_step"]
+    g, ema = server["generator"], server["generator_ema"]
+    assert any(not torch.equal(g[k], ema[k]) for k in g)  # an average, not a copy
+    plain = federate(tiny_run("fedavg", "ftg", rounds=1), tmp_path / "plain", progress=False, train=tiny_train)
+    assert plain["complete"]
+    saved = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
+    assert "generator_ema" not in saved["server"]["server_step"]
+    with pytest.raises(ConfigError, match=r"generator_ema must be in \[0, 1\)"):
+        GeneratorConfig(generator_ema=1.0)

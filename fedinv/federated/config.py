@@ -82,6 +82,10 @@ class GeneratorConfig:
                            "batches (they follow the generated batches, as in the reference code's train mode) "
                            "or aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
                            "put back)", choices=("batches", "aggregate"))
+    generator_ema: float = option(0.0, "ftg, feddf: the fine-tuning draws its samples from an exponential moving "
+                                       "average of the generator's weights, updated after every generator step with "
+                                       "this decay and kept across rounds (DFRD's EMA generator); 0 = from the "
+                                       "generator itself, as the reference code")
     fedgen_weight: float = option(1.0, "fedgen: weight of the nodes' CE on generated features")
     save_every: int = option(0, "ftg, feddf: append a batch of generated images (with the round's ensemble "
                                 "soft labels) to OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
@@ -90,6 +94,8 @@ class GeneratorConfig:
         check_choice(self, "bn_stats")
         at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
         at_least(self, 0, "model_steps", "save_every")
+        if not 0.0 <= self.generator_ema < 1.0:
+            raise ConfigError(f"generator_ema must be in [0, 1), got {self.generator_ema}")
         if not self.generator_lr > 0 or not self.model_lr > 0 or not self.temperature > 0:
             raise ConfigError("generator_lr, model_lr and temperature must be > 0")
 

@@ -10,11 +10,14 @@ After aggregation, per round: `iterations` times, train the conditional generato
 with labels y drawn in proportion to the participants' class counts (customized label
 sampling); then take `model_steps` SGD steps of the global model on KL(ensemble || global) over
 fresh generated samples. FedDF: the plain mean ensemble, uniform labels, no hard-sample mining.
-The generator and its Adam state persist from round to round (`server_step.GeneratorStep`).
+The generator and its Adam state persist from round to round (`server_step.GeneratorStep`); with
+`generator_ema` > 0 the fine-tuning's samples come from a moving average of the generator
+(DFRD), which also persists.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -35,6 +38,15 @@ def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tens
     """[M, B, K] logits of M local models, [M, K] class shares (columns sum to 1) -> [B, K]:
     each model's logit for class k weighted by its share of class k (FedFTG's class-level ensemble)."""
     return (logits * shares.to(logits.dtype)[:, None, :]).sum(0)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
 
 
 def label_distribution(label_counts: torch.Tensor) -> torch.Tensor:
@@ -122,21 +134,34 @@ class FedFTG(GeneratorStep):
             z = torch.randn(gcfg.batch_size, gcfg.nz, generator=rnd.gen)
             return z.to(device), y.to(device)
 
+        ema = self.ema_generator(g, state) if gcfg.generator_ema else None
+        source = ema if ema is not None else g  # what the fine-tuning's samples come from
         sums: dict[str, float] = {}
         for _ in range(gcfg.iterations):
-            self.train_generator(g, g_step, model, server, sample, sums)
-            self.fine_tune(g, m_step, model, server, sample, sums)
-        self.last_samples = self.generated_rows(g, server, sample) if gcfg.save_every else None
+            self.train_generator(g, g_step, model, server, sample, sums, ema)
+            self.fine_tune(source, m_step, model, server, sample, sums)
+        self.last_samples = self.generated_rows(source, server, sample) if gcfg.save_every else None
         n_g, n_m = gcfg.iterations * gcfg.generator_steps, max(gcfg.iterations * gcfg.model_steps, 1)
         metrics = {f"server_{k}": v / (n_m if k == "distill" else n_g) for k, v in sums.items()}
         new_state = cpu_state(model)
         if gcfg.bn_stats == "aggregate":
             new_state.update(bn_statistics(global_state))  # the input state, untouched by the fine-tuning
-        return new_state, {"generator": cpu_state(g), "optimizer": g_step.optimizer.state_dict()}, metrics
+        server_state = {"generator": cpu_state(g), "optimizer": g_step.optimizer.state_dict()}
+        if ema is not None:
+            server_state["generator_ema"] = cpu_state(ema)
+        return new_state, server_state, metrics
+
+    def ema_generator(self, g: nn.Module, state: dict[str, Any]) -> nn.Module:
+        """The EMA copy of `g` as the last round left it (`g` itself before the first round)."""
+        ema = copy.deepcopy(g).requires_grad_(False)
+        if "generator_ema" in state:
+            ema.load_state_dict(state["generator_ema"])
+        return ema
 
     def train_generator(self, g: nn.Module, g_step: Stepper, model: nn.Module, server: ServerModels,
-                        sample: Sampler, sums: dict[str, float]) -> None:
-        """`generator_steps` updates of G on fidelity, hard-sample mining and diversity."""
+                        sample: Sampler, sums: dict[str, float], ema: nn.Module | None = None) -> None:
+        """`generator_steps` updates of G on fidelity, hard-sample mining and diversity; `ema`, when
+        given, follows G's weights after each (its buffers, e.g. BN statistics, are G's)."""
         gcfg = self.gcfg
         lambda_md = gcfg.lambda_md if self.lambda_md_applies else 0.0
         model.requires_grad_(False)
@@ -148,6 +173,8 @@ class FedFTG(GeneratorStep):
                 parts = generator_objective(server.ensemble(x), model(x), y, z, out, lambda_md=lambda_md,
                                             lambda_div=gcfg.lambda_div, num_models=len(server.models))
             g_step.step(parts["loss"])
+            if ema is not None:
+                ema_update(ema, g, self.gcfg.generator_ema)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         model.requires_grad_(True)
