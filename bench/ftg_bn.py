@@ -31,7 +31,8 @@ from fedinv.data.batches import normalize
 from fedinv.data.datasets import load_dataset
 from fedinv.evaluate import accuracy, predict_logits
 from fedinv.federated.config import FederatedRunConfig
-from fedinv.federated.ftg import FedFTG, class_level_logits
+from fedinv.evaluate import class_level_logits
+from fedinv.federated.ftg import FedFTG
 from fedinv.federated.local import bn_statistics
 from fedinv.federated.rounds import Federation, InProcessNodes, node_data, run_round
 from fedinv.train.objectives import kd_loss

@@ -76,11 +76,15 @@ def diagnose_plot(reports: list[dict]):
     curves = {}
     for r in reports:
         rows = [h for h in r["history"] if "diagnose_ensemble_accuracy" in h]
-        for key, label in (("diagnose_ensemble_accuracy", "ensemble"), ("diagnose_aggregate_accuracy", "aggregate"),
+        for key, label in (("diagnose_ensemble_accuracy", "ensemble"),
+                           ("diagnose_logit_ensemble_accuracy", "logit ensemble (FTG's teacher)"),
+                           ("diagnose_aggregate_accuracy", "aggregate"),
                            ("diagnose_global_accuracy", "after server step")):
             if label == "after server step" and r["config"]["federate"]["server"] == "none":
                 continue
-            curves[f"{r['method']} {label}"] = [(h["round"], h[key]) for h in rows]
+            points = [(h["round"], h[key]) for h in rows if key in h]  # runs from before a key lack it
+            if points:
+                curves[f"{r['method']} {label}"] = points
     return line_plot(curves, title="is there anything to distill? (first test images)") if curves else None
 
 

@@ -71,6 +71,13 @@ def ensemble_probs(logits: Sequence[torch.Tensor], weights: torch.Tensor | None 
     return mixed / mixed.sum(-1, keepdim=True).clamp_min(torch.finfo(mixed.dtype).tiny)
 
 
+def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """[M, B, K] logits of M models, [M, K] class shares (columns sum to 1) -> [B, K]: each model's
+    logit for class k weighted by its share of class k (FedFTG's class-level ensemble, what its
+    server step distills; `ensemble_probs` weighs probabilities instead)."""
+    return (logits * shares.to(logits.dtype)[:, None, :]).sum(0)
+
+
 def evaluate_checkpoint(ckpt: ModelCheckpoint, test: ImageTensors, device: torch.device) -> tuple[dict, Image.Image]:
     """(report dict, confusion-matrix picture) of a model checkpoint on a test split."""
     if ckpt.image_shape != test.info.image_shape or ckpt.num_classes != test.info.num_classes:

@@ -17,8 +17,8 @@ from fedinv.errors import ConfigError, RunStateError
 from fedinv.federated.config import FederateConfig, FederatedRunConfig, GeneratorConfig
 from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
-from fedinv.federated.ftg import (FedFTG, class_level_logits, diversity_loss, ema_update,
-                                  generator_objective, label_distribution)
+from fedinv.evaluate import class_level_logits
+from fedinv.federated.ftg import FedFTG, diversity_loss, ema_update, generator_objective, label_distribution
 from fedinv.models.generators import FeatureGenerator, ImageGenerator
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
@@ -239,7 +239,8 @@ def test_diagnose_records_the_ensemble_and_the_aggregate_before_the_server_step(
     report = federate(tiny_run("fedavg", "ftg", diagnose_images=100), tmp_path, progress=False, train=tiny_train,
                       test=test)
     row = report["history"][-1]
-    assert all(0.0 <= row[f"diagnose_{k}_accuracy"] <= 1.0 for k in ("ensemble", "aggregate", "global"))
+    kinds = ("ensemble", "logit_ensemble", "aggregate", "global")
+    assert all(0.0 <= row[f"diagnose_{k}_accuracy"] <= 1.0 for k in kinds)
     fed = Federation(tiny_run(), tiny_train.info)  # the aggregate's figure is its test accuracy on the subset
     from fedinv.checkpoint import GLOBAL, load_checkpoint
     state = load_checkpoint(tmp_path / "global.pt", kind=GLOBAL).state_dict

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..evaluate import class_shares
+from ..evaluate import class_level_logits, class_shares
 from ..train import Stepper
-from .ftg import class_level_logits, diversity_loss, label_distribution
+from .ftg import diversity_loss, label_distribution
 from ..models.generators import FeatureGenerator
 from .local import LocalResult, RoundInfo, State, cpu_state, head_of
 from .registry import register_server_step

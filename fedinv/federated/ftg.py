@@ -25,19 +25,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..evaluate import class_shares
+from ..evaluate import class_level_logits, class_shares
 from ..train import Stepper, round_decay
 from ..train.objectives import kd_loss
 from ..models.generators import ImageGenerator, to_model_input
 from .local import LocalResult, RoundInfo, State, bn_statistics, cpu_state
 from .registry import register_server_step
 from .server_step import GeneratorStep
-
-
-def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
-    """[M, B, K] logits of M local models, [M, K] class shares (columns sum to 1) -> [B, K]:
-    each model's logit for class k weighted by its share of class k (FedFTG's class-level ensemble)."""
-    return (logits * shares.to(logits.dtype)[:, None, :]).sum(0)
 
 
 @torch.no_grad()

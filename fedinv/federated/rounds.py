@@ -27,7 +27,7 @@ from ..checkpoint import GLOBAL, ModelCheckpoint, save_checkpoint
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
-from ..evaluate import accuracy, class_shares, ensemble_probs, per_class_accuracy, predict_logits
+from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import seeded_model
 from ..runtime import (Stream, atomic_path, remove_stale_temporaries, resolve_device, resolve_precision, rng,
                        save_json, save_torch)
@@ -175,12 +175,15 @@ class Federation:
                  test: ImageTensors) -> dict[str, float]:
         """Is there anything for a server step to distill? On `test` (a subset): the accuracy of
         the round's class-level ensemble of the local models (probabilities weighted per class by
-        each node's share of it, `evaluate.ensemble_probs`), of the aggregate before the server
-        step and of the global model after it."""
-        counts = torch.stack([r.label_counts for r in results])
-        ensemble = ensemble_probs([self.logits(r.state, test) for r in results], class_shares(counts))
+        each node's share of it, `evaluate.ensemble_probs`; and logits weighted so, the teacher
+        FedFTG distills, `evaluate.class_level_logits`), of the aggregate before the server step
+        and of the global model after it."""
+        shares = class_shares(torch.stack([r.label_counts for r in results]))
+        logits = [self.logits(r.state, test) for r in results]
         before = self.test_accuracy(aggregate, test)
-        return {"diagnose_ensemble_accuracy": accuracy(ensemble, test.labels),
+        return {"diagnose_ensemble_accuracy": accuracy(ensemble_probs(logits, shares), test.labels),
+                "diagnose_logit_ensemble_accuracy": accuracy(class_level_logits(torch.stack(logits), shares),
+                                                             test.labels),
                 "diagnose_aggregate_accuracy": before,
                 "diagnose_global_accuracy": before if new_state is aggregate else self.test_accuracy(new_state, test)}
 
