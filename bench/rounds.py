@@ -97,13 +97,22 @@ def diagnose_plot(reports: list[dict]):
 @click.option("--config", default=str(CONFIG), show_default=True, help="the base TOML")
 @click.option("--diagnose", default=0, show_default=True,
               help="per round, ensemble / aggregate / global accuracy on the first N test images (0: off)")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
+              help="override a field of the config for every method, e.g. --set generator.generator_ema=0.99 "
+                   "(repeatable; give such runs a --tag)")
+@click.option("--tag", default="", help="a variant's name: its JSON keys are METHOD@TAG and its run folders "
+              "METHOD-TAG-seed-S")
 @click.option("--out", default="runs/rounds", show_default=True, help="run folders go here")
 @click.option("--json-out", default=None, help="write the JSON here (merged into what it holds, model by model)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-def main(methods: str, models: str | None, seeds: str, rounds: int, config: str, diagnose: int, out: str,
-         json_out: str | None, device: str) -> None:
+def main(methods: str, models: str | None, seeds: str, rounds: int, config: str, diagnose: int,
+         overrides: tuple[str, ...], tag: str, out: str, json_out: str | None, device: str) -> None:
     parsed = {method: parse(method) for method in methods.split(",")}  # refused before any work
-    base = FederatedRunConfig.from_toml(config)
+    # per algorithm, so that its own table of the TOML ([fedprox] mu, ...) is read
+    bases = {a: FederatedRunConfig.from_toml(config, [*overrides, f'federate.algorithm="{a}"'])
+             for a, _ in parsed.values()}
+    base = next(iter(bases.values()))
+    suffix = f"-{tag}" if tag else ""
     seed_list = [int(s) for s in seeds.split(",")]
     train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
     result: dict = json.loads(Path(json_out).read_text()) if json_out and Path(json_out).is_file() else {}
@@ -112,18 +121,18 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
         for method, (algorithm, server) in parsed.items():
             per_seed = []
             for seed in seed_list:
-                cfg = base if algorithm == base.federate.algorithm else base.with_algorithm(algorithm)
+                cfg = bases[algorithm]
                 cfg = dataclasses.replace(cfg, federate=dataclasses.replace(
                     cfg.federate, server=server, rounds=rounds, device=device, model=model, seed=seed,
                     diagnose_images=diagnose))
-                run = Path(out) / model / f"{method.replace('+', '-')}-seed-{seed}"
+                run = Path(out) / model / f"{method.replace('+', '-')}{suffix}-seed-{seed}"
                 report = federate(cfg, run, resume=(run / "checkpoint.pt").exists(), progress=False, train=train,
                                   test=test)
                 if seed == seed_list[0]:
                     reports.append(report)
                 per_seed.append(summary(report))
-            result.setdefault(model, {})[method] = {**mean_over_seeds(per_seed), "seeds": seed_list,
-                                                    "per_seed": per_seed}
+            key = f"{method}@{tag}" if tag else method
+            result.setdefault(model, {})[key] = {**mean_over_seeds(per_seed), "seeds": seed_list, "per_seed": per_seed}
             result.setdefault("setting", {})[model] = {"config": str(config), "rounds": rounds,
                                                        "fedinv_version": __version__,
                                                        "partition": dataclasses.asdict(base.partition)}

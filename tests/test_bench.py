@@ -43,22 +43,25 @@ def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
     cfg = tmp_path / "fl.toml"
     cfg.write_text('[data]\ndataset = "synthetic-tiny"\n[partition]\nnum_nodes = 3\nalpha = 1.0\n'
                    '[federate]\nmodel = "lenet5"\nrounds = 2\nbatch_size = 32\n'
-                   '[generator]\niterations = 1\nbatch_size = 8\n')
+                   '[generator]\niterations = 1\nbatch_size = 8\n[fedprox]\nmu = 0.5\n')
     out = tmp_path / "rounds.json"
 
-    def bench(methods: str) -> subprocess.CompletedProcess:
+    def bench(methods: str, *more: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(BENCH / "rounds.py"), "--config", str(cfg), "--methods", methods,
                                "--rounds", "2", "--out", str(tmp_path / "runs"), "--json-out", str(out),
-                               "--device", "cpu"], capture_output=True, text=True)
+                               "--device", "cpu", *more], capture_output=True, text=True)
 
     bad = bench("fedavg,fedsgd+ftg")
     assert bad.returncode == 2 and "fedsgd+ftg" in bad.stderr and "fedavg" in bad.stderr
     assert not out.exists() and not (tmp_path / "runs").exists(), "a bad method is refused before any round"
     assert bench("fedavg").returncode == 0
-    assert bench("fedavg+ftg").returncode == 0  # a later run adds its methods to the file
+    # a later run adds its methods to the file; a variant has its own keys and folders
+    assert bench("fedprox+ftg", "--set", "generator.generator_ema=0.5", "--tag", "ema").returncode == 0
     result = json.loads(out.read_text())
-    assert set(result["lenet5"]) == {"fedavg", "fedavg+ftg"}
+    assert set(result["lenet5"]) == {"fedavg", "fedprox+ftg@ema"}
+    run = json.loads((tmp_path / "runs" / "lenet5" / "fedprox-ftg-ema-seed-0" / "config.json").read_text())
+    assert run["fedprox"]["mu"] == 0.5 and run["generator"]["generator_ema"] == 0.5  # the TOML's own table
     for row in result["lenet5"].values():
         assert {"rounds_to_75", "rounds_to_80", "rounds_to_85", "final_accuracy", "last5_accuracy",
                 "seconds_per_round", "server_share", "seeds"} <= set(row)
-    assert result["lenet5"]["fedavg"]["server_share"] is None and result["lenet5"]["fedavg+ftg"]["server_share"] > 0
+    assert result["lenet5"]["fedavg"]["server_share"] is None and result["lenet5"]["fedprox+ftg@ema"]["server_share"] > 0
