@@ -64,4 +64,5 @@ def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
     for row in result["lenet5"].values():
         assert {"rounds_to_75", "rounds_to_80", "rounds_to_85", "final_accuracy", "last5_accuracy",
                 "seconds_per_round", "server_share", "seeds"} <= set(row)
-    assert result["lenet5"]["fedavg"]["server_share"] is None and result["lenet5"]["fedprox+ftg@ema"]["server_share"] > 0
+    rows = result["lenet5"]
+    assert rows["fedavg"]["server_share"] is None and rows["fedprox+ftg@ema"]["server_share"] > 0
