@@ -213,12 +213,18 @@ def run_row(out: Path, finding: str, setting: str, value: Any, seed: int, train:
             "ensemble_accuracy": ensemble["ensemble_accuracy"], "teacher_accuracy": ensemble["node_accuracy"],
             "seconds": sum(seconds.values()), "stage_seconds": seconds, "store_images": report["store_images"],
             "per_class_accuracy": report["per_class_accuracy"], "fresh_batches": fresh,
-            "teacher_labels": sorted(int(k) for k in np.flatnonzero(np.array(ensemble["label_counts"]).sum(0))),
+            "teacher_labels": sorted(teacher_classes(out, setting, seed)),
             "fedinv_version": __version__}
 
 
 def all_rows(names: list[str]) -> list[tuple[str, str, Any]]:
     return [(f, s, v) for f in names for s in FINDINGS[f].settings for v in FINDINGS[f].values]
+
+
+def teacher_classes(out: Path, setting: str, seed: int) -> set[int]:
+    """The labels the setting's teachers were trained on (its teachers' report)."""
+    report = json.loads((setting_dir(out, setting, seed) / "teachers" / "report.json").read_text())
+    return {int(k) for k in np.flatnonzero(np.array(report["label_counts"]).sum(0))}
 
 
 def mean_curve(reports: list[dict], key: str) -> list[tuple[float, float]]:
@@ -237,37 +243,51 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
     written = []
     classes = list(dataset_info(budget.dataset).class_names)
     for finding, spec in FINDINGS.items():
-        curves, fresh, per_class = {}, {}, {}
+        curves, fresh, per_class, halves = {}, {}, {}, {}
         for setting in spec.settings:
             for value in spec.values:
-                reports = []
+                reports, done = [], []  # the finished rows' reports and their seeds
                 for seed in seeds:
                     path = (setting_dir(out, setting, seed) / f"{finding}-{value_name(value)}" / "student"
                             / "report.json")
                     if path.is_file():
                         reports.append(json.loads(path.read_text()))
+                        done.append(seed)
                 if not reports:
                     continue
-                label = f"{setting} {spec.switch}={value_name(value)}"
+                label = f"{spec.switch}={value_name(value)}"
+                if len(spec.settings) > 1:
+                    label = f"{setting} {label}"
                 curves[label] = mean_curve(reports, "test_accuracy")
                 if finding == "adaptive":
                     fresh[f"student, {label}"] = mean_curve(reports, "fresh_student_accuracy")
                     fresh[f"teachers, {label}"] = mean_curve(reports, "fresh_teacher_accuracy")
-                if finding == "local-data":
-                    per_class[f"weight {value_name(value)}"] = list(np.mean([r["per_class_accuracy"] for r in reports],
-                                                                           axis=0))
+                if finding == "local-data":  # each seed gives the teacher other labels: split by owner
+                    owned = [teacher_classes(out, setting, seed) for seed in done]
+                    halves[f"weight {value_name(value)}"] = [
+                        float(np.mean([np.mean([a for k, a in enumerate(r["per_class_accuracy"]) if (k in t) == mine])
+                                       for r, t in zip(reports, owned)])) for mine in (True, False)]
+                    per_class[f"weight {value_name(value)}"] = reports[0]["per_class_accuracy"]
+                    first_seed = done[0]
                     if value == spec.values[0]:
                         path = plots / "local-data-confusion.png"
-                        confusion_plot(np.array(reports[0]["confusion_matrix"]), classes).save(path)
+                        marked = [f"*{c}" if k in owned[0] else c for k, c in enumerate(classes)]
+                        confusion_plot(np.array(reports[0]["confusion_matrix"]), marked).save(path)
                         written.append(path)
         if curves:
             path = plots / f"{finding}-accuracy.png"
             line_plot(curves, title=f"{finding}: test accuracy, mean over seeds", x_label="epoch").save(path)
             written.append(path)
         if per_class:
+            owned = teacher_classes(out, "1-teacher-half-labels", first_seed)
             path = plots / "local-data-classes.png"
-            bar_chart(classes, per_class, title="local-data: class-wise accuracy per weight of the synthetic "
-                      "data, mean over seeds").save(path)
+            bar_chart([f"*{c}" if k in owned else c for k, c in enumerate(classes)], per_class,
+                      title=f"local-data: class-wise accuracy per weight of the synthetic data, seed {first_seed} "
+                      f"(*: the teacher's classes)").save(path)
+            written.append(path)
+            path = plots / "local-data-halves.png"
+            bar_chart(["teacher's", "student's"], halves, title="local-data: accuracy on the teacher's and on "
+                      "the student's own classes, mean over seeds").save(path)
             written.append(path)
         if fresh:
             path = plots / "adaptive-fresh-batches.png"

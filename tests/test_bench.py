@@ -33,10 +33,14 @@ def test_findings_bench_writes_the_keys_the_issue_reads(tmp_path):
     assert f"{100 * rows[0]['student_accuracy']:.2f}" in table[4] and "64.6%" in table[4]
     diff = 100 * (rows[1]["student_accuracy"] - rows[0]["student_accuracy"])
     assert f"{'+' if diff >= 0 else ''}{diff:.2f}" in table[5]  # off minus on, paired by seed
+    subprocess.run([sys.executable, str(BENCH / "findings.py"), "--quick", "--rows", "local-data", "--seeds", "0",
+                    "--out", str(tmp_path / "runs"), "--device", "cpu"], check=True, capture_output=True)
     pictures = subprocess.run([sys.executable, str(BENCH / "findings.py"), "--quick", "--seeds", "0", "--out",
                                str(tmp_path / "runs"), "--plots", str(tmp_path / "plots")],
                               check=True, capture_output=True, text=True).stdout.split()
-    assert {Path(p).name for p in pictures} >= {"head-mask-accuracy.png", "adaptive-fresh-batches.png"}
+    assert {Path(p).name for p in pictures} >= {"head-mask-accuracy.png", "adaptive-fresh-batches.png",
+                                                "local-data-classes.png", "local-data-halves.png",
+                                                "local-data-confusion.png"}
 
 
 def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
