@@ -298,7 +298,7 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
                                     ("2-disjoint", "head-mask", True), ("5-disjoint", "head-mask", True)):
         key = store_key(row_configs(finding, value, seeds[0], "cpu", budget)[0])
         store = setting_dir(out, setting, seeds[0]) / "stores" / f"{key}.h5"
-        if not store.is_file():
+        if not store.with_suffix(".done").is_file():  # not made yet, or still being written
             continue
         images, labels, _ = read_rows(store)
         wanted = list(range(10))
