@@ -268,10 +268,10 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
                         float(np.mean([np.mean([a for k, a in enumerate(r["per_class_accuracy"]) if (k in t) == mine])
                                        for r, t in zip(reports, owned)])) for mine in (True, False)]
                     per_class[f"weight {value_name(value)}"] = reports[0]["per_class_accuracy"]
-                    first_seed = done[0]
+                    first_seed = done[0]  # its classes, the teacher's starred, name the bars and the matrix
+                    marked = [f"*{c}" if k in owned[0] else c for k, c in enumerate(classes)]
                     if value == spec.values[0]:
                         path = plots / "local-data-confusion.png"
-                        marked = [f"*{c}" if k in owned[0] else c for k, c in enumerate(classes)]
                         confusion_plot(np.array(reports[0]["confusion_matrix"]), marked).save(path)
                         written.append(path)
         if curves:
@@ -279,9 +279,8 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
             line_plot(curves, title=f"{finding}: test accuracy, mean over seeds", x_label="epoch").save(path)
             written.append(path)
         if per_class:
-            owned = teacher_classes(out, "1-teacher-half-labels", first_seed)
             path = plots / "local-data-classes.png"
-            bar_chart([f"*{c}" if k in owned else c for k, c in enumerate(classes)], per_class,
+            bar_chart(marked, per_class,
                       title=f"local-data: class-wise accuracy per weight of the synthetic data, seed {first_seed} "
                       f"(*: the teacher's classes)").save(path)
             written.append(path)

@@ -104,14 +104,13 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
         plain = json.loads((mdir / "student" / "report.json").read_text())
         onl = json.loads((mdir / "student-online" / "report.json").read_text())
         yield {"method": method, "alpha": float(alpha), "num_nodes": nodes, "seed": seed,
-                      "fedavg_accuracy": t_report["fedavg_accuracy"],
-                      "ensemble_accuracy": t_report["ensemble_accuracy"],
-                      "student_accuracy": plain["test_accuracy"], "student_online_accuracy": onl["test_accuracy"],
-                      "synthetic_images": plain["store_images"], "online_store_images": onl["store_images"],
-                      "stage_seconds": {**shared, **mine}, "config": {"synthesis": dataclasses.asdict(syn),
-                                                                      "student": dataclasses.asdict(student),
-                                                                      "online": online_fields},
-                      "fedinv_version": __version__}
+               "fedavg_accuracy": t_report["fedavg_accuracy"], "ensemble_accuracy": t_report["ensemble_accuracy"],
+               "student_accuracy": plain["test_accuracy"], "student_online_accuracy": onl["test_accuracy"],
+               "synthetic_images": plain["store_images"], "online_store_images": onl["store_images"],
+               "stage_seconds": {**shared, **mine},
+               "config": {"synthesis": dataclasses.asdict(syn), "student": dataclasses.asdict(student),
+                          "online": online_fields},
+               "fedinv_version": __version__}
 
 
 @click.command()

@@ -93,10 +93,9 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: 
     n_series, bar, gap = len(series), 12, 14
     group_w = n_series * bar + gap
     left, top, bottom = 36, 30, 70
-    img = Image.new("RGB", (1, 1), "white")
-    title_w = ImageDraw.Draw(img).textlength(title, font=font)
     # wide enough for the bars, the legend (170 px an entry) and the title
-    width = int(max(left + len(groups) * group_w + 20, left + n_series * 170, left + title_w + 10, 300))
+    width = int(max(left + len(groups) * group_w + 20, left + n_series * 170, left + font.getlength(title) + 10,
+                    300))
     img = Image.new("RGB", (width, top + height + bottom), "white")
     draw = ImageDraw.Draw(img)
     draw.text((left, 6), title, fill="black", font=font)
