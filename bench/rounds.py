@@ -88,6 +88,15 @@ def diagnose_plot(reports: list[dict]):
     return line_plot(curves, title="is there anything to distill? (first test images)") if curves else None
 
 
+def merged(path: str, result: dict) -> dict:
+    """What `path` holds with this run's entries put over it, method by method: read at every save,
+    so that runs of other methods or models writing the same file meanwhile keep their figures."""
+    on_disk: dict = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    for model, entries in result.items():
+        on_disk.setdefault(model, {}).update(entries)
+    return on_disk
+
+
 @click.command()
 @click.option("--methods", default=DEFAULT, show_default=True, help="comma-separated ALGORITHM[+SERVER]")
 @click.option("--models", default=None, help="comma-separated registry models (default: the config's)")
@@ -115,7 +124,7 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
     suffix = f"-{tag}" if tag else ""
     seed_list = [int(s) for s in seeds.split(",")]
     train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
-    result: dict = json.loads(Path(json_out).read_text()) if json_out and Path(json_out).is_file() else {}
+    result: dict = {}
     for model in (models.split(",") if models else [base.federate.model]):
         reports = []
         for method, (algorithm, server) in parsed.items():
@@ -137,7 +146,7 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
                                                        "fedinv_version": __version__,
                                                        "partition": dataclasses.asdict(base.partition)}
             if json_out:  # after every method: a killed run keeps what it measured
-                save_json(result, json_out)
+                save_json(merged(json_out, result), json_out)
         rows, table, plot = compare(reports, (0.75, 0.8, 0.85))
         folder = Path(out) / model
         folder.mkdir(parents=True, exist_ok=True)

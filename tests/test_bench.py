@@ -70,3 +70,19 @@ def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
                 "seconds_per_round", "server_share", "seeds"} <= set(row)
     rows = result["lenet5"]
     assert rows["fedavg"]["server_share"] is None and rows["fedprox+ftg@ema"]["server_share"] > 0
+
+
+def test_rounds_bench_merges_at_every_save_so_concurrent_runs_keep_their_figures(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("rounds_bench", BENCH / "rounds.py")
+    rounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rounds)
+    out = tmp_path / "rounds.json"
+    # another process wrote gncnn/fedavg+ftg and bncnn/fedavg after this one started
+    out.write_text(json.dumps({"gncnn": {"fedavg+ftg": {"final_accuracy": 0.7}}, "bncnn": {"fedavg": {}},
+                               "setting": {"bncnn": {"rounds": 60}}}))
+    mine = {"gncnn": {"fedavg": {"final_accuracy": 0.6}}, "setting": {"gncnn": {"rounds": 60}}}
+    both = rounds.merged(str(out), mine)
+    assert both["gncnn"] == {"fedavg+ftg": {"final_accuracy": 0.7}, "fedavg": {"final_accuracy": 0.6}}
+    assert set(both["bncnn"]) == {"fedavg"} and set(both["setting"]) == {"gncnn", "bncnn"}
+    assert rounds.merged(str(tmp_path / "none.json"), mine) == mine
