@@ -165,7 +165,10 @@ def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "",
     y_lo = min((p[1] for p in points), default=0.0)
     y_lo, y_hi = math.floor(y_lo * 10) / 10, 1.0
     left, top, right, bottom = 44, 28, 16, 40
-    legend_rows = (len(curves) + 2) // 3
+    # legend columns as wide as the longest name, as many as fit in the width
+    column = 14 + max((font.getlength(name) for name in curves), default=0) + 16
+    columns = max(1, min(len(curves), int((width - left) // column)))
+    legend_rows = -(-len(curves) // columns)
     img = Image.new("RGB", (width, top + height + bottom + 16 * legend_rows), "white")
     draw = ImageDraw.Draw(img)
     draw.text((left, 6), title, fill="black", font=font)
@@ -189,7 +192,7 @@ def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "",
             draw.line(pts, fill=color, width=2)
         elif pts:
             draw.ellipse((pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2), fill=color)
-        lx, ly = left + (i % 3) * 170, top + height + 22 + (i // 3) * 16
+        lx, ly = left + (i % columns) * column, top + height + 22 + (i // columns) * 16
         draw.rectangle((lx, ly + 2, lx + 10, ly + 12), fill=color)
         draw.text((lx + 14, ly), name, fill="black", font=font)
     return img
