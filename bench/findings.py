@@ -36,6 +36,7 @@ setting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -213,7 +214,7 @@ def run_row(out: Path, finding: str, setting: str, value: Any, seed: int, train:
             "ensemble_accuracy": ensemble["ensemble_accuracy"], "teacher_accuracy": ensemble["node_accuracy"],
             "seconds": sum(seconds.values()), "stage_seconds": seconds, "store_images": report["store_images"],
             "per_class_accuracy": report["per_class_accuracy"], "fresh_batches": fresh,
-            "teacher_labels": sorted(teacher_classes(out, setting, seed)),
+            "teacher_labels": sorted(teacher_classes(ensemble)),
             "fedinv_version": __version__}
 
 
@@ -221,10 +222,14 @@ def all_rows(names: list[str]) -> list[tuple[str, str, Any]]:
     return [(f, s, v) for f in names for s in FINDINGS[f].settings for v in FINDINGS[f].values]
 
 
-def teacher_classes(out: Path, setting: str, seed: int) -> set[int]:
-    """The labels the setting's teachers were trained on (its teachers' report)."""
-    report = json.loads((setting_dir(out, setting, seed) / "teachers" / "report.json").read_text())
-    return {int(k) for k in np.flatnonzero(np.array(report["label_counts"]).sum(0))}
+def teacher_classes(teachers_report: dict) -> frozenset[int]:
+    """The labels a setting's teachers were trained on, from their report's label counts."""
+    return frozenset(int(k) for k in np.flatnonzero(np.array(teachers_report["label_counts"]).sum(0)))
+
+
+def half_accuracy(per_class: list[float], owned: frozenset[int], on_owned: bool) -> float:
+    """Mean class-wise accuracy over the classes in `owned` (on_owned) or over the others."""
+    return float(np.mean([a for k, a in enumerate(per_class) if (k in owned) == on_owned]))
 
 
 def mean_curve(reports: list[dict], key: str) -> list[tuple[float, float]]:
@@ -242,6 +247,12 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
     plots.mkdir(parents=True, exist_ok=True)
     written = []
     classes = list(dataset_info(budget.dataset).class_names)
+
+    @functools.cache
+    def owned(setting: str, seed: int) -> frozenset[int]:  # each teachers' report read once
+        return teacher_classes(json.loads((setting_dir(out, setting, seed) / "teachers" / "report.json").read_text()))
+
+    marked, first_seed = classes, None  # local-data's class names, the teacher's starred, and their seed
     for finding, spec in FINDINGS.items():
         curves, fresh, per_class, halves = {}, {}, {}, {}
         for setting in spec.settings:
@@ -263,13 +274,13 @@ def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> lis
                     fresh[f"student, {label}"] = mean_curve(reports, "fresh_student_accuracy")
                     fresh[f"teachers, {label}"] = mean_curve(reports, "fresh_teacher_accuracy")
                 if finding == "local-data":  # each seed gives the teacher other labels: split by owner
-                    owned = [teacher_classes(out, setting, seed) for seed in done]
                     halves[f"weight {value_name(value)}"] = [
-                        float(np.mean([np.mean([a for k, a in enumerate(r["per_class_accuracy"]) if (k in t) == mine])
-                                       for r, t in zip(reports, owned)])) for mine in (True, False)]
+                        float(np.mean([half_accuracy(r["per_class_accuracy"], owned(setting, seed), mine)
+                                       for r, seed in zip(reports, done)])) for mine in (True, False)]
                     per_class[f"weight {value_name(value)}"] = reports[0]["per_class_accuracy"]
-                    first_seed = done[0]  # its classes, the teacher's starred, name the bars and the matrix
-                    marked = [f"*{c}" if k in owned[0] else c for k, c in enumerate(classes)]
+                    if first_seed is None:  # its classes, the teacher's starred, name the bars and the matrix
+                        first_seed = done[0]
+                        marked = [f"*{c}" if k in owned(setting, first_seed) else c for k, c in enumerate(classes)]
                     if value == spec.values[0]:
                         path = plots / "local-data-confusion.png"
                         confusion_plot(np.array(reports[0]["confusion_matrix"]), marked).save(path)

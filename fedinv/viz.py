@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -84,6 +84,11 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence
     return canvas
 
 
+def _legend_column(font: ImageFont.ImageFont, names: Iterable[str]) -> float:
+    """Width of a legend column: the colour swatch, the longest name and a gap."""
+    return 14 + max((font.getlength(name) for name in names), default=0) + 16
+
+
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: str = "",
               colors: Sequence[tuple[int, int, int]] = ((66, 114, 196), (237, 125, 49), (112, 173, 71),
                                                         (165, 165, 165)),
@@ -93,8 +98,9 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: 
     n_series, bar, gap = len(series), 12, 14
     group_w = n_series * bar + gap
     left, top, bottom = 36, 30, 70
-    # wide enough for the bars, the legend (170 px an entry) and the title
-    width = int(max(left + len(groups) * group_w + 20, left + n_series * 170, left + font.getlength(title) + 10,
+    column = _legend_column(font, series)
+    # wide enough for the bars, the legend (one row) and the title
+    width = int(max(left + len(groups) * group_w + 20, left + n_series * column, left + font.getlength(title) + 10,
                     300))
     img = Image.new("RGB", (width, top + height + bottom), "white")
     draw = ImageDraw.Draw(img)
@@ -108,7 +114,7 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: 
             x0 = left + g * group_w + s * bar + gap // 2
             v = 0.0 if v != v else max(0.0, min(1.0, float(v)))  # NaN (no images) draws nothing
             draw.rectangle((x0, top + height - v * height, x0 + bar - 2, top + height), fill=colors[s % len(colors)])
-        lx = left + s * 170
+        lx = left + s * column
         draw.rectangle((lx, top + height + 48, lx + 10, top + height + 58), fill=colors[s % len(colors)])
         draw.text((lx + 14, top + height + 46), name, fill="black", font=font)
     for g, name in enumerate(groups):
@@ -165,8 +171,7 @@ def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "",
     y_lo = min((p[1] for p in points), default=0.0)
     y_lo, y_hi = math.floor(y_lo * 10) / 10, 1.0
     left, top, right, bottom = 44, 28, 16, 40
-    # legend columns as wide as the longest name, as many as fit in the width
-    column = 14 + max((font.getlength(name) for name in curves), default=0) + 16
+    column = _legend_column(font, curves)  # as many columns as fit in the width
     columns = max(1, min(len(curves), int((width - left) // column)))
     legend_rows = -(-len(curves) // columns)
     img = Image.new("RGB", (width, top + height + bottom + 16 * legend_rows), "white")
