@@ -42,7 +42,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -242,80 +242,116 @@ def mean_curve(reports: list[dict], key: str) -> list[tuple[float, float]]:
     return [(float(e), float(np.mean(v))) for e, v in sorted(by_epoch.items()) if len(v) == len(reports)]
 
 
+@dataclasses.dataclass
+class Row:
+    """A row's finished seeds: their student reports, in seed order."""
+
+    setting: str
+    value: Any
+    reports: list[dict]
+    seeds: list[int]
+
+
+def finished_rows(out: Path, finding: str, seeds: list[int]) -> dict[str, Row]:
+    """The finding's rows with at least one finished seed, by their legend label."""
+    spec, rows = FINDINGS[finding], {}
+    for setting in spec.settings:
+        for value in spec.values:
+            row = Row(setting, value, [], [])
+            for seed in seeds:
+                path = setting_dir(out, setting, seed) / f"{finding}-{value_name(value)}" / "student" / "report.json"
+                if path.is_file():
+                    row.reports.append(json.loads(path.read_text()))
+                    row.seeds.append(seed)
+            label = f"{spec.switch}={value_name(value)}"
+            if row.reports:
+                rows[f"{setting} {label}" if len(spec.settings) > 1 else label] = row
+    return rows
+
+
+def saved(picture: Any, path: Path) -> Path:
+    picture.save(path)
+    return path
+
+
 def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> list[Path]:
-    """The findings' pictures from the finished rows under `out`."""
+    """The findings' pictures from the finished rows under `out`: accuracy over epochs per finding,
+    adaptive's fresh batches, local-data's class bars, halves and confusion matrix, the grids."""
     plots.mkdir(parents=True, exist_ok=True)
-    written = []
-    classes = list(dataset_info(budget.dataset).class_names)
 
     @functools.cache
     def owned(setting: str, seed: int) -> frozenset[int]:  # each teachers' report read once
         return teacher_classes(json.loads((setting_dir(out, setting, seed) / "teachers" / "report.json").read_text()))
 
-    marked, first_seed = classes, None  # local-data's class names, the teacher's starred, and their seed
-    for finding, spec in FINDINGS.items():
-        curves, fresh, per_class, halves = {}, {}, {}, {}
-        for setting in spec.settings:
-            for value in spec.values:
-                reports, done = [], []  # the finished rows' reports and their seeds
-                for seed in seeds:
-                    path = (setting_dir(out, setting, seed) / f"{finding}-{value_name(value)}" / "student"
-                            / "report.json")
-                    if path.is_file():
-                        reports.append(json.loads(path.read_text()))
-                        done.append(seed)
-                if not reports:
-                    continue
-                label = f"{spec.switch}={value_name(value)}"
-                if len(spec.settings) > 1:
-                    label = f"{setting} {label}"
-                curves[label] = mean_curve(reports, "test_accuracy")
-                if finding == "adaptive":
-                    fresh[f"student, {label}"] = mean_curve(reports, "fresh_student_accuracy")
-                    fresh[f"teachers, {label}"] = mean_curve(reports, "fresh_teacher_accuracy")
-                if finding == "local-data":  # each seed gives the teacher other labels: split by owner
-                    halves[f"weight {value_name(value)}"] = [
-                        float(np.mean([half_accuracy(r["per_class_accuracy"], owned(setting, seed), mine)
-                                       for r, seed in zip(reports, done)])) for mine in (True, False)]
-                    per_class[f"weight {value_name(value)}"] = reports[0]["per_class_accuracy"]
-                    if first_seed is None:  # its classes, the teacher's starred, name the bars and the matrix
-                        first_seed = done[0]
-                        marked = [f"*{c}" if k in owned(setting, first_seed) else c for k, c in enumerate(classes)]
-                    if value == spec.values[0]:
-                        path = plots / "local-data-confusion.png"
-                        confusion_plot(np.array(reports[0]["confusion_matrix"]), marked).save(path)
-                        written.append(path)
-        if curves:
-            path = plots / f"{finding}-accuracy.png"
-            line_plot(curves, title=f"{finding}: test accuracy, mean over seeds", x_label="epoch").save(path)
-            written.append(path)
-        if per_class:
-            path = plots / "local-data-classes.png"
-            bar_chart(marked, per_class,
-                      title=f"local-data: class-wise accuracy per weight of the synthetic data, seed {first_seed} "
-                      f"(*: the teacher's classes)").save(path)
-            written.append(path)
-            path = plots / "local-data-halves.png"
-            bar_chart(["teacher's", "student's"], halves, title="local-data: accuracy on the teacher's and on "
-                      "the student's own classes, mean over seeds").save(path)
-            written.append(path)
-        if fresh:
-            path = plots / "adaptive-fresh-batches.png"
-            line_plot(fresh, title="accuracy on each fresh batch (report's Figure 3)", x_label="epoch").save(path)
-            written.append(path)
-    for setting, finding, value in (("10-iid", "teachers-per-step", 1), ("10-iid", "teachers-per-step", 3),
-                                    ("10-iid", "teachers-per-step", 5), ("1-teacher-all-data", "adaptive", 10.0),
-                                    ("2-disjoint", "head-mask", True), ("5-disjoint", "head-mask", True)):
-        key = store_key(row_configs(finding, value, seeds[0], "cpu", budget)[0])
-        store = setting_dir(out, setting, seeds[0]) / "stores" / f"{key}.h5"
+    written = []
+    for finding in FINDINGS:
+        rows = finished_rows(out, finding, seeds)
+        if not rows:
+            continue
+        curves = {label: mean_curve(row.reports, "test_accuracy") for label, row in rows.items()}
+        written.append(saved(line_plot(curves, title=f"{finding}: test accuracy, mean over seeds", x_label="epoch"),
+                             plots / f"{finding}-accuracy.png"))
+        if finding == "adaptive":
+            written += draw_fresh_batches(rows, plots)
+        if finding == "local-data":
+            written += draw_local_data(rows, plots, list(dataset_info(budget.dataset).class_names), owned)
+    return written + draw_grids(out, seeds[0], plots, budget)
+
+
+def draw_fresh_batches(rows: dict[str, Row], plots: Path) -> list[Path]:
+    """The student's and the teachers' accuracy on each new batch, before training on it."""
+    fresh = {}
+    for label, row in rows.items():
+        fresh[f"student, {label}"] = mean_curve(row.reports, "fresh_student_accuracy")
+        fresh[f"teachers, {label}"] = mean_curve(row.reports, "fresh_teacher_accuracy")
+    return [saved(line_plot(fresh, title="accuracy on each fresh batch (report's Figure 3)", x_label="epoch"),
+                  plots / "adaptive-fresh-batches.png")]
+
+
+def draw_local_data(rows: dict[str, Row], plots: Path, classes: list[str],
+                    owned: Callable[[str, int], frozenset[int]]) -> list[Path]:
+    """Class-wise bars and the confusion matrix of the first finished seed (the teacher's classes
+    starred), and the accuracy on the teacher's and on the student's own classes over seeds: each
+    seed gives the teacher other labels, so the halves are split per seed by their owner."""
+    first = next(iter(rows.values()))
+    mine = owned(first.setting, first.seeds[0])
+    marked = [f"*{c}" if k in mine else c for k, c in enumerate(classes)]
+    per_class, halves, written = {}, {}, []
+    for row in rows.values():
+        name = f"weight {value_name(row.value)}"
+        per_class[name] = row.reports[0]["per_class_accuracy"]
+        halves[name] = [float(np.mean([half_accuracy(r["per_class_accuracy"], owned(row.setting, seed), on_owned)
+                                       for r, seed in zip(row.reports, row.seeds)])) for on_owned in (True, False)]
+        if row.value == FINDINGS["local-data"].values[0]:
+            written.append(saved(confusion_plot(np.array(row.reports[0]["confusion_matrix"]), marked),
+                                 plots / "local-data-confusion.png"))
+    written.append(saved(bar_chart(marked, per_class, title="local-data: class-wise accuracy per weight of the "
+                                   f"synthetic data, seed {first.seeds[0]} (*: the teacher's classes)"),
+                         plots / "local-data-classes.png"))
+    written.append(saved(bar_chart(["teacher's", "student's"], halves, title="local-data: accuracy on the teacher's "
+                                   "and on the student's own classes, mean over seeds"),
+                         plots / "local-data-halves.png"))
+    return written
+
+
+GRIDS = (("10-iid", "teachers-per-step", 1), ("10-iid", "teachers-per-step", 3), ("10-iid", "teachers-per-step", 5),
+         ("1-teacher-all-data", "adaptive", 10.0), ("2-disjoint", "head-mask", True), ("5-disjoint", "head-mask", True))
+
+
+def draw_grids(out: Path, seed: int, plots: Path, budget: Budget) -> list[Path]:
+    """Six images per class from the stores in GRIDS that are finished for `seed`."""
+    written = []
+    names = dataset_info(budget.dataset).class_names
+    for setting, finding, value in GRIDS:
+        key = store_key(row_configs(finding, value, seed, "cpu", budget)[0])
+        store = setting_dir(out, setting, seed) / "stores" / f"{key}.h5"
         if not store.with_suffix(".done").is_file():  # not made yet, or still being written
             continue
         images, labels, _ = read_rows(store)
         wanted = list(range(10))
         rows = rows_per_class(labels.numpy(), 6, wanted, seed=0)
-        path = plots / f"grid-{setting}-{finding}-{value_name(value)}.png"
-        class_grid(images[rows], labels[rows], dataset_info(budget.dataset).class_names, 6, wanted, 2).save(path)
-        written.append(path)
+        written.append(saved(class_grid(images[rows], labels[rows], names, 6, wanted, 2),
+                             plots / f"grid-{setting}-{finding}-{value_name(value)}.png"))
     return written
 
 

@@ -18,7 +18,8 @@ from fedinv.federated.config import FederateConfig, FederatedRunConfig, Generato
 from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
 from fedinv.evaluate import class_level_logits
-from fedinv.federated.ftg import FedFTG, diversity_loss, ema_update, generator_objective, label_distribution
+from fedinv.federated.ftg import (FedFTG, diversity_loss, ema_update, generator_objective, label_distribution,
+                                 label_level_teacher)
 from fedinv.models.generators import FeatureGenerator, ImageGenerator
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
@@ -95,6 +96,20 @@ def test_ftg_label_sampler_and_class_level_ensemble_against_counts():
     assert torch.allclose(out, t(0.75 * 1 + 0.25 * 5, 7.0, 3.0)[None])
 
 
+def test_label_level_teacher_weighs_models_by_their_share_of_the_samples_label():
+    counts = torch.tensor([[30, 0, 10], [10, 20, 0]])
+    from fedinv.evaluate import class_shares
+    shares = class_shares(counts)  # label 0: 3/4, 1/4; label 1: 0, 1; label 2: 1, 0
+    logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], [[5.0, 7.0, 11.0], [1.0, 0.0, 0.0]]])  # [M=2, B=2, K=3]
+    y = torch.tensor([0, 1])
+    logp, fidelity = label_level_teacher(logits, shares, y)
+    p = logits.softmax(-1)
+    torch.testing.assert_close(logp.exp()[0], 0.75 * p[0, 0] + 0.25 * p[1, 0])  # label 0: both models
+    torch.testing.assert_close(logp.exp()[1], p[1, 1])  # label 1: only model 1 holds it
+    ce = -p.log()
+    torch.testing.assert_close(fidelity, t(0.75 * ce[0, 0, 0] + 0.25 * ce[1, 0, 0], ce[1, 1, 1]))
+
+
 def test_diversity_loss_by_hand_and_generator_objective_signs():
     z = t(0.0, 0.0, 1.0, 1.0).view(2, 2)  # squared distance mean 1
     out = t(0.0, 2.0).view(2, 1)  # l1 distance 2
@@ -102,9 +117,11 @@ def test_diversity_loss_by_hand_and_generator_objective_signs():
     assert diversity_loss(z, out).item() == pytest.approx(math.exp(-1.0))
     y = torch.tensor([0, 1])
     ens, glob = t(2.0, 0.0, 0.0, 2.0).view(2, 2), t(0.0, 0.0, 0.0, 0.0).view(2, 2)
-    with_md = generator_objective(ens, glob, y, z, out, lambda_md=1.0, lambda_div=0.0, num_models=2)
-    no_md = generator_objective(ens, glob, y, z, out, lambda_md=0.0, lambda_div=0.0, num_models=2)
+    teacher = (ens.log_softmax(1), torch.nn.functional.cross_entropy(ens, y, reduction="none"))
+    with_md = generator_objective(*teacher, glob, z, out, lambda_md=1.0, lambda_div=0.0, num_models=2)
+    no_md = generator_objective(*teacher, glob, z, out, lambda_md=0.0, lambda_div=0.0, num_models=2)
     assert with_md["hard_mining"] > 0 and with_md["loss"] < no_md["loss"]  # mining rewards disagreement
+    assert with_md["fidelity"].item() == pytest.approx(teacher[1].mean().item())
 
 
 def test_generators_shapes():
@@ -432,3 +449,14 @@ def test_ftg_with_an_ema_generator_resumes_exactly_and_keeps_the_average(tmp_pat
     assert "generator_ema" not in saved["server"]["server_step"]
     with pytest.raises(ConfigError, match=r"generator_ema must be in \[0, 1\)"):
         GeneratorConfig(generator_ema=1.0)
+
+
+def test_ftg_with_the_label_weighted_ensemble_runs_and_differs_from_the_class_weighted_one(tmp_path, tiny_train):
+    cfg = tiny_run("fedavg", "ftg", rounds=1)
+    label = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, ensemble="label"))
+    runs = [federate(c, tmp_path / c.generator.ensemble, progress=False, train=tiny_train) for c in (cfg, label)]
+    assert all(r["complete"] and math.isfinite(r["history"][0]["server_distill"]) for r in runs)
+    states = [torch.load(tmp_path / name / "global.pt", weights_only=True)["state_dict"] for name in ("class", "label")]
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
+    with pytest.raises(ConfigError, match="ensemble='mean' is not valid; choose one of: class, label"):
+        GeneratorConfig(ensemble="mean")

@@ -78,6 +78,11 @@ class GeneratorConfig:
     lambda_md: float = option(1.0, "ftg: weight of hard-sample mining (maximize KL(ensemble || global))")
     lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
     temperature: float = option(1.0, "KD temperature of the fine-tuning")
+    ensemble: str = option("class", "ftg: the class-level ensemble the generator and the fine-tuning use: class "
+                           "(each model's logit for class k weighted by its share of class k) or label (each "
+                           "model's probabilities weighted by its share of the sample's label, and the fidelity "
+                           "the share-weighted sum of the models' own CEs, as the reference code)",
+                           choices=("class", "label"))
     bn_stats: str = option("batches", "ftg, feddf: the global model's BN running statistics after the fine-tuning: "
                            "batches (they follow the generated batches, as in the reference code's train mode) "
                            "or aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
@@ -92,6 +97,7 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "bn_stats")
+        check_choice(self, "ensemble")
         at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
         at_least(self, 0, "model_steps", "save_every")
         if not 0.0 <= self.generator_ema < 1.0:

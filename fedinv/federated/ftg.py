@@ -9,7 +9,11 @@ After aggregation, per round: `iterations` times, train the conditional generato
 
 with labels y drawn in proportion to the participants' class counts (customized label
 sampling); then take `model_steps` SGD steps of the global model on KL(ensemble || global) over
-fresh generated samples. FedDF: the plain mean ensemble, uniform labels, no hard-sample mining.
+fresh generated samples. The class-level ensemble comes in two readings (`ensemble`): "class"
+weighs each model's logit for class k by its share of class k; "label", as the reference code,
+weighs each model's probabilities by its share of the sample's label y, and the fidelity is then
+the share-weighted sum of the models' own CEs. FedDF: the plain mean ensemble, uniform labels, no
+hard-sample mining.
 The generator and its Adam state persist from round to round (`server_step.GeneratorStep`); with
 `generator_ema` > 0 the fine-tuning's samples come from a moving average of the generator
 (DFRD), which also persists.
@@ -59,13 +63,25 @@ def diversity_loss(noise: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(noise_dist * out_dist).mean())
 
 
-def generator_objective(ensemble: torch.Tensor, global_logits: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
-                        output: torch.Tensor, *, lambda_md: float, lambda_div: float,
+def label_level_teacher(logits: torch.Tensor, shares: torch.Tensor,
+                        y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, B, K] logits of M models, [M, K] class shares (columns sum to 1), [B] labels ->
+    ([B, K] log-probabilities of sum_m w_m softmax(logits_m), [B] sum_m w_m CE(logits_m, y)) with
+    w_m = model m's share of the sample's label y: the reference code's class-level ensemble."""
+    w = shares.to(logits.dtype)[:, y]  # [M, B]
+    logp = logits.log_softmax(-1)
+    mixture = (w[..., None] * logp.exp()).sum(0).clamp_min(1e-8).log()
+    own_ce = -logp.gather(-1, y.expand(len(logits), -1)[..., None]).squeeze(-1)  # [M, B]
+    return mixture, (w * own_ce).sum(0)
+
+
+def generator_objective(teacher_logp: torch.Tensor, fidelity: torch.Tensor, global_logits: torch.Tensor,
+                        noise: torch.Tensor, output: torch.Tensor, *, lambda_md: float, lambda_div: float,
                         num_models: int) -> dict[str, torch.Tensor]:
-    """The generator's loss and its named parts (all [B]-means)."""
-    fidelity = F.cross_entropy(ensemble, y)
-    md = F.kl_div(F.log_softmax(global_logits, 1), F.log_softmax(ensemble, 1), reduction="batchmean",
-                  log_target=True)
+    """The generator's loss and its named parts (all [B]-means), from the teacher's [B, K]
+    log-probabilities and its [B] fidelity CE (`ServerModels.teach`)."""
+    fidelity = fidelity.mean()
+    md = F.kl_div(F.log_softmax(global_logits, 1), teacher_logp, reduction="batchmean", log_target=True)
     div = diversity_loss(noise, output)
     loss = fidelity - lambda_md * md + lambda_div * div / num_models
     return {"loss": loss, "fidelity": fidelity.detach(), "hard_mining": md.detach(), "diversity": div.detach()}
@@ -78,9 +94,15 @@ class ServerModels:
     models: list[nn.Module]
     shares: torch.Tensor  # [M, K]
     label_p: torch.Tensor  # [K]
+    by_label: bool = False  # weigh each model by its share of the sample's label (the reference code)
 
-    def ensemble(self, x: torch.Tensor) -> torch.Tensor:
-        return class_level_logits(torch.stack([m(x) for m in self.models]), self.shares)
+    def teach(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ensemble on x labelled y: ([B, K] log-probabilities, [B] fidelity CE)."""
+        logits = torch.stack([m(x) for m in self.models])
+        if self.by_label:
+            return label_level_teacher(logits, self.shares, y)
+        ensemble = class_level_logits(logits, self.shares)
+        return ensemble.log_softmax(-1), F.cross_entropy(ensemble, y, reduction="none")
 
 
 Sampler = Callable[[], tuple[torch.Tensor, torch.Tensor]]
@@ -99,7 +121,7 @@ class FedFTG(GeneratorStep):
     def server_models(self, results: Sequence[LocalResult], device: torch.device) -> ServerModels:
         counts = torch.stack([r.label_counts for r in results])
         return ServerModels(self.local_models(results, device), class_shares(counts).float().to(device),
-                            label_distribution(counts))
+                            label_distribution(counts), by_label=self.gcfg.ensemble == "label")
 
     def step(self, global_state: State, results: Sequence[LocalResult], state: dict[str, Any],
              rnd: RoundInfo) -> tuple[State, dict[str, Any], dict[str, float]]:
@@ -164,7 +186,7 @@ class FedFTG(GeneratorStep):
             with g_step.autocast():
                 out = g(z, y)
                 x = to_model_input(out, self.info)
-                parts = generator_objective(server.ensemble(x), model(x), y, z, out, lambda_md=lambda_md,
+                parts = generator_objective(*server.teach(x, y), model(x), z, out, lambda_md=lambda_md,
                                             lambda_div=gcfg.lambda_div, num_models=len(server.models))
             g_step.step(parts["loss"])
             if ema is not None:
@@ -181,7 +203,7 @@ class FedFTG(GeneratorStep):
             with m_step.autocast():
                 with torch.no_grad():
                     x = to_model_input(g(z, y), self.info)
-                    target = server.ensemble(x)
+                    target = server.teach(x, y)[0]
                 loss = kd_loss(model(x), target, self.gcfg.temperature)
             m_step.step(loss)
             sums["distill"] = sums.get("distill", 0.0) + loss.item()
@@ -193,7 +215,7 @@ class FedFTG(GeneratorStep):
         g.eval()
         out = g(z, y)
         x = to_model_input(out, self.info)
-        soft = server.ensemble(x).float().log_softmax(-1)
+        soft = server.teach(x, y)[0].float()
         images = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return images.cpu(), y.cpu(), soft.cpu()
 
