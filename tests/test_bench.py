@@ -86,3 +86,27 @@ def test_rounds_bench_merges_at_every_save_so_concurrent_runs_keep_their_figures
     assert both["gncnn"] == {"fedavg+ftg": {"final_accuracy": 0.7}, "fedavg": {"final_accuracy": 0.6}}
     assert set(both["bncnn"]) == {"fedavg"} and set(both["setting"]) == {"gncnn", "bncnn"}
     assert rounds.merged(str(tmp_path / "none.json"), mine) == mine
+
+
+def test_rounds_compare_counts_rounds_ahead_and_the_server_steps_gain(tmp_path):
+    def run(name, rows):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return f"{name}={folder}"
+
+    base = [{"round": i + 1, "test_accuracy": a} for i, a in enumerate((0.5, 0.6, 0.7))]
+    ftg = [{"round": i + 1, "test_accuracy": a, "diagnose_global_accuracy": g, "diagnose_aggregate_accuracy": g - d,
+            "diagnose_logit_ensemble_accuracy": g, "server_distill": 0.1}
+           for i, (a, g, d) in enumerate(((0.55, 0.5, 0.1), (0.5, 0.6, -0.05), (0.8, 0.7, 0.02), (0.9, 0.9, 0.0)))]
+    done = subprocess.run([sys.executable, str(BENCH / "rounds_compare.py"), run("base", base), run("ftg", ftg),
+                           "--plot", str(tmp_path / "curves.png")], check=True, capture_output=True, text=True)
+    out = json.loads(done.stdout)
+    assert out["base"] == {"rounds": 3, "mean_accuracy": 0.6, "rounds_ahead_of_base": 0}
+    row = out["ftg"]  # its 4th round is past the base's last and left out
+    assert row["rounds"] == 3 and row["rounds_ahead_of_base"] == 2 and row["after_step_ahead_of_aggregate"] == 2
+    assert abs(row["after_step_minus_aggregate"] - 0.07 / 3) < 1e-9 and row["after_step_to_logit_ensemble"] == 0.0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    bad = subprocess.run([sys.executable, str(BENCH / "rounds_compare.py"), f"x={tmp_path}"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "NAME=RUN_DIR" in bad.stderr
