@@ -68,8 +68,8 @@ def label_level_teacher(logits: torch.Tensor, shares: torch.Tensor,
     """[M, B, K] logits of M models, [M, K] class shares (columns sum to 1), [B] labels ->
     ([B, K] log-probabilities of sum_m w_m softmax(logits_m), [B] sum_m w_m CE(logits_m, y)) with
     w_m = model m's share of the sample's label y: the reference code's class-level ensemble."""
-    w = shares.to(logits.dtype)[:, y]  # [M, B]
-    logp = logits.log_softmax(-1)
+    w = shares.float()[:, y]  # [M, B]
+    logp = logits.float().log_softmax(-1)  # in float32 also under autocast: the 1e-8 floor below
     mixture = (w[..., None] * logp.exp()).sum(0).clamp_min(1e-8).log()
     own_ce = -logp.gather(-1, y.expand(len(logits), -1)[..., None]).squeeze(-1)  # [M, B]
     return mixture, (w * own_ce).sum(0)
