@@ -46,7 +46,6 @@ from typing import Any, Callable
 
 import click
 import numpy as np
-import torch
 
 from fedinv import __version__
 from fedinv.config import DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, to_dict
