@@ -20,11 +20,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from fedinv.errors import ConfigError
+from fedinv.federated.report import load_run
 from fedinv.viz import line_plot
-
-
-def read_history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
@@ -67,9 +65,12 @@ def main(runs: tuple[str, ...], plot: Path | None, window: int, title: str) -> N
     histories = {}
     for spec in runs:
         name, sep, folder = spec.partition("=")
-        if not sep or not (Path(folder) / "metrics.jsonl").is_file():
-            raise click.BadParameter(f"{spec!r}: give NAME=RUN_DIR, a folder with metrics.jsonl", param_hint="RUNS")
-        histories[name] = read_history(Path(folder))
+        try:
+            if not sep:
+                raise ConfigError("no '='")
+            histories[name] = load_run(folder)["history"]
+        except ConfigError as e:
+            raise click.BadParameter(f"{spec!r}: give NAME=RUN_DIR, a run folder ({e})", param_hint="RUNS") from e
     click.echo(json.dumps(compare(histories), indent=2))
     if plot is not None:
         curves = {name: list(zip([float(r["round"]) for r in h], running_mean([r["test_accuracy"] for r in h], window)))

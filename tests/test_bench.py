@@ -92,7 +92,8 @@ def test_rounds_compare_counts_rounds_ahead_and_the_server_steps_gain(tmp_path):
     def run(name, rows):
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({**r, "seconds": 1.0}) + "\n" for r in rows))
+        (folder / "config.json").write_text(json.dumps({"federate": {"algorithm": "fedavg", "server": "ftg"}}))
         return f"{name}={folder}"
 
     base = [{"round": i + 1, "test_accuracy": a} for i, a in enumerate((0.5, 0.6, 0.7))]
