@@ -26,6 +26,7 @@ from fedinv.federated.moon import contrastive_loss
 from fedinv.federated.rounds import (Federation, federate, mean_last_accuracy, mean_node_metrics,
                                      participants, rounds_to_target)
 from fedinv.federated.scaffold import scaffold_control_update
+from fedinv.train.resume import changes
 from fedinv.models import build_model_for
 
 
@@ -452,11 +453,17 @@ def test_ftg_with_an_ema_generator_resumes_exactly_and_keeps_the_average(tmp_pat
 
 
 def test_ftg_with_the_label_weighted_ensemble_runs_and_differs_from_the_class_weighted_one(tmp_path, tiny_train):
-    cfg = tiny_run("fedavg", "ftg", rounds=1)
-    label = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, ensemble="label"))
+    label = tiny_run("fedavg", "ftg", rounds=1)
+    assert label.generator.ensemble == "label"  # the reference code's, the default
+    cfg = dataclasses.replace(label, generator=dataclasses.replace(label.generator, ensemble="class"))
     runs = [federate(c, tmp_path / c.generator.ensemble, progress=False, train=tiny_train) for c in (cfg, label)]
     assert all(r["complete"] and math.isfinite(r["history"][0]["server_distill"]) for r in runs)
     states = [torch.load(tmp_path / name / "global.pt", weights_only=True)["state_dict"] for name in ("class", "label")]
     assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
     with pytest.raises(ConfigError, match="ensemble='mean' is not valid; choose one of: class, label"):
         GeneratorConfig(ensemble="mean")
+    # a run saved before the option existed ran the class form: it loads (and resumes) as such
+    older = cfg.to_dict()
+    del older["generator"]["ensemble"]
+    assert FederatedRunConfig.from_dict(older).generator.ensemble == "class"
+    assert changes(older, cfg) == [] and changes(older, label) == ["generator.ensemble"]

@@ -65,7 +65,8 @@ class FederateConfig:
 class GeneratorConfig:
     """The server's generator step (FedFTG, FedDF, FedGen). Defaults from the FedFTG reference code:
     10 iterations per round of 1 generator step and 5 global-model steps, generator Adam 0.01,
-    global SGD 0.1, both decayed by 0.998 per round."""
+    global SGD 0.1 on a loss averaged over the classes (0.01 on fedinv's per-sample KL), both decayed
+    by 0.998 per round; its class-level ensemble weighs the models by their share of the sample's label."""
 
     iterations: int = option(10, "server iterations per round")
     generator_steps: int = option(1, "generator updates per iteration")
@@ -73,16 +74,17 @@ class GeneratorConfig:
     batch_size: int = option(64, "generated samples per step")
     nz: int = option(100, "noise dimension")
     generator_lr: float = option(0.01, "generator Adam learning rate")
-    model_lr: float = option(0.1, "global-model SGD learning rate of the fine-tuning")
+    model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
+                             "on a loss averaged over the 10 classes as well as the batch: 0.01 on ours)")
     lr_decay: float = option(0.998, "both learning rates multiplied by this every round")
     lambda_md: float = option(1.0, "ftg: weight of hard-sample mining (maximize KL(ensemble || global))")
     lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
     temperature: float = option(1.0, "KD temperature of the fine-tuning")
-    ensemble: str = option("class", "ftg: the class-level ensemble the generator and the fine-tuning use: class "
-                           "(each model's logit for class k weighted by its share of class k) or label (each "
-                           "model's probabilities weighted by its share of the sample's label, and the fidelity "
-                           "the share-weighted sum of the models' own CEs, as the reference code)",
-                           choices=("class", "label"))
+    ensemble: str = option("label", "ftg: the class-level ensemble the generator and the fine-tuning use: label "
+                           "(each model's probabilities weighted by its share of the sample's label, and the "
+                           "fidelity the share-weighted sum of the models' own CEs, as the reference code) or "
+                           "class (each model's logit for class k weighted by its share of class k)",
+                           choices=("class", "label"), before="class")
     bn_stats: str = option("batches", "ftg, feddf: the global model's BN running statistics after the fine-tuning: "
                            "batches (they follow the generated batches, as in the reference code's train mode) "
                            "or aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
@@ -153,12 +155,19 @@ class FederatedRunConfig:
         """From `to_dict`'s form (a run folder's config.json, a checkpoint's "config"), or a TOML's
         tables over `defaults`. Constants that older fedinv kept in [federate] (mu, feddyn_alpha,
         distill_temperature, ...) go to the algorithm they belong to, and are dropped for others."""
-        base = defaults or cls()
+        saved, base = defaults is None, defaults or cls()
+
+        def section(name: str, given: dict[str, Any]) -> Any:
+            # a saved config without a field added later stands for the field's `before`, not its default
+            fields = {f.name: f for f in dataclasses.fields(SECTIONS[name])}
+            under = {k: v for k, v in to_dict(getattr(base, name)).items()
+                     if not (saved and k not in given and "before" in fields[k].metadata)}
+            return from_dict(SECTIONS[name], {**under, **given})
+
         federate = dict(raw.get("federate", {}))
         legacy = {k: federate.pop(k) for k in LEGACY_KEYS if k in federate}
-        sections = {name: from_dict(sub, {**to_dict(getattr(base, name)), **(raw.get(name) or {})})
-                    for name, sub in SECTIONS.items() if name != "federate"}
-        sections["federate"] = from_dict(FederateConfig, {**to_dict(base.federate), **federate})
+        sections = {name: section(name, raw.get(name) or {}) for name in SECTIONS if name != "federate"}
+        sections["federate"] = section("federate", federate)
         algo = algorithm_class(sections["federate"].algorithm)
         values = {new: legacy[old] for old, new in getattr(algo, "legacy", {}).items() if old in legacy}
         values.update(raw.get(algo.name) or {})
