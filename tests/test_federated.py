@@ -18,8 +18,8 @@ from fedinv.federated.config import FederateConfig, FederatedRunConfig, Generato
 from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
 from fedinv.evaluate import class_level_logits
-from fedinv.federated.ftg import (FedFTG, diversity_loss, ema_update, generator_objective, label_distribution,
-                                 label_level_teacher)
+from fedinv.federated.ftg import (FedFTG, ServerModels, diversity_loss, ema_update, generator_objective,
+                                 label_distribution, label_level_teacher)
 from fedinv.models.generators import FeatureGenerator, ImageGenerator
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
@@ -109,6 +109,24 @@ def test_label_level_teacher_weighs_models_by_their_share_of_the_samples_label()
     torch.testing.assert_close(logp.exp()[1], p[1, 1])  # label 1: only model 1 holds it
     ce = -p.log()
     torch.testing.assert_close(fidelity, t(0.75 * ce[0, 0, 0] + 0.25 * ce[1, 0, 0], ce[1, 1, 1]))
+
+
+def test_one_models_teacher_is_its_share_of_the_label_form():
+    counts = torch.tensor([[30, 0, 10], [10, 20, 0]])
+    from fedinv.evaluate import class_shares
+    shares = class_shares(counts)
+    models = [nn.Linear(4, 3), nn.Linear(4, 3)]
+    server = ServerModels(models, shares, torch.full((3,), 1 / 3), by_label=True)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    each = [server.teach_one(m, x, y) for m in range(2)]
+    torch.testing.assert_close(each[0]["md_weight"], t(0.75, 0.0, 1.0, 0.75, 0.0))  # model 0's share of y
+    torch.testing.assert_close(each[1]["teacher_logp"], models[1](x).log_softmax(-1))
+    torch.testing.assert_close(each[0]["fidelity"] + each[1]["fidelity"], server.teach(x, y)[1])
+    glob = torch.randn(5, 3)
+    kl = (each[0]["teacher_logp"].exp() * (each[0]["teacher_logp"] - glob.log_softmax(-1))).sum(-1)
+    parts = generator_objective(global_logits=glob, noise=torch.randn(5, 2), output=torch.randn(5, 1),
+                                lambda_md=1.0, lambda_div=0.0, num_models=2, **each[0])
+    assert parts["hard_mining"].item() == pytest.approx((each[0]["md_weight"] * kl).mean().item(), rel=1e-5)
 
 
 def test_diversity_loss_by_hand_and_generator_objective_signs():
@@ -462,6 +480,14 @@ def test_ftg_with_the_label_weighted_ensemble_runs_and_differs_from_the_class_we
     assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
     with pytest.raises(ConfigError, match="ensemble='mean' is not valid; choose one of: class, label"):
         GeneratorConfig(ensemble="mean")
+    per_model = dataclasses.replace(label, generator=dataclasses.replace(label.generator, per_model_steps=True))
+    run = federate(per_model, tmp_path / "per-model", progress=False, train=tiny_train)
+    saved = torch.load(tmp_path / "per-model" / "checkpoint.pt", weights_only=True)["server"]["server_step"]
+    adam_steps = {int(v["step"]) for v in saved["optimizer"]["state"].values()}
+    fc = per_model.federate
+    models = len(participants(per_model.partition.num_nodes, fc.participation, fc.seed, 0))  # one round: 2 of 4
+    assert adam_steps == {per_model.generator.iterations * per_model.generator.generator_steps * models}
+    assert run["complete"] and math.isfinite(run["history"][0]["server_fidelity"])
     # a run saved before the option existed ran the class form: it loads (and resumes) as such
     older = cfg.to_dict()
     del older["generator"]["ensemble"]

@@ -77,6 +77,10 @@ class GeneratorConfig:
     model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
                              "on a loss averaged over the 10 classes as well as the batch: 0.01 on ours)")
     lr_decay: float = option(0.998, "both learning rates multiplied by this every round")
+    per_model_steps: bool = option(False, "ftg, feddf: each generator update is one Adam step per local model on "
+                                          "its part of the loss (its CE and hard-sample mining weighted by its "
+                                          "share of each sample's label), as the reference code does, instead of "
+                                          "one step on the whole ensemble's")
     lambda_md: float = option(1.0, "ftg: weight of hard-sample mining (maximize KL(ensemble || global))")
     lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
     temperature: float = option(1.0, "KD temperature of the fine-tuning")

@@ -12,8 +12,10 @@ sampling); then take `model_steps` SGD steps of the global model on KL(ensemble 
 fresh generated samples. The class-level ensemble comes in two readings (`ensemble`): "class"
 weighs each model's logit for class k by its share of class k; "label", as the reference code,
 weighs each model's probabilities by its share of the sample's label y, and the fidelity is then
-the share-weighted sum of the models' own CEs. FedDF: the plain mean ensemble, uniform labels, no
-hard-sample mining.
+the share-weighted sum of the models' own CEs. With `per_model_steps`, as the reference code, a
+generator update is M Adam steps, one per local model on its share of the fidelity and of the
+mining (each model's KL to the global model, weighted by its share of the sample's label). FedDF:
+the plain mean ensemble, uniform labels, no hard-sample mining.
 The generator and its Adam state persist from round to round (`server_step.GeneratorStep`); with
 `generator_ema` > 0 the fine-tuning's samples come from a moving average of the generator
 (DFRD), which also persists.
@@ -77,11 +79,13 @@ def label_level_teacher(logits: torch.Tensor, shares: torch.Tensor,
 
 def generator_objective(teacher_logp: torch.Tensor, fidelity: torch.Tensor, global_logits: torch.Tensor,
                         noise: torch.Tensor, output: torch.Tensor, *, lambda_md: float, lambda_div: float,
-                        num_models: int) -> dict[str, torch.Tensor]:
+                        num_models: int, md_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The generator's loss and its named parts (all [B]-means), from the teacher's [B, K]
-    log-probabilities and its [B] fidelity CE (`ServerModels.teach`)."""
+    log-probabilities and its [B] fidelity CE (`ServerModels.teach`, or `teach_one`); the
+    per-sample KL of hard-sample mining weighted by `md_weight` [B] when given."""
     fidelity = fidelity.mean()
-    md = F.kl_div(F.log_softmax(global_logits, 1), teacher_logp, reduction="batchmean", log_target=True)
+    kl = F.kl_div(F.log_softmax(global_logits, 1), teacher_logp, reduction="none", log_target=True).sum(-1)
+    md = kl.mean() if md_weight is None else (md_weight * kl).mean()
     div = diversity_loss(noise, output)
     loss = fidelity - lambda_md * md + lambda_div * div / num_models
     return {"loss": loss, "fidelity": fidelity.detach(), "hard_mining": md.detach(), "diversity": div.detach()}
@@ -103,6 +107,15 @@ class ServerModels:
             return label_level_teacher(logits, self.shares, y)
         ensemble = class_level_logits(logits, self.shares)
         return ensemble.log_softmax(-1), F.cross_entropy(ensemble, y, reduction="none")
+
+    def teach_one(self, m: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model m alone on x labelled y (the reference code's generator steps), as
+        `generator_objective`'s teacher: its [B, K] log-probabilities, its [B] CE weighted by w and w,
+        its share of each sample's label. Over the models the weighted CEs sum to the label form's
+        fidelity."""
+        w = self.shares[m].float()[y]
+        logp = self.models[m](x).float().log_softmax(-1)
+        return {"teacher_logp": logp, "fidelity": w * -logp.gather(1, y[:, None]).squeeze(1), "md_weight": w}
 
 
 Sampler = Callable[[], tuple[torch.Tensor, torch.Tensor]]
@@ -176,23 +189,32 @@ class FedFTG(GeneratorStep):
 
     def train_generator(self, g: nn.Module, g_step: Stepper, model: nn.Module, server: ServerModels,
                         sample: Sampler, sums: dict[str, float], ema: nn.Module | None = None) -> None:
-        """`generator_steps` updates of G on fidelity, hard-sample mining and diversity; `ema`, when
-        given, follows G's weights after each (its buffers, e.g. BN statistics, are G's)."""
+        """`generator_steps` updates of G on fidelity, hard-sample mining and diversity (with
+        `per_model_steps`, each is one Adam step per local model on its share of them, on the same
+        z and y: the reference code's); `ema`, when given, follows G's weights after every step (its
+        buffers, e.g. BN statistics, are G's). `sums` gets each update's parts, summed over models."""
         gcfg = self.gcfg
         lambda_md = gcfg.lambda_md if self.lambda_md_applies else 0.0
         model.requires_grad_(False)
         for _ in range(gcfg.generator_steps):
             z, y = sample()
-            with g_step.autocast():
-                out = g(z, y)
-                x = to_model_input(out, self.info)
-                parts = generator_objective(*server.teach(x, y), model(x), z, out, lambda_md=lambda_md,
-                                            lambda_div=gcfg.lambda_div, num_models=len(server.models))
-            g_step.step(parts["loss"])
-            if ema is not None:
-                ema_update(ema, g, self.gcfg.generator_ema)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            steps = len(server.models) if gcfg.per_model_steps else 1
+            for m in range(steps):
+                with g_step.autocast():
+                    out = g(z, y)
+                    x = to_model_input(out, self.info)
+                    if gcfg.per_model_steps:  # model m's share of the fidelity and of the mining
+                        teacher = server.teach_one(m, x, y)
+                    else:
+                        teacher = dict(zip(("teacher_logp", "fidelity"), server.teach(x, y)))
+                    parts = generator_objective(global_logits=model(x), noise=z, output=out, lambda_md=lambda_md,
+                                                lambda_div=gcfg.lambda_div, num_models=len(server.models), **teacher)
+                g_step.step(parts["loss"])
+                if ema is not None:
+                    ema_update(ema, g, self.gcfg.generator_ema)
+                for k, v in parts.items():  # per model: the diversity each term counts 1/M of, the rest summed
+                    share = 1 / steps if k == "diversity" else 1.0
+                    sums[k] = sums.get(k, 0.0) + share * float(v.detach())
         model.requires_grad_(True)
 
     def fine_tune(self, g: nn.Module, m_step: Stepper, model: nn.Module, server: ServerModels, sample: Sampler,
