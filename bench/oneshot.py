@@ -26,12 +26,14 @@ from typing import Any, Callable, Iterator
 import click
 
 from fedinv import __version__
+from fedinv.config import SynthesisConfig, from_dict
 from fedinv.data.datasets import load_dataset
 from fedinv.inversion.methods import copy_synthesis_store
 from fedinv.inversion.synthesize import synthesize
 from fedinv.nodes import train_teachers
 from fedinv.pipeline import RunConfig, partition_stage
 from fedinv.runtime import save_json
+from fedinv.store import read_meta
 from fedinv.student.train import train_student
 from jsonl import emit
 
@@ -51,6 +53,12 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
 
 def read_seconds(path: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def store_config(store: Path) -> dict[str, Any]:
+    """The synthesis config that made `store` (a store from before a field was added gets what it
+    stood for), not today's defaults."""
+    return dataclasses.asdict(from_dict(SynthesisConfig, read_meta(store)["config"]))
 
 
 def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
@@ -108,7 +116,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
                "student_accuracy": plain["test_accuracy"], "student_online_accuracy": onl["test_accuracy"],
                "synthetic_images": plain["store_images"], "online_store_images": onl["store_images"],
                "stage_seconds": {**shared, **mine},
-               "config": {"synthesis": dataclasses.asdict(syn), "student": dataclasses.asdict(student),
+               "config": {"synthesis": store_config(store), "student": dataclasses.asdict(student),
                           "online": online_fields},
                "fedinv_version": __version__}
 
