@@ -75,7 +75,8 @@ class GeneratorConfig:
     nz: int = option(100, "noise dimension")
     generator_lr: float = option(0.01, "generator Adam learning rate")
     model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
-                             "on a loss averaged over the 10 classes as well as the batch: 0.01 on ours)")
+                             "on a loss averaged over the classes as well as the batch is 0.1 / K on ours: "
+                             "0.01 for 10 classes)")
     lr_decay: float = option(0.998, "both learning rates multiplied by this every round")
     per_model_steps: bool = option(False, "ftg, feddf: each generator update is one Adam step per local model on "
                                           "its part of the loss (its CE and hard-sample mining weighted by its "
