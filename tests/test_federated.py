@@ -177,7 +177,7 @@ def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
     assert all((new[k] > 1e-3).all() for k in variances)
 
 
-@pytest.mark.parametrize("bn_stats", ["batches", "aggregate"])
+@pytest.mark.parametrize("bn_stats", ["batches", "aggregate", "eval"])
 def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_stats):
     info = tiny_train.info
     build = lambda: build_model_for("bncnn", info)  # noqa: E731
@@ -191,10 +191,17 @@ def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_s
     stats = [k for k in global_state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     weights = [k for k in global_state if k not in stats]
     kept = all(torch.equal(new[k], global_state[k]) for k in stats)
-    assert kept == (bn_stats == "aggregate")
+    assert kept == (bn_stats != "batches")
     assert not all(torch.equal(new[k], global_state[k]) for k in weights)  # the fine-tuning did move the weights
-    with pytest.raises(ConfigError, match="batches, aggregate"):
+    with pytest.raises(ConfigError, match="batches, aggregate, eval"):
         GeneratorConfig(bn_stats="real")
+    # the generator's steps see the global model in eval mode (the reference code's): alone, they
+    # leave its statistics as they were
+    server = FedFTG(cfg, GeneratorConfig(iterations=2, model_steps=0, batch_size=16, nz=16, bn_stats=bn_stats),
+                    info, build)
+    new, _, _ = server.step(global_state, results_of(local), server.init_state(),
+                            RoundInfo(0, 2, torch.device("cpu"), None, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(new[k], global_state[k]) for k in global_state)
 
 
 def test_feddistill_personal_accuracy_is_on_each_nodes_own_classes(tiny_train):

@@ -91,9 +91,10 @@ class GeneratorConfig:
                            "class (each model's logit for class k weighted by its share of class k)",
                            choices=("class", "label"), before="class")
     bn_stats: str = option("batches", "ftg, feddf: the global model's BN running statistics after the fine-tuning: "
-                           "batches (they follow the generated batches, as in the reference code's train mode) "
-                           "or aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
-                           "put back)", choices=("batches", "aggregate"))
+                           "batches (they follow the generated batches, as in the reference code's train mode), "
+                           "aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
+                           "put back) or eval (the fine-tuning runs in eval mode: the aggregate's statistics "
+                           "normalize the generated batches and stay)", choices=("batches", "aggregate", "eval"))
     generator_ema: float = option(0.0, "ftg, feddf: the fine-tuning draws its samples from an exponential moving "
                                        "average of the generator's weights, updated after every generator step with "
                                        "this decay and kept across rounds (DFRD's EMA generator); 0 = from the "
