@@ -24,6 +24,7 @@ The generator and its Adam state persist from round to round (`server_step.Gener
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -198,24 +199,24 @@ class FedFTG(GeneratorStep):
         lambda_md = gcfg.lambda_md if self.lambda_md_applies else 0.0
         fine_tuning_mode = model.training
         model.requires_grad_(False).eval()  # as the reference code: its BN statistics are not the batches'
+        if gcfg.per_model_steps:  # one step per model, on its share of the fidelity and of the mining
+            teachers = [functools.partial(server.teach_one, m) for m in range(len(server.models))]
+        else:
+            teachers = [lambda x, y: dict(zip(("teacher_logp", "fidelity"), server.teach(x, y)))]
         for _ in range(gcfg.generator_steps):
             z, y = sample()
-            steps = len(server.models) if gcfg.per_model_steps else 1
-            for m in range(steps):
+            for teacher in teachers:
                 with g_step.autocast():
                     out = g(z, y)
                     x = to_model_input(out, self.info)
-                    if gcfg.per_model_steps:  # model m's share of the fidelity and of the mining
-                        teacher = server.teach_one(m, x, y)
-                    else:
-                        teacher = dict(zip(("teacher_logp", "fidelity"), server.teach(x, y)))
                     parts = generator_objective(global_logits=model(x), noise=z, output=out, lambda_md=lambda_md,
-                                                lambda_div=gcfg.lambda_div, num_models=len(server.models), **teacher)
+                                                lambda_div=gcfg.lambda_div, num_models=len(server.models),
+                                                **teacher(x, y))
                 g_step.step(parts["loss"])
                 if ema is not None:
                     ema_update(ema, g, self.gcfg.generator_ema)
                 for k, v in parts.items():  # per model: the diversity each term counts 1/M of, the rest summed
-                    share = 1 / steps if k == "diversity" else 1.0
+                    share = 1 / len(teachers) if k == "diversity" else 1.0
                     sums[k] = sums.get(k, 0.0) + share * float(v.detach())
         model.requires_grad_(True).train(fine_tuning_mode)
 
