@@ -121,7 +121,7 @@ def test_one_models_teacher_is_its_share_of_the_label_form():
     each = [server.teach_one(m, x, y) for m in range(2)]
     torch.testing.assert_close(each[0]["md_weight"], t(0.75, 0.0, 1.0, 0.75, 0.0))  # model 0's share of y
     torch.testing.assert_close(each[1]["teacher_logp"], models[1](x).log_softmax(-1))
-    torch.testing.assert_close(each[0]["fidelity"] + each[1]["fidelity"], server.teach(x, y)[1])
+    torch.testing.assert_close(each[0]["fidelity"] + each[1]["fidelity"], server.teach(x, y)["fidelity"])
     glob = torch.randn(5, 3)
     kl = (each[0]["teacher_logp"].exp() * (each[0]["teacher_logp"] - glob.log_softmax(-1))).sum(-1)
     parts = generator_objective(global_logits=glob, noise=torch.randn(5, 2), output=torch.randn(5, 1),

@@ -101,13 +101,16 @@ class ServerModels:
     label_p: torch.Tensor  # [K]
     by_label: bool = False  # weigh each model by its share of the sample's label (the reference code)
 
-    def teach(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ensemble on x labelled y: ([B, K] log-probabilities, [B] fidelity CE)."""
+    def teach(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ensemble on x labelled y, as `generator_objective`'s teacher: its [B, K]
+        log-probabilities and its [B] fidelity CE."""
         logits = torch.stack([m(x) for m in self.models])
         if self.by_label:
-            return label_level_teacher(logits, self.shares, y)
-        ensemble = class_level_logits(logits, self.shares)
-        return ensemble.log_softmax(-1), F.cross_entropy(ensemble, y, reduction="none")
+            logp, fidelity = label_level_teacher(logits, self.shares, y)
+        else:
+            ensemble = class_level_logits(logits, self.shares)
+            logp, fidelity = ensemble.log_softmax(-1), F.cross_entropy(ensemble, y, reduction="none")
+        return {"teacher_logp": logp, "fidelity": fidelity}
 
     def teach_one(self, m: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model m alone on x labelled y (the reference code's generator steps), as
@@ -202,7 +205,7 @@ class FedFTG(GeneratorStep):
         if gcfg.per_model_steps:  # one step per model, on its share of the fidelity and of the mining
             teachers = [functools.partial(server.teach_one, m) for m in range(len(server.models))]
         else:
-            teachers = [lambda x, y: dict(zip(("teacher_logp", "fidelity"), server.teach(x, y)))]
+            teachers = [server.teach]
         for _ in range(gcfg.generator_steps):
             z, y = sample()
             for teacher in teachers:
@@ -228,7 +231,7 @@ class FedFTG(GeneratorStep):
             with m_step.autocast():
                 with torch.no_grad():
                     x = to_model_input(g(z, y), self.info)
-                    target = server.teach(x, y)[0]
+                    target = server.teach(x, y)["teacher_logp"]
                 loss = kd_loss(model(x), target, self.gcfg.temperature)
             m_step.step(loss)
             sums["distill"] = sums.get("distill", 0.0) + loss.item()
@@ -240,7 +243,7 @@ class FedFTG(GeneratorStep):
         g.eval()
         out = g(z, y)
         x = to_model_input(out, self.info)
-        soft = server.teach(x, y)[0].float()
+        soft = server.teach(x, y)["teacher_logp"].float()
         images = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return images.cpu(), y.cpu(), soft.cpu()
 
