@@ -22,11 +22,8 @@ import numpy as np
 
 from fedinv.errors import ConfigError
 from fedinv.federated.report import load_run
+from fedinv.federated.rounds import mean_last_accuracy
 from fedinv.viz import line_plot
-
-
-def running_mean(values: list[float], window: int) -> list[float]:
-    return [float(np.mean(values[max(0, i + 1 - window):i + 1])) for i in range(len(values))]
 
 
 def compare(histories: dict[str, list[dict]]) -> dict[str, dict]:
@@ -73,7 +70,7 @@ def main(runs: tuple[str, ...], plot: Path | None, window: int, title: str) -> N
             raise click.BadParameter(f"{spec!r}: give NAME=RUN_DIR, a run folder ({e})", param_hint="RUNS") from e
     click.echo(json.dumps(compare(histories), indent=2))
     if plot is not None:
-        curves = {name: list(zip([float(r["round"]) for r in h], running_mean([r["test_accuracy"] for r in h], window)))
+        curves = {name: [(float(r["round"]), mean_last_accuracy(h[:i + 1], window)) for i, r in enumerate(h)]
                   for name, h in histories.items()}
         plot.parent.mkdir(parents=True, exist_ok=True)
         line_plot(curves, title=title or f"test accuracy, mean of the last {window} rounds").save(plot)
