@@ -11,8 +11,10 @@ own stages).
 
     python bench/oneshot.py --alphas 0.5 --methods deepinversion,fast,dense --seeds 0,1,2
     python bench/oneshot.py --alphas 0.05 --num-nodes 10 --methods fast
-Method settings: the config's [synthesis] and [student] tables, then METHODS below. Runs resume:
-rerunning skips finished stages (their seconds are read from the earlier run's records).
+    python bench/oneshot.py --alphas 0.5 --methods fast --set synthesis.steps=10 --tag steps10
+Method settings: the config's [synthesis] and [student] tables, then METHODS below, then --set
+(a variant: its lines say METHOD@TAG, its folders METHOD-TAG). Runs resume: rerunning skips
+finished stages (their seconds are read from the earlier run's records).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any, Callable, Iterator
 import click
 
 from fedinv import __version__
-from fedinv.config import SynthesisConfig, from_dict
+from fedinv.config import StudentConfig, SynthesisConfig, apply_overrides, from_dict, to_dict
+from fedinv.errors import ConfigError
 from fedinv.data.datasets import load_dataset
 from fedinv.inversion.methods import copy_synthesis_store
 from fedinv.inversion.synthesize import synthesize
@@ -70,8 +73,24 @@ def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], An
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path, device: str) -> Iterator[dict]:
-    """Yields each method's line as soon as it is measured (a killed run keeps what it printed)."""
+def variant_fields(overrides: tuple[str, ...], tag: str) -> dict[str, dict[str, Any]]:
+    """--set's synthesis and student fields (the teachers are shared by every method and variant)."""
+    fields = apply_overrides({}, overrides)
+    if fields and not tag:
+        raise ConfigError("--set makes a variant: name it with --tag (its own folders and JSON method)")
+    extra = set(fields) - {"synthesis", "student"}
+    if extra:
+        raise ConfigError(f"--set: table(s) {sorted(extra)} cannot vary per method; use synthesis or student")
+    for table, cls in (("synthesis", SynthesisConfig), ("student", StudentConfig)):
+        from_dict(cls, {**to_dict(cls()), **fields.get(table, {})})  # unknown fields and wrong types: now
+    return fields
+
+
+def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path, device: str,
+                variant: dict[str, dict[str, Any]] | None = None, tag: str = "") -> Iterator[dict]:
+    """Yields each method's line as soon as it is measured (a killed run keeps what it printed);
+    `variant`: synthesis and student fields over each method's, for the variant `tag`."""
+    variant = variant or {}
     cfg = RunConfig.from_toml(CONFIGS / f"fmnist-dirichlet-{alpha}.toml")
     cfg = dataclasses.replace(
         cfg, partition=dataclasses.replace(cfg.partition, num_nodes=nodes, seed=seed),
@@ -90,10 +109,12 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
     t_report = json.loads((teachers / "report.json").read_text())
     for method in methods:
         syn_fields, student_fields, online_fields = METHODS[method]
-        syn = dataclasses.replace(cfg.synthesis, seed=seed, device=device, **syn_fields)
-        student = dataclasses.replace(cfg.student, seed=seed, device=device, **student_fields)
+        syn = from_dict(SynthesisConfig, {**to_dict(cfg.synthesis), "seed": seed, "device": device, **syn_fields,
+                                          **variant.get("synthesis", {})})
+        student = from_dict(StudentConfig, {**to_dict(cfg.student), "seed": seed, "device": device,
+                                            **student_fields, **variant.get("student", {})})
         online = dataclasses.replace(student, **online_fields)
-        mdir = run / method
+        mdir = run / (f"{method}-{tag}" if tag else method)
         times_file = mdir / "stage_seconds.json"  # one file per method: methods may run side by side
         mine = read_seconds(times_file)
         store, online_store = mdir / "synthetic.h5", mdir / "synthetic-online.h5"
@@ -111,7 +132,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
         save_json(mine, times_file)
         plain = json.loads((mdir / "student" / "report.json").read_text())
         onl = json.loads((mdir / "student-online" / "report.json").read_text())
-        yield {"method": method, "alpha": float(alpha), "num_nodes": nodes, "seed": seed,
+        yield {"method": f"{method}@{tag}" if tag else method, "alpha": float(alpha), "num_nodes": nodes, "seed": seed,
                "fedavg_accuracy": t_report["fedavg_accuracy"], "ensemble_accuracy": t_report["ensemble_accuracy"],
                "student_accuracy": plain["test_accuracy"], "student_online_accuracy": onl["test_accuracy"],
                "synthetic_images": plain["store_images"], "online_store_images": onl["store_images"],
@@ -129,15 +150,23 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
 @click.option("--methods", default="deepinversion,fast,dense", show_default=True, help="synthesis methods")
 @click.option("--out", default="runs/oneshot", show_default=True, help="run folders go here")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="append each JSON line here")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
+              help="a synthesis or student field over every method's, e.g. --set synthesis.steps=10 (repeatable; "
+                   "needs --tag)")
+@click.option("--tag", default="", help="the variant's name: its JSON method is METHOD@TAG, its folders METHOD-TAG")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-def main(alphas, num_nodes, seeds, methods, out, json_out, device):
+def main(alphas, num_nodes, seeds, methods, out, json_out, overrides, tag, device):
     chosen = methods.split(",")
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         raise click.BadParameter(f"{unknown}; choose from {', '.join(METHODS)}", param_hint="--methods")
+    try:
+        variant = variant_fields(overrides, tag)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--set") from e
     for alpha in alphas.split(","):
         for seed in map(int, seeds.split(",")):
-            for record in run_setting(alpha, num_nodes, seed, chosen, Path(out), device):
+            for record in run_setting(alpha, num_nodes, seed, chosen, Path(out), device, variant, tag):
                 emit(record, json_out)
 
 

@@ -181,6 +181,12 @@ def load_toml(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return apply_overrides(data, overrides)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`data` (tables of fields) with each "table.field=value" of `overrides` set in it (the value in
+    TOML syntax, or a bare string)."""
     for item in overrides:
         key, eq, text = item.partition("=")
         table, dot, name = key.strip().partition(".")

@@ -111,3 +111,15 @@ def test_rounds_compare_counts_rounds_ahead_and_the_server_steps_gain(tmp_path):
     bad = subprocess.run([sys.executable, str(BENCH / "rounds_compare.py"), f"x={tmp_path}"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "NAME=RUN_DIR" in bad.stderr
+
+
+def test_oneshot_bench_refuses_a_variant_without_a_name_or_of_the_shared_teachers():
+    def run(*args):
+        return subprocess.run([sys.executable, str(BENCH / "oneshot.py"), *args], capture_output=True, text=True)
+
+    unnamed = run("--set", "synthesis.steps=10")
+    assert unnamed.returncode == 2 and "--tag" in unnamed.stderr
+    shared = run("--set", "teachers.epochs=3", "--tag", "x")
+    assert shared.returncode == 2 and "['teachers'] cannot vary" in shared.stderr
+    typo = run("--set", "synthesis.stepz=10", "--tag", "x")
+    assert typo.returncode == 2 and "'stepz'" in typo.stderr and "steps" in typo.stderr
