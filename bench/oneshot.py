@@ -29,8 +29,8 @@ import click
 
 from fedinv import __version__
 from fedinv.config import StudentConfig, SynthesisConfig, apply_overrides, from_dict, to_dict
-from fedinv.errors import ConfigError
 from fedinv.data.datasets import load_dataset
+from fedinv.errors import ConfigError
 from fedinv.inversion.methods import copy_synthesis_store
 from fedinv.inversion.synthesize import synthesize
 from fedinv.nodes import train_teachers
