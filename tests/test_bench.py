@@ -123,3 +123,16 @@ def test_oneshot_bench_refuses_a_variant_without_a_name_or_of_the_shared_teacher
     assert shared.returncode == 2 and "['teachers'] cannot vary" in shared.stderr
     typo = run("--set", "synthesis.stepz=10", "--tag", "x")
     assert typo.returncode == 2 and "'stepz'" in typo.stderr and "steps" in typo.stderr
+
+
+def test_a_resumed_benchmark_does_not_append_a_line_it_already_wrote(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from jsonl import emit
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "rows.jsonl"
+    emit({"method": "fast", "student_accuracy": 0.5}, str(out))
+    emit({"method": "fast", "student_accuracy": 0.5}, str(out))
+    emit({"method": "dense", "student_accuracy": 0.4}, str(out))
+    assert [json.loads(line)["method"] for line in out.read_text().splitlines()] == ["fast", "dense"]
