@@ -1,0 +1,104 @@
+"""Benchmark: the one-shot student's ceiling, KD from the same teachers on real (unlabelled) images.
+
+The student of the one-shot pipeline learns the teachers' class-level ensemble on synthetic
+images. Training the same student, with the same recipe (KD at the config's temperature against
+the ensemble on each augmented batch, same epochs and batch), on as many real Fashion-MNIST
+training images tells the two gaps apart: ensemble - ceiling is what the KD recipe and the
+student's capacity lose; ceiling - synthetic student is what the synthetic images lose. The real
+images' labels are never read: the store's target labels are the ensemble's argmax.
+
+    python bench/kd_ceiling.py --teachers runs/oneshot/alpha-0.5-nodes-5-seed-0/teachers \
+        --runs 8192x40,32768x10 --json-out docs/bench-kd-ceiling.jsonl
+
+Prints (and appends to --json-out) one JSON line per IMAGESxEPOCHS: images, epochs, seed,
+student_accuracy, ensemble_accuracy, fedavg_accuracy, seconds, teachers, config. Resumes: a
+finished student is read back, a stopped one continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from fedinv import __version__
+from fedinv.config import StudentConfig, apply_overrides, from_dict, to_dict
+from fedinv.data.batches import normalize
+from fedinv.data.datasets import load_dataset
+from fedinv.inversion.ensemble import load_ensemble
+from fedinv.pipeline import RunConfig
+from fedinv.runtime import rng
+from fedinv.store import StoreWriter, store_meta
+from fedinv.student.train import train_student
+from jsonl import emit
+
+CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-dirichlet-0.5.toml"
+REAL_DRAW = 100  # the random stream of the image draw (a number no library stream uses)
+
+
+def real_store(path: Path, teachers: Path, n: int, seed: int, device: torch.device, batch: int = 512) -> None:
+    """A store of n training images drawn at random (seeded), labelled by the ensemble's argmax, with
+    the ensemble's log-probabilities as soft labels; written once (atomically: a partial file is removed)."""
+    if path.is_file():
+        return
+    train = load_dataset(RunConfig.from_toml(CONFIG).data, "train")
+    rows = torch.randperm(len(train.labels), generator=rng(seed, REAL_DRAW))[:n]
+    ens = load_ensemble(teachers, device)
+    meta = store_meta(train.info, seed=seed, config={"source": "real training images", "images": n, "seed": seed},
+                      teachers={})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with StoreWriter(tmp, meta) as w:
+        for i in range(0, n, batch):
+            u8 = train.images[rows[i:i + batch]]
+            logp = ens.ensemble_probs(normalize(u8.to(device), train.info)).clamp_min(1e-8).log()
+            w.append(u8, logp.argmax(1).cpu(), logp.cpu(), torch.full((len(u8), 2), -1, dtype=torch.int32))
+    tmp.rename(path)
+
+
+@click.command()
+@click.option("--teachers", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="teachers folder (its report.json gives the ensemble and FedAvg accuracies)")
+@click.option("--runs", default="8192x40,32768x10", show_default=True,
+              help="IMAGESxEPOCHS pairs: real images in the store, student epochs over them")
+@click.option("--seed", default=0, show_default=True, help="seed of the image draw and the student")
+@click.option("--set", "overrides", multiple=True, metavar="student.FIELD=VALUE",
+              help="a student field over the config's (repeatable)")
+@click.option("--out", default="runs/kd-ceiling", show_default=True, type=click.Path(path_type=Path),
+              help="stores and students go here")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="append each JSON line here")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
+def main(teachers, runs, seed, overrides, out, json_out, device):
+    try:
+        pairs = [tuple(int(v) for v in r.split("x")) for r in runs.split(",")]
+        assert all(len(p) == 2 and min(p) > 0 for p in pairs)
+    except (ValueError, AssertionError):
+        raise click.BadParameter(f"expected IMAGESxEPOCHS pairs such as 8192x40, got {runs!r}", param_hint="--runs")
+    base = RunConfig.from_toml(CONFIG)
+    if any(not o.startswith("student.") for o in overrides):
+        raise click.BadParameter("only student fields can be set: student.FIELD=VALUE", param_hint="--set")
+    fields = apply_overrides({"student": to_dict(base.student)}, overrides)["student"]
+    test = load_dataset(base.data, "test")
+    report = json.loads((teachers / "report.json").read_text())
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       "cpu" if device == "auto" else device)
+    for n, epochs in pairs:
+        store = out / f"real-{n}-seed-{seed}.h5"
+        real_store(store, teachers, n, seed, dev)
+        cfg = from_dict(StudentConfig, {**fields, "epochs": epochs, "seed": seed, "device": device})
+        folder = out / f"student-{n}x{epochs}-seed-{seed}"
+        done = folder / "report.json"
+        result = (json.loads(done.read_text()) if done.is_file() else
+                  train_student(store, folder, cfg, teachers_dir=teachers, test=test, progress=False))
+        seconds = sum(h["seconds"] for h in result["history"])  # the epochs' own time, across resumes
+        emit({"images": n, "epochs": epochs, "seed": seed, "student_accuracy": result["test_accuracy"],
+              "ensemble_accuracy": report["ensemble_accuracy"], "fedavg_accuracy": report["fedavg_accuracy"],
+              "seconds": seconds, "teachers": str(teachers), "config": dataclasses.asdict(cfg),
+              "fedinv_version": __version__}, json_out)
+
+
+if __name__ == "__main__":
+    main()
