@@ -320,9 +320,6 @@ class StudentConfig:
     mixup: bool = option(False, "mix each synthetic image with another of the batch (weight ~ U(0, 1)) before "
                                 "KD; the teachers label the mixed images, so the student is queried between "
                                 "the synthesized points (needs KD from the teachers and ce_weight 0)")
-    balance: bool = option(False, "weigh each image's KD loss by 1 / (K x the share of the store's images the "
-                                  "teachers assign to its class), so that a class the synthesis under-produces "
-                                  "counts as much as the others (weights at most 10)")
     local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)")
     adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student and "
                                       "appended to the store every --adaptive-every epochs (0 = off)")
@@ -342,8 +339,6 @@ class StudentConfig:
             raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.balance and not self.kd_weight:
-            raise ConfigError("balance weighs the KD loss: it needs kd_weight > 0")
         if self.mixup and (self.ce_weight or self.kd_source == "soft-labels"):
             raise ConfigError("mixup needs KD targets from the teachers (kd_source auto or teachers) and ce_weight 0: "
                               "stored labels do not describe mixed images")

@@ -292,16 +292,6 @@ def read_labels(path: str | Path) -> torch.Tensor:
         return torch.from_numpy(f["labels"][:n])
 
 
-def ensemble_class_counts(path: str | Path, limit: int | None = None) -> torch.Tensor:
-    """[K] how many of the first `limit` (default n_valid) images the teacher ensemble assigns to each
-    class (the argmax of their stored soft labels): what the store holds in the teachers' eyes."""
-    meta = read_meta(path)
-    n = meta["n_valid"] if limit is None else limit
-    with h5py.File(path, "r") as f:
-        soft = torch.from_numpy(f["soft_labels"][:n].astype(np.float32))
-    return torch.bincount(soft.argmax(1), minlength=meta["num_classes"])
-
-
 
 def writer_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The part of `read_meta` a StoreWriter is opened with (to append to an existing store)."""

@@ -10,9 +10,9 @@ from fedinv.cli.main import cli
 from fedinv.config import StudentConfig
 from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError
-from fedinv.store import StoreWriter, ensemble_class_counts, iterate_store, read_meta
+from fedinv.store import StoreWriter, iterate_store, read_meta
 from fedinv.train.objectives import kd_loss
-from fedinv.student.train import balance_weights, train_student
+from fedinv.student.train import train_student
 
 
 def test_kd_loss_by_hand():
@@ -26,23 +26,6 @@ def test_kd_loss_by_hand():
     assert kd_loss(t, t, T).item() == pytest.approx(0.0, abs=1e-6)
     # log-probabilities as targets give the same loss as the logits they came from
     assert kd_loss(s, t.log_softmax(1), T).item() == pytest.approx(kd_loss(s, t, T).item(), rel=1e-5)
-
-
-def test_kd_loss_weights_each_row():
-    s = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.0, 3.0]])
-    t = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
-    rows = [kd_loss(s[i:i + 1], t[i:i + 1], 2.0).item() for i in range(2)]
-    w = torch.tensor([3.0, 0.5])
-    assert kd_loss(s, t, 2.0, w).item() == pytest.approx((3.0 * rows[0] + 0.5 * rows[1]) / 2, rel=1e-5)
-    assert kd_loss(s, t, 2.0, torch.ones(2)).item() == pytest.approx(kd_loss(s, t, 2.0).item(), rel=1e-6)
-
-
-def test_balance_weights_make_classes_count_alike():
-    counts = torch.tensor([50, 25, 25, 0])
-    w = balance_weights(counts)
-    assert w.tolist() == pytest.approx([0.5, 1.0, 1.0, 10.0])  # 1 / (4 x share); an empty class capped
-    assert (w[:3] * counts[:3]).tolist() == pytest.approx([25.0] * 3)  # each present class weighs the same
-    assert balance_weights(torch.tensor([5, 5])).tolist() == [1.0, 1.0]
 
 
 def real_store(path, n=1000):
@@ -187,16 +170,3 @@ def test_adaptive_student_killed_after_appending_resumes_to_the_same_result(tmp_
     sa = torch.load(tmp_path / "a" / "student.pt", weights_only=True)["state_dict"]
     sc = torch.load(tmp_path / "c" / "student.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sc[k]) for k in sa), "resumed = uninterrupted"
-
-
-def test_ensemble_class_counts_and_a_balanced_student(tmp_path):
-    data = real_store(tmp_path / "s.h5", n=600)
-    counts = ensemble_class_counts(tmp_path / "s.h5")
-    assert counts.tolist() == torch.bincount(data.labels[:600], minlength=10).tolist()  # one-hot soft labels
-    assert ensemble_class_counts(tmp_path / "s.h5", limit=100).sum() == 100
-    cfg = StudentConfig(model="lenet5", epochs=1, batch_size=50, kd_source="soft-labels", balance=True,
-                        device="cpu", buffer_batches=4)
-    report = train_student(tmp_path / "s.h5", tmp_path / "st", cfg, progress=False)
-    assert report["config"]["balance"] and math.isfinite(report["history"][0]["loss"])
-    with pytest.raises(ConfigError, match="balance"):
-        StudentConfig(balance=True, kd_weight=0.0, ce_weight=1.0)

@@ -36,7 +36,7 @@ from ..inversion.ensemble import TeacherEnsemble, load_ensemble
 from ..inversion.methods import append_batch, ensemble_path, make_synthesizer, open_synthesis_store
 from ..models import seeded_model
 from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
-from ..store import ensemble_class_counts, iterate_store, meta_info, read_meta, read_rows, writer_meta
+from ..store import iterate_store, meta_info, read_meta, read_rows, writer_meta
 from ..teacher_files import Teachers
 from ..train import Stepper, lr_at_epoch, train_epoch
 from ..train.objectives import kd_loss
@@ -47,26 +47,17 @@ log = logging.getLogger(__name__)
 
 
 def student_objective(student: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
-                      cfg: StudentConfig, class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """KD (against `targets`, teacher logits or log-probabilities [B, K]) and CE on y, weighted;
-    with `class_weights` [K] each image's KD term is weighed by that of its target's argmax class."""
+                      cfg: StudentConfig) -> dict[str, torch.Tensor]:
+    """KD (against `targets`, teacher logits or log-probabilities [B, K]) and CE on y, weighted."""
     logits = student(x)
     out = {"loss": torch.zeros((), device=x.device), "correct": (logits.argmax(1) == y).sum()}
     if cfg.kd_weight and targets is not None:
-        weights = class_weights[targets.argmax(1)] if class_weights is not None else None
-        out["kd"] = kd_loss(logits, targets, cfg.temperature, weights)
+        out["kd"] = kd_loss(logits, targets, cfg.temperature)
         out["loss"] = out["loss"] + cfg.kd_weight * out["kd"]
     if cfg.ce_weight:
         out["ce"] = nn.functional.cross_entropy(logits.float(), y)
         out["loss"] = out["loss"] + cfg.ce_weight * out["ce"]
     return out
-
-
-def balance_weights(counts: torch.Tensor, most: float = 10.0) -> torch.Tensor:
-    """[K] weights that make each class count as much as the others: 1 / (K x its share of `counts`),
-    at most `most` (a class with few or no images)."""
-    share = counts.float() / counts.sum().clamp_min(1)
-    return (1.0 / (len(counts) * share)).clamp(max=most)
 
 
 def _cycle(data: ImageTensors, batch_size: int, device: torch.device, seed: int) -> Iterator[tuple]:
@@ -150,7 +141,6 @@ class StudentRun:
     stepper: Stepper
     local_batches: Iterator[tuple] | None
     synthesis: SynthesisConfig | None  # the store's, on this device: what adaptive rounds run
-    class_weights: torch.Tensor | None = None  # with `balance`: the KD weight per class, set each epoch
 
     @classmethod
     def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | Teachers | None,
@@ -210,8 +200,6 @@ class StudentRun:
             if cfg.adaptive_batches and epoch % cfg.adaptive_every == 0:
                 fresh = self.adaptive(epoch, pool, progress)
             n = read_meta(self.store)["n_valid"]
-            if cfg.balance:
-                self.class_weights = balance_weights(ensemble_class_counts(self.store, n)).to(self.device)
             steps = math.ceil(n / cfg.batch_size)
             bar = tqdm(self.epoch_batches(epoch, n), total=steps // self.world.size, leave=False, unit="batch",
                        desc=f"student epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
@@ -286,7 +274,7 @@ class StudentRun:
                 targets = self.teachers.ensemble_probs(x).clamp_min(1e-8).log()
             else:
                 targets = soft.to(self.device)
-            out = student_objective(model, x, y, targets, cfg, self.class_weights)
+            out = student_objective(model, x, y, targets, cfg)
             if self.local_batches is not None:
                 xl, yl = next(self.local_batches)
                 out["loss"] = out["loss"] + cfg.local_weight * nn.functional.cross_entropy(student(xl).float(), yl)

@@ -7,20 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-            weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Hinton's KD: T^2 * KL(softmax(t / T) || softmax(s / T)), mean over the batch (each row's KL
-    times its weight [B] first, when `weights` are given).
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD: T^2 * KL(softmax(t / T) || softmax(s / T)), mean over the batch.
 
     teacher_logits may be log-probabilities (e.g. the log of an ensemble's probabilities): only
     differences between entries of a row matter to the softmax.
     """
     t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    if weights is None:
-        return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature ** 2
-    rows = F.kl_div(s, t, reduction="none", log_target=True).sum(1)
-    return (rows * weights).mean() * temperature ** 2
+    return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature ** 2
 
 
 def classification_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
