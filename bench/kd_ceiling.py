@@ -30,8 +30,8 @@ from fedinv.data.batches import normalize
 from fedinv.data.datasets import load_dataset
 from fedinv.inversion.ensemble import load_ensemble
 from fedinv.pipeline import RunConfig
-from fedinv.runtime import rng
-from fedinv.store import StoreWriter, store_meta
+from fedinv.runtime import resolve_device, rng
+from fedinv.store import StoreWriter, read_meta, store_meta
 from fedinv.student.train import train_student
 from jsonl import emit
 
@@ -41,14 +41,17 @@ REAL_DRAW = 100  # the random stream of the image draw (a number no library stre
 
 def real_store(path: Path, teachers: Path, n: int, seed: int, device: torch.device, batch: int = 512) -> None:
     """A store of n training images drawn at random (seeded), labelled by the ensemble's argmax, with
-    the ensemble's log-probabilities as soft labels; written once (atomically: a partial file is removed)."""
+    the ensemble's log-probabilities as soft labels; written once (atomically: a partial file is removed).
+    One made from other teachers is refused."""
+    made_by = {"source": "real training images", "images": n, "seed": seed, "teachers": str(teachers)}
     if path.is_file():
+        if read_meta(path)["config"] != made_by:
+            raise click.UsageError(f"{path} was made from other teachers; choose another --out")
         return
     train = load_dataset(RunConfig.from_toml(CONFIG).data, "train")
     rows = torch.randperm(len(train.labels), generator=rng(seed, REAL_DRAW))[:n]
     ens = load_ensemble(teachers, device)
-    meta = store_meta(train.info, seed=seed, config={"source": "real training images", "images": n, "seed": seed},
-                      teachers={})
+    meta = store_meta(train.info, seed=seed, config=made_by, teachers={})
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     with StoreWriter(tmp, meta) as w:
@@ -83,16 +86,19 @@ def main(teachers, runs, seed, overrides, out, json_out, device):
     fields = apply_overrides({"student": to_dict(base.student)}, overrides)["student"]
     test = load_dataset(base.data, "test")
     report = json.loads((teachers / "report.json").read_text())
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = resolve_device(device)
     for n, epochs in pairs:
         store = out / f"real-{n}-seed-{seed}.h5"
         real_store(store, teachers, n, seed, dev)
         cfg = from_dict(StudentConfig, {**fields, "epochs": epochs, "seed": seed, "device": device})
         folder = out / f"student-{n}x{epochs}-seed-{seed}"
         done = folder / "report.json"
-        result = (json.loads(done.read_text()) if done.is_file() else
-                  train_student(store, folder, cfg, teachers_dir=teachers, test=test, progress=False))
+        if done.is_file():
+            result = json.loads(done.read_text())
+            if {**result["config"], "device": device} != to_dict(cfg):
+                raise click.UsageError(f"{folder} holds a student of other settings; choose another --out")
+        else:
+            result = train_student(store, folder, cfg, teachers_dir=teachers, test=test, progress=False)
         seconds = sum(h["seconds"] for h in result["history"])  # the epochs' own time, across resumes
         emit({"images": n, "epochs": epochs, "seed": seed, "student_accuracy": result["test_accuracy"],
               "ensemble_accuracy": report["ensemble_accuracy"], "fedavg_accuracy": report["fedavg_accuracy"],
