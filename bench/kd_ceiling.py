@@ -27,7 +27,7 @@ import torch
 from fedinv import __version__
 from fedinv.config import StudentConfig, apply_overrides, from_dict, to_dict
 from fedinv.data.batches import normalize
-from fedinv.data.datasets import load_dataset
+from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.inversion.ensemble import load_ensemble
 from fedinv.pipeline import RunConfig
 from fedinv.runtime import resolve_device, rng
@@ -35,11 +35,12 @@ from fedinv.store import StoreWriter, read_meta, store_meta
 from fedinv.student.train import train_student
 from jsonl import emit
 
-CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-dirichlet-0.5.toml"
+CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-dirichlet-0.5.toml"  # data and student
 REAL_DRAW = 100  # the random stream of the image draw (a number no library stream uses)
 
 
-def real_store(path: Path, teachers: Path, n: int, seed: int, device: torch.device, batch: int = 512) -> None:
+def real_store(path: Path, teachers: Path, train: ImageTensors, n: int, seed: int, device: torch.device,
+               batch: int = 512) -> None:
     """A store of n training images drawn at random (seeded), labelled by the ensemble's argmax, with
     the ensemble's log-probabilities as soft labels; written once (atomically: a partial file is removed).
     One made from other teachers is refused."""
@@ -48,7 +49,6 @@ def real_store(path: Path, teachers: Path, n: int, seed: int, device: torch.devi
         if read_meta(path)["config"] != made_by:
             raise click.UsageError(f"{path} was made from other teachers; choose another --out")
         return
-    train = load_dataset(RunConfig.from_toml(CONFIG).data, "train")
     rows = torch.randperm(len(train.labels), generator=rng(seed, REAL_DRAW))[:n]
     ens = load_ensemble(teachers, device)
     meta = store_meta(train.info, seed=seed, config=made_by, teachers={})
@@ -67,6 +67,8 @@ def real_store(path: Path, teachers: Path, n: int, seed: int, device: torch.devi
               help="teachers folder (its report.json gives the ensemble and FedAvg accuracies)")
 @click.option("--runs", default="8192x40,32768x10", show_default=True,
               help="IMAGESxEPOCHS pairs: real images in the store, student epochs over them")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=CONFIG,
+              show_default=True, help="run config whose [data] and [student] tables are used")
 @click.option("--seed", default=0, show_default=True, help="seed of the image draw and the student")
 @click.option("--set", "overrides", multiple=True, metavar="student.FIELD=VALUE",
               help="a student field over the config's (repeatable)")
@@ -74,22 +76,24 @@ def real_store(path: Path, teachers: Path, n: int, seed: int, device: torch.devi
               help="stores and students go here")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="append each JSON line here")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-def main(teachers, runs, seed, overrides, out, json_out, device):
+def main(teachers, runs, config, seed, overrides, out, json_out, device):
     try:
         pairs = [tuple(int(v) for v in r.split("x")) for r in runs.split(",")]
         assert all(len(p) == 2 and min(p) > 0 for p in pairs)
     except (ValueError, AssertionError):
         raise click.BadParameter(f"expected IMAGESxEPOCHS pairs such as 8192x40, got {runs!r}", param_hint="--runs")
-    base = RunConfig.from_toml(CONFIG)
+    base = RunConfig.from_toml(config)
     if any(not o.startswith("student.") for o in overrides):
         raise click.BadParameter("only student fields can be set: student.FIELD=VALUE", param_hint="--set")
     fields = apply_overrides({"student": to_dict(base.student)}, overrides)["student"]
-    test = load_dataset(base.data, "test")
+    train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
+    if max(n for n, _ in pairs) > len(train.labels):
+        raise click.BadParameter(f"the training split holds {len(train.labels)} images", param_hint="--runs")
     report = json.loads((teachers / "report.json").read_text())
     dev = resolve_device(device)
     for n, epochs in pairs:
         store = out / f"real-{n}-seed-{seed}.h5"
-        real_store(store, teachers, n, seed, dev)
+        real_store(store, teachers, train, n, seed, dev)
         cfg = from_dict(StudentConfig, {**fields, "epochs": epochs, "seed": seed, "device": device})
         folder = out / f"student-{n}x{epochs}-seed-{seed}"
         done = folder / "report.json"

@@ -136,3 +136,33 @@ def test_a_resumed_benchmark_does_not_append_a_line_it_already_wrote(tmp_path):
     emit({"method": "fast", "student_accuracy": 0.5}, str(out))
     emit({"method": "dense", "student_accuracy": 0.4}, str(out))
     assert [json.loads(line)["method"] for line in out.read_text().splitlines()] == ["fast", "dense"]
+
+
+def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_back(tmp_path, tiny_partition):
+    from conftest import tiny_teacher_config
+    from fedinv.data.partition import load_partition
+    from fedinv.nodes import train_teachers
+
+    train_teachers(load_partition(tiny_partition), tiny_teacher_config(epochs=1), tmp_path / "t", progress=False)
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\ndataset = "synthetic-tiny"\n[partition]\nnum_nodes = 3\n'
+                      '[student]\nmodel = "lenet5"\nbatch_size = 32\n')
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(BENCH / "kd_ceiling.py"), "--teachers", str(tmp_path / "t"),
+                               "--config", str(config), "--out", str(tmp_path / "runs"), "--device", "cpu", *args],
+                              capture_output=True, text=True)
+
+    done = run("--runs", "64x1,128x2", "--json-out", str(tmp_path / "rows.jsonl"))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [(r["images"], r["epochs"]) for r in rows] == [(64, 1), (128, 2)]
+    for r in rows:
+        assert 0.0 <= r["student_accuracy"] <= 1.0 and r["seconds"] > 0 and r["config"]["model"] == "lenet5"
+        assert r["ensemble_accuracy"] is not None
+    again = run("--runs", "128x2")  # read back, not trained again
+    assert again.returncode == 0 and json.loads(again.stdout)["student_accuracy"] == rows[1]["student_accuracy"]
+    other = run("--runs", "128x2", "--set", "student.temperature=1")
+    assert other.returncode == 2 and "other settings" in other.stderr
+    too_many = run("--runs", "5000x1")
+    assert too_many.returncode == 2 and "holds 1000 images" in too_many.stderr
