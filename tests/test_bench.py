@@ -160,8 +160,11 @@ def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_ba
     for r in rows:
         assert 0.0 <= r["student_accuracy"] <= 1.0 and r["seconds"] > 0 and r["config"]["model"] == "lenet5"
         assert r["ensemble_accuracy"] is not None
+    report = tmp_path / "runs" / "student-128x2-seed-0" / "report.json"
+    written = report.stat().st_mtime_ns
     again = run("--runs", "128x2")  # read back, not trained again
     assert again.returncode == 0 and json.loads(again.stdout)["student_accuracy"] == rows[1]["student_accuracy"]
+    assert report.stat().st_mtime_ns == written
     other = run("--runs", "128x2", "--set", "student.temperature=1")
     assert other.returncode == 2 and "other settings" in other.stderr
     too_many = run("--runs", "5000x1")
