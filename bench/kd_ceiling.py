@@ -17,7 +17,6 @@ finished student is read back, a stopped one continues from its last epoch.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -30,9 +29,10 @@ from fedinv.data.batches import normalize
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.inversion.ensemble import load_ensemble
 from fedinv.pipeline import RunConfig
-from fedinv.runtime import resolve_device, rng
+from fedinv.runtime import atomic_path, resolve_device, rng
 from fedinv.store import StoreWriter, read_meta, store_meta
 from fedinv.student.train import train_student
+from fedinv.teacher_files import as_teachers
 from jsonl import emit
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-dirichlet-0.5.toml"  # data and student
@@ -42,24 +42,24 @@ REAL_DRAW = 100  # the random stream of the image draw (a number no library stre
 def real_store(path: Path, teachers: Path, train: ImageTensors, n: int, seed: int, device: torch.device,
                batch: int = 512) -> None:
     """A store of n training images drawn at random (seeded), labelled by the ensemble's argmax, with
-    the ensemble's log-probabilities as soft labels; written once (atomically: a partial file is removed).
-    One made from other teachers is refused."""
-    made_by = {"source": "real training images", "images": n, "seed": seed, "teachers": str(teachers)}
+    the ensemble's log-probabilities as soft labels, recording the teachers' hashes as every store
+    does; written once (under its name only when complete). One made from other teachers is refused."""
+    loaded = as_teachers(teachers)
+    meta = store_meta(train.info, seed=seed, config={"source": "real training images", "images": n, "seed": seed},
+                      teachers=loaded.hashes())
     if path.is_file():
-        if read_meta(path)["config"] != made_by:
+        if read_meta(path)["teachers"] != meta["teachers"]:
             raise click.UsageError(f"{path} was made from other teachers; choose another --out")
         return
     rows = torch.randperm(len(train.labels), generator=rng(seed, REAL_DRAW))[:n]
-    ens = load_ensemble(teachers, device)
-    meta = store_meta(train.info, seed=seed, config=made_by, teachers={})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with StoreWriter(tmp, meta) as w:
-        for i in range(0, n, batch):
-            u8 = train.images[rows[i:i + batch]]
-            logp = ens.ensemble_probs(normalize(u8.to(device), train.info)).clamp_min(1e-8).log()
-            w.append(u8, logp.argmax(1).cpu(), logp.cpu(), torch.full((len(u8), 2), -1, dtype=torch.int32))
-    tmp.rename(path)
+    ens = load_ensemble(loaded, device)
+    with atomic_path(path) as tmp:
+        tmp.unlink()  # the writer creates the file
+        with StoreWriter(tmp, meta) as w:
+            for i in range(0, n, batch):
+                u8 = train.images[rows[i:i + batch]]
+                logp = ens.ensemble_probs(normalize(u8.to(device), train.info)).clamp_min(1e-8).log()
+                w.append(u8, logp.argmax(1).cpu(), logp.cpu(), torch.full((len(u8), 2), -1, dtype=torch.int32))
 
 
 @click.command()
@@ -106,7 +106,7 @@ def main(teachers, runs, config, seed, overrides, out, json_out, device):
         seconds = sum(h["seconds"] for h in result["history"])  # the epochs' own time, across resumes
         emit({"images": n, "epochs": epochs, "seed": seed, "student_accuracy": result["test_accuracy"],
               "ensemble_accuracy": report["ensemble_accuracy"], "fedavg_accuracy": report["fedavg_accuracy"],
-              "seconds": seconds, "teachers": str(teachers), "config": dataclasses.asdict(cfg),
+              "seconds": seconds, "teachers": str(teachers), "config": to_dict(cfg),
               "fedinv_version": __version__}, json_out)
 
 
