@@ -58,7 +58,7 @@ def real_store(path: Path, teachers: Path, train: ImageTensors, n: int, seed: in
         with StoreWriter(tmp, meta) as w:
             for i in range(0, n, batch):
                 u8 = train.images[rows[i:i + batch]]
-                logp = ens.ensemble_probs(normalize(u8.to(device), train.info)).clamp_min(1e-8).log()
+                logp = ens.ensemble_log_probs(normalize(u8.to(device), train.info))
                 w.append(u8, logp.argmax(1).cpu(), logp.cpu(), torch.full((len(u8), 2), -1, dtype=torch.int32))
 
 

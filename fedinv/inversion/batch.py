@@ -56,7 +56,7 @@ def make_batch(synth: "Synthesizer", b: int, size: int, *, student: nn.Module | 
     gen = rng(cfg.seed, Stream.SYNTHESIS_BATCH, b)
     y = sample_labels(cfg.label_sampler, teachers.counts, size, gen)
     inv = synth.invert(y, b, gen, student=student, on_step=on_step)
-    soft = teachers.ensemble_probs(inv.x).clamp_min(1e-8).log()
+    soft = teachers.ensemble_log_probs(inv.x)
     if not all(math.isfinite(v) for v in inv.losses.values()) or not torch.isfinite(soft).all():
         raise DivergedError(f"synthetic batch {b}: the loss is not finite ({inv.losses}); nothing of it was "
                             f"written. Lower the learning rate, or check the teachers")

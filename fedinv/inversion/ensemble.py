@@ -148,6 +148,10 @@ class TeacherEnsemble:
         share of that class's samples, rows normalized (`evaluate.ensemble_probs`)."""
         return ensemble_probs(list(self.logits(x)), self.class_weights)
 
+    def ensemble_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """log of `ensemble_probs` [B, K] (floored at 1e-8): the store's soft labels and the student's KD targets."""
+        return self.ensemble_probs(x).clamp_min(1e-8).log()
+
 
 def _signature(model: nn.Module) -> tuple:
     """Architecture identity: module types and parameter shapes."""

@@ -271,7 +271,7 @@ class StudentRun:
 
         def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor) -> dict:
             if self.source == "teachers":
-                targets = self.teachers.ensemble_probs(x).clamp_min(1e-8).log()
+                targets = self.teachers.ensemble_log_probs(x)
             else:
                 targets = soft.to(self.device)
             out = student_objective(model, x, y, targets, cfg)
