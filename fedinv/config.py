@@ -313,7 +313,10 @@ class StudentConfig:
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
     kd_weight: float = option(1.0, "weight of the KD loss against the teacher ensemble")
     ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels")
-    temperature: float = option(4.0, "KD temperature")
+    temperature: float = option(4.0, "KD temperature (kd_form soft)")
+    kd_form: str = option("soft", "KD targets' form: soft (Hinton KD against the ensemble's probabilities at "
+                          "temperature), hard (cross-entropy on the ensemble's label of each image)",
+                          choices=("soft", "hard"))
     kd_source: str = option("auto", "KD targets: teachers (ensemble on the augmented batch), soft-labels (stored "
                             "in the store), auto (teachers when given)", choices=("auto", "teachers", "soft-labels"))
     augment: bool = option(True, "random crop and (where the dataset allows) flip of the synthetic images")
@@ -331,7 +334,7 @@ class StudentConfig:
     seed: int = option(0, "random seed of initialization and data order")
 
     def __post_init__(self) -> None:
-        for name in ("schedule", "kd_source", "precision"):
+        for name in ("schedule", "kd_form", "kd_source", "precision"):
             check_choice(self, name)
         at_least(self, 1, "epochs", "batch_size", "buffer_batches", "adaptive_every")
         at_least(self, 0, "kd_weight", "ce_weight", "local_weight", "adaptive_batches")

@@ -39,7 +39,7 @@ from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
 from ..store import iterate_store, meta_info, read_meta, read_rows, writer_meta
 from ..teacher_files import Teachers
 from ..train import Stepper, lr_at_epoch, train_epoch
-from ..train.objectives import kd_loss
+from ..train.objectives import hard_kd_loss, kd_loss
 from ..train.resume import load_progress, save_progress
 from ..viz import epoch_curves
 
@@ -48,11 +48,13 @@ log = logging.getLogger(__name__)
 
 def student_objective(student: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
                       cfg: StudentConfig) -> dict[str, torch.Tensor]:
-    """KD (against `targets`, teacher logits or log-probabilities [B, K]) and CE on y, weighted."""
+    """KD (against `targets`, teacher logits or log-probabilities [B, K]; soft or hard as `cfg.kd_form`)
+    and CE on y, weighted."""
     logits = student(x)
     out = {"loss": torch.zeros((), device=x.device), "correct": (logits.argmax(1) == y).sum()}
     if cfg.kd_weight and targets is not None:
-        out["kd"] = kd_loss(logits, targets, cfg.temperature)
+        hard = cfg.kd_form == "hard"
+        out["kd"] = hard_kd_loss(logits, targets) if hard else kd_loss(logits, targets, cfg.temperature)
         out["loss"] = out["loss"] + cfg.kd_weight * out["kd"]
     if cfg.ce_weight:
         out["ce"] = nn.functional.cross_entropy(logits.float(), y)

@@ -18,6 +18,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature ** 2
 
 
+def hard_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KD against the teacher's hard label: cross-entropy on argmax(teacher_logits), mean over the batch."""
+    return F.cross_entropy(student_logits.float(), teacher_logits.argmax(1))
+
+
 def classification_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Cross-entropy on a batch x [B, C, H, W], y [B]; returns {"loss", "correct", "logits"}."""
     logits = model(x)
