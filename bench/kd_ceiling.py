@@ -33,6 +33,7 @@ from fedinv.runtime import atomic_path, resolve_device, rng
 from fedinv.store import StoreWriter, read_meta, store_meta
 from fedinv.student.train import train_student
 from fedinv.teacher_files import as_teachers
+from fedinv.train.resume import changes
 from jsonl import emit
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-dirichlet-0.5.toml"  # data and student
@@ -99,7 +100,7 @@ def main(teachers, runs, config, seed, overrides, out, json_out, device):
         done = folder / "report.json"
         if done.is_file():
             result = json.loads(done.read_text())
-            if {**result["config"], "device": device} != to_dict(cfg):
+            if changes(result["config"], cfg):
                 raise click.UsageError(f"{folder} holds a student of other settings; choose another --out")
         else:
             result = train_student(store, folder, cfg, teachers_dir=teachers, test=test, progress=False)
