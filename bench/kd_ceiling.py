@@ -31,29 +31,27 @@ from fedinv.inversion.ensemble import load_ensemble
 from fedinv.pipeline import RunConfig
 from fedinv.runtime import atomic_path, resolve_device, rng
 from fedinv.store import StoreWriter, read_meta, store_meta
-from fedinv.student.train import train_student
-from fedinv.teacher_files import as_teachers
-from fedinv.train.resume import changes
+from fedinv.student.train import finished_student, train_student
+from fedinv.teacher_files import Teachers, as_teachers
 from jsonl import emit
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-dirichlet-0.5.toml"  # data and student
 REAL_DRAW = 100  # the random stream of the image draw (a number no library stream uses)
 
 
-def real_store(path: Path, teachers: Path, train: ImageTensors, n: int, seed: int, device: torch.device,
+def real_store(path: Path, teachers: Teachers, train: ImageTensors, n: int, seed: int, device: torch.device,
                batch: int = 512) -> None:
     """A store of n training images drawn at random (seeded), labelled by the ensemble's argmax, with
     the ensemble's log-probabilities as soft labels, recording the teachers' hashes as every store
     does; written once (under its name only when complete). One made from other teachers is refused."""
-    loaded = as_teachers(teachers)
     meta = store_meta(train.info, seed=seed, config={"source": "real training images", "images": n, "seed": seed},
-                      teachers=loaded.hashes())
+                      teachers=teachers.hashes())
     if path.is_file():
         if read_meta(path)["teachers"] != meta["teachers"]:
             raise click.UsageError(f"{path} was made from other teachers; choose another --out")
         return
     rows = torch.randperm(len(train.labels), generator=rng(seed, REAL_DRAW))[:n]
-    ens = load_ensemble(loaded, device)
+    ens = load_ensemble(teachers, device)
     with atomic_path(path) as tmp:
         tmp.unlink()  # the writer creates the file
         with StoreWriter(tmp, meta) as w:
@@ -91,18 +89,16 @@ def main(teachers, runs, config, seed, overrides, out, json_out, device):
     if max(n for n, _ in pairs) > len(train.labels):
         raise click.BadParameter(f"the training split holds {len(train.labels)} images", param_hint="--runs")
     report = json.loads((teachers / "report.json").read_text())
-    dev = resolve_device(device)
+    dev, loaded = resolve_device(device), as_teachers(teachers)
     for n, epochs in pairs:
         store = out / f"real-{n}-seed-{seed}.h5"
-        real_store(store, teachers, train, n, seed, dev)
+        real_store(store, loaded, train, n, seed, dev)
         cfg = from_dict(StudentConfig, {**fields, "epochs": epochs, "seed": seed, "device": device})
         folder = out / f"student-{n}x{epochs}-seed-{seed}"
-        done = folder / "report.json"
-        if done.is_file():
-            result = json.loads(done.read_text())
-            if changes(result["config"], cfg):
+        result = finished_student(folder, cfg)
+        if result is None:
+            if (folder / "report.json").is_file():
                 raise click.UsageError(f"{folder} holds a student of other settings; choose another --out")
-        else:
             result = train_student(store, folder, cfg, teachers_dir=teachers, test=test, progress=False)
         seconds = sum(h["seconds"] for h in result["history"])  # the epochs' own time, across resumes
         emit({"images": n, "epochs": epochs, "seed": seed, "student_accuracy": result["test_accuracy"],

@@ -30,7 +30,7 @@ from .inversion.synthesize import synthesize
 from .nodes import train_teachers
 from .runtime import resolve_device, save_json
 from .store import read_labels, read_rows
-from .student.train import train_student
+from .student.train import finished_student, train_student
 from .train.resume import changes
 from .viz import class_grid, rows_per_class
 
@@ -75,10 +75,9 @@ def partition_stage(cfg: RunConfig, manifest: Path, train: ImageTensors) -> Part
 
 def student_stage(cfg: RunConfig, run: Path, test: ImageTensors, progress: bool) -> dict[str, Any]:
     """The student's report: read back when a finished student of this config is there, else trained."""
-    path = run / "student" / "report.json"
-    done = json.loads(path.read_text()) if path.is_file() else None
-    if done is not None and not changes(done["config"], cfg.student):
-        log.info("student: %s is complete, skipped", path)
+    done = finished_student(run / "student", cfg.student)
+    if done is not None:
+        log.info("student: %s is complete, skipped", run / "student")
         return done
     return train_student(run / "synthetic.h5", run / "student", cfg.student, teachers_dir=run / "teachers",
                          test=test, progress=progress)

@@ -40,7 +40,7 @@ from ..store import iterate_store, meta_info, read_meta, read_rows, writer_meta
 from ..teacher_files import Teachers
 from ..train import Stepper, lr_at_epoch, train_epoch
 from ..train.objectives import hard_kd_loss, kd_loss
-from ..train.resume import load_progress, save_progress
+from ..train.resume import changes, load_progress, save_progress
 from ..viz import epoch_curves
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,13 @@ def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     lam = torch.rand(len(x), 1, 1, 1, generator=gen).to(x.device, x.dtype)
     perm = torch.randperm(len(x), generator=gen).to(x.device)
     return lam * x + (1 - lam) * x[perm]
+
+
+def finished_student(out_dir: str | Path, cfg: StudentConfig) -> dict[str, Any] | None:
+    """The report of a finished student of this config in out_dir (run-time fields aside), else None."""
+    path = Path(out_dir) / "report.json"
+    done = json.loads(path.read_text()) if path.is_file() else None
+    return done if done is not None and not changes(done["config"], cfg) else None
 
 
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
