@@ -88,12 +88,25 @@ def diagnose_plot(reports: list[dict]):
     return line_plot(curves, title="is there anything to distill? (first test images)") if curves else None
 
 
+def with_seeds_of(old: dict | None, new: dict) -> dict:
+    """`new`'s entry with the seeds `old` measured and `new` did not: a later `--seeds 1` adds to seed 0's
+    figures rather than replacing them (per_seed is kept in the order of seeds; the means are redone)."""
+    if not old or "per_seed" not in old or "per_seed" not in new:
+        return new
+    rows = {seed: row for seed, row in zip(old["seeds"], old["per_seed"])}
+    rows.update(zip(new["seeds"], new["per_seed"]))
+    seeds = sorted(rows)
+    return {**mean_over_seeds([rows[s] for s in seeds]), "seeds": seeds, "per_seed": [rows[s] for s in seeds]}
+
+
 def merged(path: str, result: dict) -> dict:
-    """What `path` holds with this run's entries put over it, method by method: read at every save,
-    so that runs of other methods or models writing the same file meanwhile keep their figures."""
+    """What `path` holds with this run's entries put over it, method by method and seed by seed: read at
+    every save, so that runs of other methods, models or seeds writing the same file keep their figures."""
     on_disk: dict = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
     for model, entries in result.items():
-        on_disk.setdefault(model, {}).update(entries)
+        held = on_disk.setdefault(model, {})
+        for key, entry in entries.items():
+            held[key] = with_seeds_of(held.get(key), entry)
     return on_disk
 
 

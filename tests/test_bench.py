@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -86,6 +88,27 @@ def test_rounds_bench_merges_at_every_save_so_concurrent_runs_keep_their_figures
     assert both["gncnn"] == {"fedavg+ftg": {"final_accuracy": 0.7}, "fedavg": {"final_accuracy": 0.6}}
     assert set(both["bncnn"]) == {"fedavg"} and set(both["setting"]) == {"gncnn", "bncnn"}
     assert rounds.merged(str(tmp_path / "none.json"), mine) == mine
+
+
+def test_rounds_bench_adds_a_later_seed_to_the_seeds_on_disk(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("rounds_bench", BENCH / "rounds.py")
+    rounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rounds)
+    out = tmp_path / "rounds.json"
+    seed0 = {"rounds_to_75": 31.0, "final_accuracy": 0.7}
+    out.write_text(json.dumps({"gncnn": {"fedavg": {**seed0, "seeds": [0], "per_seed": [seed0]}}}))
+    seed1 = {"rounds_to_75": None, "final_accuracy": 0.8}
+    both = rounds.merged(str(out), {"gncnn": {"fedavg": {**seed1, "seeds": [1], "per_seed": [seed1]}}})
+    entry = both["gncnn"]["fedavg"]
+    assert entry["seeds"] == [0, 1] and entry["per_seed"] == [seed0, seed1]
+    assert entry["final_accuracy"] == pytest.approx(0.75) and entry["rounds_to_75"] is None  # not every seed
+    out.write_text(json.dumps(both))
+    again = {"rounds_to_75": 30.0, "final_accuracy": 0.9}  # a seed measured again replaces its own row only
+    entry = rounds.merged(str(out), {"gncnn": {"fedavg": {**again, "seeds": [0], "per_seed": [again]}}})
+    entry = entry["gncnn"]["fedavg"]
+    assert entry["seeds"] == [0, 1] and entry["per_seed"] == [again, seed1]
+    assert entry["final_accuracy"] == pytest.approx(0.85)
 
 
 def test_rounds_compare_counts_rounds_ahead_and_the_server_steps_gain(tmp_path):
