@@ -125,7 +125,8 @@ def merged(path: str, result: dict) -> dict:
 @click.option("--tag", default="", help="a variant's name: its JSON keys are METHOD@TAG and its run folders "
               "METHOD-TAG-seed-S")
 @click.option("--out", default="runs/rounds", show_default=True, help="run folders go here")
-@click.option("--json-out", default=None, help="write the JSON here (merged into what it holds, model by model)")
+@click.option("--json-out", default=None, help="write the JSON here (merged into what it holds: model, method and seed "
+              "by seed, so a later --seeds 1 adds to seed 0)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
 def main(methods: str, models: str | None, seeds: str, rounds: int, config: str, diagnose: int,
          overrides: tuple[str, ...], tag: str, out: str, json_out: str | None, device: str) -> None:
