@@ -37,7 +37,7 @@ from fedinv.nodes import train_teachers
 from fedinv.pipeline import RunConfig, partition_stage
 from fedinv.runtime import save_json
 from fedinv.store import read_meta
-from fedinv.student.train import train_student
+from fedinv.student.train import finished_student, train_student
 from jsonl import emit
 
 CONFIGS = Path(__file__).parent.parent / "assets" / "configs"
@@ -71,6 +71,17 @@ def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], An
     t0 = time.perf_counter()
     fn()
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def finished(folder: Path, cfg: StudentConfig) -> bool:
+    """A student of these settings finished in `folder`; one of other settings there is refused (a variant
+    goes in its own folders: --tag), never read back as this one."""
+    if finished_student(folder, cfg) is not None:
+        return True
+    if (folder / "report.json").is_file():
+        raise click.UsageError(f"{folder} holds a student of other settings; name this variant with --tag "
+                               f"or choose another --out")
+    return False
 
 
 def variant_fields(overrides: tuple[str, ...], tag: str) -> dict[str, dict[str, Any]]:
@@ -121,12 +132,12 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
         timed(mine, "synthesize", (mdir / "synthesis.json").is_file(), lambda: save_json(
             synthesize(teachers, store, syn, resume=True, progress=False), mdir / "synthesis.json"))
         save_json(mine, times_file)
-        timed(mine, "train_student", (mdir / "student" / "report.json").is_file(), lambda: train_student(
+        timed(mine, "train_student", finished(mdir / "student", student), lambda: train_student(
             store, mdir / "student", student, teachers_dir=teachers, test=test, progress=False))
         save_json(mine, times_file)
         if not online_store.exists():  # new batches are appended to a copy (with the generator state)
             copy_synthesis_store(store, online_store)
-        timed(mine, "train_student_online", (mdir / "student-online" / "report.json").is_file(),
+        timed(mine, "train_student_online", finished(mdir / "student-online", online),
               lambda: train_student(online_store, mdir / "student-online", online, teachers_dir=teachers, test=test,
                                     progress=False))
         save_json(mine, times_file)

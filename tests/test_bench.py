@@ -192,3 +192,20 @@ def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_ba
     assert other.returncode == 2 and "other settings" in other.stderr
     too_many = run("--runs", "5000x1")
     assert too_many.returncode == 2 and "holds 1000 images" in too_many.stderr
+
+
+def test_oneshot_bench_reads_back_a_finished_student_of_its_settings_only(tmp_path, monkeypatch):
+    import importlib.util
+    import click
+    from fedinv.config import StudentConfig, to_dict
+    monkeypatch.syspath_prepend(str(BENCH))  # oneshot imports its sibling jsonl
+    spec = importlib.util.spec_from_file_location("oneshot_bench", BENCH / "oneshot.py")
+    oneshot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oneshot)
+    cfg = StudentConfig(epochs=3)
+    assert not oneshot.finished(tmp_path, cfg)  # nothing there yet
+    (tmp_path / "report.json").write_text(json.dumps({"config": to_dict(cfg), "test_accuracy": 0.5}))
+    assert oneshot.finished(tmp_path, cfg)
+    assert oneshot.finished(tmp_path, StudentConfig(epochs=3, device="cuda"))  # a run-time field is no change
+    with pytest.raises(click.UsageError, match="other settings"):
+        oneshot.finished(tmp_path, StudentConfig(epochs=3, kd_form="hard"))
