@@ -1,5 +1,6 @@
 """Markdown tables from bench/oneshot.py's JSON lines: per (alpha, nodes, method) the mean ± std
-over seeds, beside the published numbers of DESIGN.md.
+over seeds, beside the published numbers of DESIGN.md. A seed measured twice counts once, by its
+last line (a rerun, e.g. on another machine, replaces the earlier figure).
 
     python bench/oneshot_table.py docs/bench-oneshot.jsonl
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from collections import defaultdict
+
+import click
 
 # DESIGN.md, "Numbers to beat": DENSE, NeurIPS 2022, Table 1 (5 clients); Co-Boosting as re-run in
 # the FedLPA paper (10 clients).
@@ -24,11 +26,15 @@ def cell(values: list[float]) -> str:
     return f"{statistics.mean(pct):.2f} ± {statistics.stdev(pct):.2f}"
 
 
+@click.command()
+@click.argument("path", default="docs/bench-oneshot.jsonl", type=click.Path(exists=True, dir_okay=False))
 def main(path: str) -> None:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    """Print the tables of PATH (bench/oneshot.py --json-out; default docs/bench-oneshot.jsonl)."""
+    by_seed: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for line in open(path).read().splitlines():
         r = json.loads(line)
-        groups[(r["alpha"], r["num_nodes"], r["method"])].append(r)
+        by_seed[(r["alpha"], r["num_nodes"], r["method"])][r["seed"]] = r
+    groups = {key: [seeds[s] for s in sorted(seeds)] for key, seeds in by_seed.items()}
     print("| alpha | nodes | method | seeds | one-shot FedAvg | ensemble | student | student (online) "
           "| best / ensemble | synthesis s | student s | online student s | pipeline min |")
     print("|" + "---|" * 13)
@@ -49,4 +55,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/bench-oneshot.jsonl")
+    main()
