@@ -77,7 +77,7 @@ def diagnose_plot(reports: list[dict]):
     for r in reports:
         rows = [h for h in r["history"] if "diagnose_ensemble_accuracy" in h]
         for key, label in (("diagnose_ensemble_accuracy", "ensemble"),
-                           ("diagnose_logit_ensemble_accuracy", "logit ensemble (FTG's teacher)"),
+                           ("diagnose_logit_ensemble_accuracy", "logit ensemble (class-form FTG's teacher)"),
                            ("diagnose_aggregate_accuracy", "aggregate"),
                            ("diagnose_global_accuracy", "after server step")):
             if label == "after server step" and r["config"]["federate"]["server"] == "none":
