@@ -1,5 +1,6 @@
 """The benchmarks run end to end at tiny budgets (their figures come from full runs, not from here)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,6 +9,15 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench_module(name: str, monkeypatch):
+    """bench/NAME.py imported as a module (its sibling imports, such as jsonl, resolve)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_findings_bench_writes_the_keys_the_issue_reads(tmp_path):
@@ -74,11 +84,8 @@ def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
     assert rows["fedavg"]["server_share"] is None and rows["fedprox+ftg@ema"]["server_share"] > 0
 
 
-def test_rounds_bench_merges_at_every_save_so_concurrent_runs_keep_their_figures(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("rounds_bench", BENCH / "rounds.py")
-    rounds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rounds)
+def test_rounds_bench_merges_at_every_save_so_concurrent_runs_keep_their_figures(tmp_path, monkeypatch):
+    rounds = bench_module("rounds", monkeypatch)
     out = tmp_path / "rounds.json"
     # another process wrote gncnn/fedavg+ftg and bncnn/fedavg after this one started
     out.write_text(json.dumps({"gncnn": {"fedavg+ftg": {"final_accuracy": 0.7}}, "bncnn": {"fedavg": {}},
@@ -90,11 +97,8 @@ def test_rounds_bench_merges_at_every_save_so_concurrent_runs_keep_their_figures
     assert rounds.merged(str(tmp_path / "none.json"), mine) == mine
 
 
-def test_rounds_bench_adds_a_later_seed_to_the_seeds_on_disk(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("rounds_bench", BENCH / "rounds.py")
-    rounds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rounds)
+def test_rounds_bench_adds_a_later_seed_to_the_seeds_on_disk(tmp_path, monkeypatch):
+    rounds = bench_module("rounds", monkeypatch)
     out = tmp_path / "rounds.json"
     seed0 = {"rounds_to_75": 31.0, "final_accuracy": 0.7}
     out.write_text(json.dumps({"gncnn": {"fedavg": {**seed0, "seeds": [0], "per_seed": [seed0]}}}))
@@ -195,13 +199,9 @@ def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_ba
 
 
 def test_oneshot_bench_reads_back_a_finished_student_of_its_settings_only(tmp_path, monkeypatch):
-    import importlib.util
     import click
     from fedinv.config import StudentConfig, to_dict
-    monkeypatch.syspath_prepend(str(BENCH))  # oneshot imports its sibling jsonl
-    spec = importlib.util.spec_from_file_location("oneshot_bench", BENCH / "oneshot.py")
-    oneshot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(oneshot)
+    oneshot = bench_module("oneshot", monkeypatch)
     cfg = StudentConfig(epochs=3)
     assert not oneshot.finished(tmp_path, cfg)  # nothing there yet
     (tmp_path / "report.json").write_text(json.dumps({"config": to_dict(cfg), "test_accuracy": 0.5}))
