@@ -27,6 +27,7 @@ from fedinv import __version__
 from fedinv.config import StudentConfig, apply_overrides, from_dict, to_dict
 from fedinv.data.batches import normalize
 from fedinv.data.datasets import ImageTensors, load_dataset
+from fedinv.errors import RunStateError
 from fedinv.inversion.ensemble import load_ensemble
 from fedinv.pipeline import RunConfig
 from fedinv.runtime import atomic_path, resolve_device, rng
@@ -95,10 +96,11 @@ def main(teachers, runs, config, seed, overrides, out, json_out, device):
         real_store(store, loaded, train, n, seed, dev)
         cfg = from_dict(StudentConfig, {**fields, "epochs": epochs, "seed": seed, "device": device})
         folder = out / f"student-{n}x{epochs}-seed-{seed}"
-        result = finished_student(folder, cfg)
+        try:
+            result = finished_student(folder, cfg)
+        except RunStateError as e:
+            raise click.UsageError(f"{e}: choose another --out") from e
         if result is None:
-            if (folder / "report.json").is_file():
-                raise click.UsageError(f"{folder} holds a student of other settings; choose another --out")
             result = train_student(store, folder, cfg, teachers_dir=teachers, test=test, progress=False)
         seconds = sum(h["seconds"] for h in result["history"])  # the epochs' own time, across resumes
         emit({"images": n, "epochs": epochs, "seed": seed, "student_accuracy": result["test_accuracy"],

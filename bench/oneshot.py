@@ -30,7 +30,7 @@ import click
 from fedinv import __version__
 from fedinv.config import StudentConfig, SynthesisConfig, apply_overrides, from_dict, to_dict
 from fedinv.data.datasets import load_dataset
-from fedinv.errors import ConfigError
+from fedinv.errors import ConfigError, RunStateError
 from fedinv.inversion.methods import copy_synthesis_store
 from fedinv.inversion.synthesize import synthesize
 from fedinv.nodes import train_teachers
@@ -74,14 +74,12 @@ def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], An
 
 
 def finished(folder: Path, cfg: StudentConfig) -> bool:
-    """A student of these settings finished in `folder`; one of other settings there is refused (a variant
-    goes in its own folders: --tag), never read back as this one."""
-    if finished_student(folder, cfg) is not None:
-        return True
-    if (folder / "report.json").is_file():
-        raise click.UsageError(f"{folder} holds a student of other settings; name this variant with --tag "
-                               f"or choose another --out")
-    return False
+    """A student of these settings finished in `folder` (one of other settings is refused: a variant
+    goes in its own folders, --tag)."""
+    try:
+        return finished_student(folder, cfg) is not None
+    except RunStateError as e:
+        raise click.UsageError(f"{e}: name this variant with --tag, or choose another --out") from e
 
 
 def variant_fields(overrides: tuple[str, ...], tag: str) -> dict[str, dict[str, Any]]:

@@ -7,12 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from fedinv.cli.main import cli
-from fedinv.config import StudentConfig
+from fedinv.config import StudentConfig, to_dict
 from fedinv.data.datasets import load_dataset
-from fedinv.errors import ConfigError
+from fedinv.errors import ConfigError, RunStateError
 from fedinv.store import StoreWriter, iterate_store, read_meta
 from fedinv.train.objectives import hard_kd_loss, kd_loss
-from fedinv.student.train import student_objective, train_student
+from fedinv.student.train import finished_student, student_objective, train_student
 
 
 def test_kd_loss_by_hand():
@@ -188,3 +188,13 @@ def test_adaptive_student_killed_after_appending_resumes_to_the_same_result(tmp_
     sa = torch.load(tmp_path / "a" / "student.pt", weights_only=True)["state_dict"]
     sc = torch.load(tmp_path / "c" / "student.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(sa[k], sc[k]) for k in sa), "resumed = uninterrupted"
+
+
+def test_a_finished_student_is_read_back_for_its_settings_and_refused_for_others(tmp_path):
+    cfg = StudentConfig(epochs=3)
+    assert finished_student(tmp_path, cfg) is None  # nothing finished there
+    (tmp_path / "report.json").write_text(json.dumps({"config": to_dict(cfg), "test_accuracy": 0.5}))
+    assert finished_student(tmp_path, cfg)["test_accuracy"] == 0.5
+    assert finished_student(tmp_path, StudentConfig(epochs=3, device="cuda")) is not None  # run-time field
+    with pytest.raises(RunStateError, match=r"other settings \(kd_form\)"):
+        finished_student(tmp_path, StudentConfig(epochs=3, kd_form="hard"))

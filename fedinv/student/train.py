@@ -29,7 +29,7 @@ from ..config import StudentConfig, SynthesisConfig, from_dict, to_dict
 from ..data.batches import batches, normalize, random_crop_flip
 from ..data.datasets import DatasetInfo, ImageTensors
 from ..distributed import World, process_group, rank_device, world_from_env
-from ..errors import ConfigError
+from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
 from ..inversion.batch import check_student
 from ..inversion.ensemble import TeacherEnsemble, load_ensemble
@@ -101,10 +101,18 @@ def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def finished_student(out_dir: str | Path, cfg: StudentConfig) -> dict[str, Any] | None:
-    """The report of a finished student of this config in out_dir (run-time fields aside), else None."""
+    """The report of a finished student of this config in out_dir (run-time fields aside); None when
+    no student finished there. A finished student of other settings is refused (RunStateError naming
+    the fields), never read back as this one nor overwritten."""
     path = Path(out_dir) / "report.json"
-    done = json.loads(path.read_text()) if path.is_file() else None
-    return done if done is not None and not changes(done["config"], cfg) else None
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    diff = changes(done["config"], cfg)
+    if diff:
+        raise RunStateError(f"{out_dir} holds a student of other settings ({', '.join(diff)}); "
+                            f"choose another folder")
+    return done
 
 
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
