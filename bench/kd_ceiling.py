@@ -99,7 +99,7 @@ def main(teachers, runs, config, seed, overrides, out, json_out, device):
         try:
             result = finished_student(folder, cfg)
         except RunStateError as e:
-            raise click.UsageError(f"{e}: choose another --out") from e
+            raise click.UsageError(f"{e} (another --out)") from e
         if result is None:
             result = train_student(store, folder, cfg, teachers_dir=teachers, test=test, progress=False)
         seconds = sum(h["seconds"] for h in result["history"])  # the epochs' own time, across resumes

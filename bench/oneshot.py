@@ -79,7 +79,7 @@ def finished(folder: Path, cfg: StudentConfig) -> bool:
     try:
         return finished_student(folder, cfg) is not None
     except RunStateError as e:
-        raise click.UsageError(f"{e}: name this variant with --tag, or choose another --out") from e
+        raise click.UsageError(f"{e} (name this variant with --tag, or another --out)") from e
 
 
 def variant_fields(overrides: tuple[str, ...], tag: str) -> dict[str, dict[str, Any]]:

@@ -103,7 +103,7 @@ def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def finished_student(out_dir: str | Path, cfg: StudentConfig) -> dict[str, Any] | None:
     """The report of a finished student of this config in out_dir (run-time fields aside); None when
     no student finished there. A finished student of other settings is refused (RunStateError naming
-    the fields), never read back as this one nor overwritten."""
+    the fields), never read back as this one."""
     path = Path(out_dir) / "report.json"
     if not path.is_file():
         return None
@@ -111,7 +111,7 @@ def finished_student(out_dir: str | Path, cfg: StudentConfig) -> dict[str, Any] 
     diff = changes(done["config"], cfg)
     if diff:
         raise RunStateError(f"{out_dir} holds a student of other settings ({', '.join(diff)}); "
-                            f"choose another folder")
+                            f"use another folder")
     return done
 
 
