@@ -209,3 +209,21 @@ def test_oneshot_bench_reads_back_a_finished_student_of_its_settings_only(tmp_pa
     assert oneshot.finished(tmp_path, StudentConfig(epochs=3, device="cuda"))  # a run-time field is no change
     with pytest.raises(click.UsageError, match="other settings"):
         oneshot.finished(tmp_path, StudentConfig(epochs=3, kd_form="hard"))
+
+
+def test_rounds_table_sets_each_method_beside_its_base_of_the_same_seed(monkeypatch):
+    table = bench_module("rounds_table", monkeypatch)
+
+    def figures(r75, r80, share=None):
+        return {"rounds_to_75": r75, "rounds_to_80": r80, "rounds_to_85": None, "final_accuracy": 0.8,
+                "last5_accuracy": 0.79, "server_share": share}
+
+    results = {"setting": {"m": {}},
+               "m": {"fedavg+ftg@ema": {"seeds": [1], **figures(30, None, 0.5)},
+                     "fedavg": {"seeds": [0, 1], "per_seed": [figures(20, 40), figures(40, 50)]},
+                     "fedavg+ftg": {"seeds": [0], "per_seed": [figures(15, None, 0.004)]}}}
+    got = {(r[1], r[2]): r for r in table.rows(results)}
+    assert [k for k in got] == [("0", "fedavg"), ("1", "fedavg"), ("0", "fedavg+ftg"), ("1", "fedavg+ftg@ema")]
+    assert got[("0", "fedavg+ftg")][6:] == ["+25% / never / -", "80.00", "79.00", "< 1%"]
+    assert got[("1", "fedavg+ftg@ema")][3:7] == ["30", "-", "-", "+25% / never / -"]  # against seed 1's base
+    assert got[("1", "fedavg")][6] == "" and got[("1", "fedavg")][9] == "-"
