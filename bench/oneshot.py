@@ -5,9 +5,9 @@ fmnist-dirichlet-<alpha>.toml, nodes and every seed replaced), then for each met
 student trained on it (plain), and a student trained online (a copy of the store, new batches
 against the current student every epoch). Appends one JSON line per (setting, method) to --json-out:
   method, alpha, num_nodes, seed, fedavg_accuracy, ensemble_accuracy, student_accuracy,
-  student_online_accuracy, synthetic_images, online_store_images, stage_seconds
+  student_online_accuracy, synthetic_images, online_store_images, stage_seconds, machine
 (stage_seconds: wall time of partition + teachers, which the methods share, and of the method's
-own stages).
+own stages; machine: the CPU and threads that ran them).
 
     python bench/oneshot.py --alphas 0.5 --methods deepinversion,fast,dense --seeds 0,1,2
     python bench/oneshot.py --alphas 0.05 --num-nodes 10 --methods fast
@@ -39,6 +39,7 @@ from fedinv.runtime import save_json
 from fedinv.store import read_meta
 from fedinv.student.train import finished_student, train_student
 from jsonl import emit
+from machine import describe
 
 CONFIGS = Path(__file__).parent.parent / "assets" / "configs"
 
@@ -148,7 +149,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
                "stage_seconds": {**shared, **mine},
                "config": {"synthesis": store_config(store), "student": dataclasses.asdict(student),
                           "online": online_fields},
-               "fedinv_version": __version__}
+               "fedinv_version": __version__, "machine": describe(device)}
 
 
 @click.command()

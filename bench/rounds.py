@@ -8,7 +8,8 @@ Runs each model x method x seed in its own resumable run folder (OUT/MODEL/METHO
 prints one JSON object: model -> method (`fedavg`, `fedavg+ftg`, ...) -> rounds_to_75 / 80 / 85
 (null when not reached), final_accuracy (after --rounds), last5_accuracy, best_accuracy,
 seconds_per_round, server_seconds_per_round, server_share (the server step's share of a round's
-wall time), seeds, each a mean over the seeds (`per_seed` keeps each seed's). With --diagnose N,
+wall time), seeds, each a mean over the seeds (`per_seed` keeps each seed's, with the CPU that ran
+it as `machine`). With --diagnose N,
 every round also records on the first N test images the accuracy of the round's ensemble of
 local models, of the aggregate before the server step and of the global model after it, and the
 picture OUT/MODEL/diagnose.png draws them. The comparison table and accuracy-vs-round PNG go to
@@ -38,6 +39,7 @@ from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
 from fedinv.federated.rounds import federate, mean_last_accuracy, rounds_to_target
 from fedinv.runtime import save_json
 from fedinv.viz import line_plot
+from machine import cpu_name
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-rounds.toml"
 DEFAULT = ",".join(f"{a}{s}" for a in ("fedavg", "fedprox", "feddyn", "scaffold") for s in ("", "+ftg"))
@@ -63,9 +65,10 @@ def summary(report: dict) -> dict:
 
 
 def mean_over_seeds(rows: list[dict]) -> dict:
-    """Numbers averaged over seeds; a rounds_to_* is null unless every seed reached the target."""
+    """Numbers averaged over seeds; a rounds_to_* is null unless every seed reached the target (the
+    `machine` of each seed stays in per_seed only)."""
     out = {}
-    for key in rows[0]:
+    for key in (k for k in rows[0] if k != "machine"):
         values = [r[key] for r in rows]
         out[key] = None if any(v is None for v in values) else float(np.mean(values))
     return out
@@ -153,7 +156,7 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
                                   test=test)
                 if seed == seed_list[0]:
                     reports.append(report)
-                per_seed.append(summary(report))
+                per_seed.append({**summary(report), "machine": cpu_name()})  # the run folder is this machine's
             key = f"{method}@{tag}" if tag else method
             result.setdefault(model, {})[key] = {**mean_over_seeds(per_seed), "seeds": seed_list, "per_seed": per_seed}
             result.setdefault("setting", {})[model] = {"config": str(config), "rounds": rounds,

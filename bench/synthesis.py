@@ -25,7 +25,6 @@ the audit agreement does, so pass real teachers for it).
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import tempfile
 import time
@@ -47,6 +46,7 @@ from fedinv.inversion.synthesize import synthesize
 from fedinv.audit import audit_store
 from fedinv.nodes import train_teachers
 from fedinv.runtime import resolve_device, resolve_precision, save_json
+from machine import describe
 
 METHODS = ("deepinversion", "fast", "dense")
 
@@ -153,8 +153,7 @@ def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, devic
         "engine_img_it_per_s": result[f"{auto}_img_it_per_s"],
         "engine_over_ceiling": result[f"{auto}_img_it_per_s"] / best_ceiling,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "machine": {"device": str(dev), "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "torch": torch.__version__},
+        "machine": describe(dev),
     })
     print(json.dumps(result, indent=2))
     if json_out:

@@ -10,7 +10,6 @@ wall_seconds of the train-teachers stage for the first seed, plus mean and sprea
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -19,13 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-import torch
 
 from fedinv import __version__
 from fedinv.config import DataConfig, PartitionConfig, TeacherConfig, to_dict
 from fedinv.data.datasets import load_dataset
 from fedinv.data.partition import make_partition
 from fedinv.nodes import train_teachers
+from machine import describe
 
 
 @click.command()
@@ -65,8 +64,7 @@ def main(dataset, alpha, num_nodes, seeds, model, epochs, device, out):
         "config": to_dict(cfg) | {"seed": None}, "fedinv_version": __version__, "runs": runs,
         "over_seeds": {k: spread(k) for k in ("ensemble_accuracy", "ensemble_mean_accuracy",
                                               "fedavg_accuracy", "wall_seconds")},
-        "machine": {"cpu_threads": torch.get_num_threads(), "device": device, "platform": platform.platform(),
-                    "torch": torch.__version__},
+        "machine": describe(device),
     })
     print(json.dumps(result, indent=2))
 

@@ -80,6 +80,7 @@ def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
     for row in result["lenet5"].values():
         assert {"rounds_to_75", "rounds_to_80", "rounds_to_85", "final_accuracy", "last5_accuracy",
                 "seconds_per_round", "server_share", "seeds"} <= set(row)
+        assert "machine" not in row and row["per_seed"][0]["machine"]  # each seed names its CPU
     rows = result["lenet5"]
     assert rows["fedavg"]["server_share"] is None and rows["fedprox+ftg@ema"]["server_share"] > 0
 
@@ -163,6 +164,20 @@ def test_a_resumed_benchmark_does_not_append_a_line_it_already_wrote(tmp_path):
     emit({"method": "fast", "student_accuracy": 0.5}, str(out))
     emit({"method": "dense", "student_accuracy": 0.4}, str(out))
     assert [json.loads(line)["method"] for line in out.read_text().splitlines()] == ["fast", "dense"]
+    # a line from before records named their machine is the same measurement read back
+    emit({"method": "fast", "student_accuracy": 0.5, "machine": {"cpu": "x"}}, str(out))
+    emit({"method": "fast", "student_accuracy": 0.6, "machine": {"cpu": "x"}}, str(out))
+    assert [json.loads(line)["student_accuracy"] for line in out.read_text().splitlines()] == [0.5, 0.4, 0.6]
+
+
+def test_benchmark_records_name_the_cpu_that_ran_them(monkeypatch):
+    machine = bench_module("machine", monkeypatch)
+    record = machine.describe("cpu")
+    assert record["cpu"] and record["device"] == "cpu" and record["cpu_threads"] >= 1 and record["torch"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: the model name, and whether the CPU has AVX-512
+        assert record["cpu"] in cpuinfo.read_text() or record["cpu"].endswith(", AVX-512")
+        assert record["cpu"].endswith(", AVX-512") == ("avx512f" in cpuinfo.read_text().split())
 
 
 def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_back(tmp_path, tiny_partition):
