@@ -242,3 +242,26 @@ def test_rounds_table_sets_each_method_beside_its_base_of_the_same_seed(monkeypa
     assert got[("0", "fedavg+ftg")][6:] == ["+25% / never / -", "80.00", "79.00", "< 1%"]
     assert got[("1", "fedavg+ftg@ema")][3:7] == ["30", "-", "-", "+25% / never / -"]  # against seed 1's base
     assert got[("1", "fedavg")][6] == "" and got[("1", "fedavg")][9] == "-"
+
+
+def test_oneshot_table_reads_the_first_benchmarks_lines_in_todays_keys(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    table = bench_module("oneshot_table", monkeypatch)
+    seconds = {"partition": 0.0, "train_teachers": 60.0, "synthesize": 60.0, "train_student": 60.0}
+    v1 = tmp_path / "v1.jsonl"  # the first benchmark: no method, nodes or seed; "adaptive" for online
+    v1.write_text(json.dumps({"alpha": 0.5, "fedavg_accuracy": 0.5, "ensemble_accuracy": 0.9, "student_accuracy": 0.8,
+                              "student_adaptive_accuracy": 0.7,
+                              "stage_seconds": {**seconds, "train_student_adaptive": 60.0}}) + "\n")
+    now = tmp_path / "now.jsonl"
+    now.write_text("".join(json.dumps({"method": "deepinversion", "alpha": 0.5, "num_nodes": 5, "seed": seed,
+                                       "fedavg_accuracy": 0.5, "ensemble_accuracy": 0.9, "student_accuracy": acc,
+                                       "student_online_accuracy": acc,
+                                       "stage_seconds": {**seconds, "train_student_online": 60.0}}) + "\n"
+                           for seed, acc in ((1, 0.6), (2, 0.7))))
+    result = CliRunner().invoke(table.main, [str(v1), str(now)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "| deepinversion |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["0.5", "5", "deepinversion", "3"]  # seed 0 from the v1 file, seeds 1-2 from today's
+    assert cells[6] == "70.00 ± 10.00" and cells[7] == "66.67 ± 5.77"  # student; online = v1's adaptive
+    assert cells[-1] == "4.0"  # four stages of 60 s on every seed: the v1 adaptive student counts as online
