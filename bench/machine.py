@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from fedinv.runtime import resolve_device
+
 
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows), with ", AVX-512" where
@@ -20,7 +22,8 @@ def cpu_name() -> str:
     return f"{name}, AVX-512" if "avx512f" in text.split() else name
 
 
-def describe(device: str) -> dict:
-    """The record's `machine` field: CPU, cores, threads torch uses, the device, platform and torch."""
+def describe(device: str | torch.device) -> dict:
+    """The record's `machine` field: CPU, cores, threads torch uses, the device ("auto" resolved),
+    platform and torch."""
     return {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "cpu_threads": torch.get_num_threads(),
-            "device": str(device), "platform": platform.platform(), "torch": torch.__version__}
+            "device": str(resolve_device(device) if device == "auto" else device), "platform": platform.platform(), "torch": torch.__version__}

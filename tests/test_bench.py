@@ -173,6 +173,7 @@ def test_a_resumed_benchmark_does_not_append_a_line_it_already_wrote(tmp_path):
 def test_benchmark_records_name_the_cpu_that_ran_them(monkeypatch):
     machine = bench_module("machine", monkeypatch)
     record = machine.describe("cpu")
+    assert machine.describe("auto")["device"] in ("cpu", "cuda")  # the device that ran, not "auto"
     assert record["cpu"] and record["device"] == "cpu" and record["cpu_threads"] >= 1 and record["torch"]
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():  # Linux: the model name, and whether the CPU has AVX-512
