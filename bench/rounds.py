@@ -65,12 +65,13 @@ def summary(report: dict) -> dict:
 
 
 def mean_over_seeds(rows: list[dict]) -> dict:
-    """Numbers averaged over seeds; a rounds_to_* is null unless every seed reached the target (the
-    `machine` of each seed stays in per_seed only)."""
+    """Numbers averaged over seeds; a rounds_to_* is null unless every seed reached the target (what is
+    not a number, such as each seed's `machine`, stays in per_seed only)."""
     out = {}
-    for key in (k for k in rows[0] if k != "machine"):
+    for key in rows[0]:
         values = [r[key] for r in rows]
-        out[key] = None if any(v is None for v in values) else float(np.mean(values))
+        if all(v is None or isinstance(v, (int, float)) for v in values):
+            out[key] = None if any(v is None for v in values) else float(np.mean(values))
     return out
 
 
@@ -142,6 +143,7 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
     seed_list = [int(s) for s in seeds.split(",")]
     train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
     result: dict = {}
+    machine = cpu_name()  # the run folders are this machine's
     for model in (models.split(",") if models else [base.federate.model]):
         reports = []
         for method, (algorithm, server) in parsed.items():
@@ -156,7 +158,7 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
                                   test=test)
                 if seed == seed_list[0]:
                     reports.append(report)
-                per_seed.append({**summary(report), "machine": cpu_name()})  # the run folder is this machine's
+                per_seed.append({**summary(report), "machine": machine})
             key = f"{method}@{tag}" if tag else method
             result.setdefault(model, {})[key] = {**mean_over_seeds(per_seed), "seeds": seed_list, "per_seed": per_seed}
             result.setdefault("setting", {})[model] = {"config": str(config), "rounds": rounds,
