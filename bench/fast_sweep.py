@@ -18,15 +18,17 @@ import time
 from pathlib import Path
 
 import click
+from jsonl import emit
 
 from fedinv import __version__
-from fedinv.audit import audit_store
-from fedinv.config import DataConfig, StudentConfig, SynthesisConfig, to_dict
+from fedinv.config import DataConfig, to_dict
 from fedinv.data.datasets import load_dataset
-from fedinv.inversion.synthesize import synthesize
+from fedinv.oneshot.audit import audit_store
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import train_student
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.synthesize import synthesize
 from fedinv.runtime import resolve_device, save_json
-from fedinv.student.train import train_student
-from jsonl import emit
 
 LR_G = {2: 5e-3, 5: 3e-3, 10: 2e-3, 20: 1e-3}  # Fast-Datafree's scripts (20: halved again)
 
@@ -55,8 +57,8 @@ def main(teachers_dir, reference, steps, momentum, widths, images, student_epoch
         run = out / (f"steps-{s}-momentum-{m}-seed-{seed}" + (f"-width-{w}" if w != 128 else ""))
         done = run / "result.json"
         if not done.is_file():
-            cfg = SynthesisConfig(method="fast", num_images=images, steps=s, lr_g=LR_G.get(s, 3e-3),
-                                  bn_momentum=m, generator_width=w, seed=seed, device=device)
+            cfg = SynthesisConfig.of(method="fast", num_images=images, steps=s, lr_g=LR_G.get(s, 3e-3),
+                                     bn_momentum=m, generator_width=w, seed=seed, device=device)
             t0 = time.perf_counter()
             stats = synthesize(teachers_dir, run / "synthetic.h5", cfg, resume=True, progress=False)
             seconds = time.perf_counter() - t0
@@ -64,7 +66,7 @@ def main(teachers_dir, reference, steps, momentum, widths, images, student_epoch
             report = train_student(run / "synthetic.h5", run / "student", student, teachers_dir=teachers_dir,
                                    test=test, progress=False)
             audit = audit_store(run / "synthetic.h5", reference, resolve_device(device))
-            save_json({"steps": s, "lr_g": cfg.lr_g, "bn_momentum": m, "generator_width": w, "seed": seed,
+            save_json({"steps": s, "lr_g": cfg.params.lr_g, "bn_momentum": m, "generator_width": w, "seed": seed,
                        "images_per_s": stats["images"] / max(stats["seconds"], 1e-9),
                        "audit_agreement": audit["reference_agreement"],
                        "student_accuracy": report["test_accuracy"], "ensemble_accuracy": ensemble,

@@ -48,14 +48,16 @@ import click
 import numpy as np
 
 from fedinv import __version__
-from fedinv.config import DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, to_dict
+from fedinv.config import DataConfig, PartitionConfig, to_dict
 from fedinv.data.datasets import ImageTensors, dataset_info, load_dataset
 from fedinv.data.partition import Partition, load_partition, make_partition, save_partition
-from fedinv.inversion.methods import copy_synthesis_store
-from fedinv.inversion.synthesize import synthesize
-from fedinv.nodes import train_teachers
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import train_student
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.store import copy_synthesis_store
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.oneshot.teachers import TeacherConfig, train_teachers
 from fedinv.store import read_rows
-from fedinv.student.train import train_student
 from fedinv.train.resume import comparable
 from fedinv.viz import bar_chart, class_grid, confusion_plot, line_plot, rows_per_class
 
@@ -89,14 +91,14 @@ class Budget:
 
     dataset: str = "fashion-mnist"
     teachers: TeacherConfig = TeacherConfig(epochs=10)
-    synthesis: SynthesisConfig = SynthesisConfig(num_images=1024, batch_size=128, iterations=100)
+    synthesis: SynthesisConfig = SynthesisConfig.of(num_images=1024, batch_size=128, iterations=100)
     student: StudentConfig = StudentConfig(epochs=60, batch_size=128)
     adaptive_images: int = 512
     adaptive_epochs: int = 20
 
 
 FULL = Budget()
-QUICK = Budget("synthetic-tiny", TeacherConfig(model="lenet5", epochs=1), SynthesisConfig(num_images=16, batch_size=8,
+QUICK = Budget("synthetic-tiny", TeacherConfig(model="lenet5", epochs=1), SynthesisConfig.of(num_images=16, batch_size=8,
                iterations=2), StudentConfig(model="lenet5", epochs=2, batch_size=8), 8, 2)
 
 
@@ -409,7 +411,7 @@ def main(rows: str, seeds: str, out: str, json_out: str | None, plots: Path | No
         return
     seed_list = [int(s) for s in seeds.split(",")]
     budget = QUICK if quick else FULL
-    budget = dataclasses.replace(budget, synthesis=dataclasses.replace(budget.synthesis, method=method))
+    budget = dataclasses.replace(budget, synthesis=budget.synthesis.with_method(method))
     if plots is not None:
         for path in draw(Path(out), seed_list, plots, budget):
             click.echo(path)

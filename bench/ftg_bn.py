@@ -29,9 +29,8 @@ import torch
 from fedinv import __version__
 from fedinv.data.batches import normalize
 from fedinv.data.datasets import load_dataset
-from fedinv.evaluate import accuracy, predict_logits
+from fedinv.evaluate import accuracy, class_level_logits, predict_logits
 from fedinv.federated.config import FederatedRunConfig
-from fedinv.evaluate import class_level_logits
 from fedinv.federated.ftg import FedFTG
 from fedinv.federated.local import bn_statistics
 from fedinv.federated.rounds import Federation, InProcessNodes, node_data, run_round

@@ -34,6 +34,7 @@ from fedinv.federated.ftg import FedFTG
 from fedinv.federated.local import State, bn_statistics
 from fedinv.federated.rounds import Federation, InProcessNodes, node_data, run_round
 
+
 @torch.no_grad()
 def real_statistics(fed: Federation, state: State, images: ImageTensors, batch: int = 500) -> State:
     """`state` with every BN layer's running statistics recomputed as plain averages over `images`."""

@@ -22,19 +22,20 @@ from pathlib import Path
 
 import click
 import torch
+from jsonl import emit
 
 from fedinv import __version__
-from fedinv.config import StudentConfig, apply_overrides, from_dict, to_dict
+from fedinv.config import apply_overrides, from_dict, to_dict
 from fedinv.data.batches import normalize
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.errors import RunStateError
-from fedinv.inversion.ensemble import load_ensemble
-from fedinv.pipeline import RunConfig
+from fedinv.oneshot.pipeline import RunConfig
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import finished_student, train_student
+from fedinv.oneshot.synthesis.ensemble import load_ensemble
+from fedinv.oneshot.teacher_files import Teachers, as_teachers
 from fedinv.runtime import atomic_path, resolve_device, rng
 from fedinv.store import StoreWriter, read_meta, store_meta
-from fedinv.student.train import finished_student, train_student
-from fedinv.teacher_files import Teachers, as_teachers
-from jsonl import emit
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-dirichlet-0.5.toml"  # data and student
 REAL_DRAW = 100  # the random stream of the image draw (a number no library stream uses)

@@ -17,10 +17,10 @@ import time
 import click
 import torch
 
-from fedinv.config import SynthesisConfig
-from fedinv.inversion.batch import make_batch
-from fedinv.inversion.ensemble import load_ensemble
-from fedinv.inversion.methods import ensemble_path, make_synthesizer
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.ensemble import load_ensemble
+from fedinv.oneshot.synthesis.method import ensemble_path, make_synthesizer
+from fedinv.oneshot.synthesis.store import make_batch
 
 
 @click.command()
@@ -34,9 +34,9 @@ def main(teachers: str, widths: str, iterations: int, batch_size: int, repeats: 
     if threads:
         torch.set_num_threads(threads)
     cpu = torch.device("cpu")
-    cfgs = {"deepinversion": SynthesisConfig(iterations=iterations, batch_size=batch_size, device="cpu")}
+    cfgs = {"deepinversion": SynthesisConfig.of(iterations=iterations, batch_size=batch_size, device="cpu")}
     for w in map(int, widths.split(",")):
-        cfgs[f"fast-width-{w}"] = SynthesisConfig(method="fast", generator_width=w, batch_size=batch_size, device="cpu")
+        cfgs[f"fast-width-{w}"] = SynthesisConfig.of(method="fast", generator_width=w, batch_size=batch_size, device="cpu")
     synths = {k: make_synthesizer(load_ensemble(teachers, cpu, ensemble_path(c)), c, None) for k, c in cfgs.items()}
     for k, s in synths.items():
         if k != "deepinversion":

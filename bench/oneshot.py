@@ -11,7 +11,7 @@ own stages; machine: the CPU and threads that ran them).
 
     python bench/oneshot.py --alphas 0.5 --methods deepinversion,fast,dense --seeds 0,1,2
     python bench/oneshot.py --alphas 0.05 --num-nodes 10 --methods fast
-    python bench/oneshot.py --alphas 0.5 --methods fast --set synthesis.steps=10 --tag steps10
+    python bench/oneshot.py --alphas 0.5 --methods fast --set synthesis.fast.steps=10 --tag steps10
 Method settings: the config's [synthesis] and [student] tables, then METHODS below, then --set
 (a variant: its lines say METHOD@TAG, its folders METHOD-TAG). Runs resume: rerunning skips
 finished stages (their seconds are read from the earlier run's records).
@@ -26,20 +26,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
-
-from fedinv import __version__
-from fedinv.config import StudentConfig, SynthesisConfig, apply_overrides, from_dict, to_dict
-from fedinv.data.datasets import load_dataset
-from fedinv.errors import ConfigError, RunStateError
-from fedinv.inversion.methods import copy_synthesis_store
-from fedinv.inversion.synthesize import synthesize
-from fedinv.nodes import train_teachers
-from fedinv.pipeline import RunConfig, partition_stage
-from fedinv.runtime import save_json
-from fedinv.store import read_meta
-from fedinv.student.train import finished_student, train_student
 from jsonl import emit
 from machine import describe
+
+from fedinv import __version__
+from fedinv.config import apply_overrides, from_dict, to_dict
+from fedinv.data.datasets import load_dataset
+from fedinv.errors import ConfigError, RunStateError
+from fedinv.oneshot.pipeline import RunConfig, partition_stage
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import finished_student, train_student
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.store import copy_synthesis_store
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.oneshot.teachers import train_teachers
+from fedinv.runtime import save_json
+from fedinv.store import read_meta
 
 CONFIGS = Path(__file__).parent.parent / "assets" / "configs"
 
@@ -62,7 +64,7 @@ def read_seconds(path: Path) -> dict[str, float]:
 def store_config(store: Path) -> dict[str, Any]:
     """The synthesis config that made `store` (a store from before a field was added gets what it
     stood for), not today's defaults."""
-    return dataclasses.asdict(from_dict(SynthesisConfig, read_meta(store)["config"]))
+    return to_dict(from_dict(SynthesisConfig, read_meta(store)["config"]))
 
 
 def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
@@ -91,8 +93,8 @@ def variant_fields(overrides: tuple[str, ...], tag: str) -> dict[str, dict[str, 
     extra = set(fields) - {"synthesis", "student"}
     if extra:
         raise ConfigError(f"--set: table(s) {sorted(extra)} cannot vary per method; use synthesis or student")
-    for table, cls in (("synthesis", SynthesisConfig), ("student", StudentConfig)):
-        from_dict(cls, {**to_dict(cls()), **fields.get(table, {})})  # unknown fields and wrong types: now
+    SynthesisConfig.from_dict(fields.get("synthesis", {}), strict=True)  # unknown fields and wrong types: now
+    from_dict(StudentConfig, {**to_dict(StudentConfig()), **fields.get("student", {})})
     return fields
 
 
@@ -161,7 +163,7 @@ def run_setting(alpha: str, nodes: int, seed: int, methods: list[str], out: Path
 @click.option("--out", default="runs/oneshot", show_default=True, help="run folders go here")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="append each JSON line here")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
-              help="a synthesis or student field over every method's, e.g. --set synthesis.steps=10 (repeatable; "
+              help="a synthesis or student field over every method's, e.g. --set synthesis.fast.steps=10 (repeatable; "
                    "needs --tag)")
 @click.option("--tag", default="", help="the variant's name: its JSON method is METHOD@TAG, its folders METHOD-TAG")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")

@@ -30,16 +30,16 @@ from pathlib import Path
 
 import click
 import numpy as np
+from machine import cpu_name
 
 from fedinv import __version__
 from fedinv.data.datasets import load_dataset
-from fedinv.federated.report import compare
 from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
+from fedinv.federated.report import compare
 from fedinv.federated.rounds import federate, mean_last_accuracy, rounds_to_target
 from fedinv.runtime import save_json
 from fedinv.viz import line_plot
-from machine import cpu_name
 
 CONFIG = Path(__file__).parent.parent / "assets" / "configs" / "fmnist-rounds.toml"
 DEFAULT = ",".join(f"{a}{s}" for a in ("fedavg", "fedprox", "feddyn", "scaffold") for s in ("", "+ftg"))

@@ -32,21 +32,21 @@ from pathlib import Path
 
 import click
 import torch
+from machine import describe
 from torch.func import functional_call, vmap
 
 from fedinv import __version__
-from fedinv.config import DataConfig, PartitionConfig, SynthesisConfig, TeacherConfig, to_dict
+from fedinv.config import DataConfig, PartitionConfig, to_dict
 from fedinv.data.datasets import load_dataset
 from fedinv.data.partition import make_partition
-from fedinv.inversion.engine import invert_batch
-from fedinv.inversion.labels import sample_teachers
-from fedinv.inversion.batch import pixel_bounds
-from fedinv.inversion.ensemble import load_ensemble
-from fedinv.inversion.synthesize import synthesize
-from fedinv.audit import audit_store
-from fedinv.nodes import train_teachers
+from fedinv.oneshot.audit import audit_store
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.deepinversion import invert_batch, pixel_bounds
+from fedinv.oneshot.synthesis.ensemble import load_ensemble
+from fedinv.oneshot.synthesis.labels import sample_teachers
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.oneshot.teachers import TeacherConfig, train_teachers
 from fedinv.runtime import resolve_device, resolve_precision, save_json
-from machine import describe
 
 METHODS = ("deepinversion", "fast", "dense")
 
@@ -88,8 +88,8 @@ def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, devic
             part = make_partition(labels, 10, PartitionConfig(num_nodes=5, alpha=0.5), data)
             teachers_dir = Path(tmp) / "teachers"
             train_teachers(part, TeacherConfig(epochs=1, device=device), teachers_dir, progress=False)
-        cfg = SynthesisConfig(batch_size=batch_size, iterations=iterations, teachers_per_step=teachers_per_step,
-                              device=device, precision=precision)
+        cfg = SynthesisConfig.of(batch_size=batch_size, iterations=iterations, teachers_per_step=teachers_per_step,
+                                 device=device, precision=precision)
         amp = resolve_precision(precision, dev)
         result = {"benchmark": "synthesis", "fedinv_version": __version__, "config": to_dict(cfg)}
         sets = {path: load_ensemble(teachers_dir, dev, path) for path in ("batched", "loop")}
@@ -135,9 +135,10 @@ def main(teachers_dir, batch_size, teachers_per_step, iterations, repeats, devic
             if reference is None:
                 reference = train_reference(Path(tmp) / "reference", reference_epochs, device)
             for method in chosen:
-                mcfg = SynthesisConfig(method=method, num_images=method_images, batch_size=batch_size,
-                                       iterations=method_iterations, teachers_per_step=teachers_per_step,
-                                       device=device, precision=precision)
+                own = {"iterations": method_iterations} if method == "deepinversion" else {}
+                mcfg = SynthesisConfig.of(method=method, num_images=method_images, batch_size=batch_size,
+                                          teachers_per_step=teachers_per_step, device=device, precision=precision,
+                                          **own)
                 store = Path(tmp) / f"{method}.h5"
                 stats = synthesize(teachers_dir, store, mcfg, progress=False)
                 result[f"{method}_images_per_s"] = stats["images"] / stats["seconds"]

@@ -18,13 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+from machine import describe
 
 from fedinv import __version__
-from fedinv.config import DataConfig, PartitionConfig, TeacherConfig, to_dict
+from fedinv.config import DataConfig, PartitionConfig, to_dict
 from fedinv.data.datasets import load_dataset
 from fedinv.data.partition import make_partition
-from fedinv.nodes import train_teachers
-from machine import describe
+from fedinv.oneshot.teachers import TeacherConfig, train_teachers
 
 
 @click.command()

@@ -35,8 +35,8 @@ def weighted_average(states: Sequence[dict[str, torch.Tensor]], weights: Sequenc
     return out
 
 
-def server_step(global_state: dict[str, torch.Tensor], average: dict[str, torch.Tensor],
-                server_lr: float = 1.0) -> dict[str, torch.Tensor]:
+def apply_server_lr(global_state: dict[str, torch.Tensor], average: dict[str, torch.Tensor],
+                    server_lr: float = 1.0) -> dict[str, torch.Tensor]:
     """w_global + server_lr * (average - w_global) on floating tensors; buffers that count
     (integers) are taken from `average`. server_lr = 1 is plain FedAvg."""
     out = {}
@@ -80,7 +80,7 @@ def scaffold_aggregate(global_state: dict[str, torch.Tensor], states: Sequence[d
     """
     if len(delta_cs) != len(states):
         raise ValueError(f"{len(states)} states but {len(delta_cs)} control-variate updates")
-    new_global = server_step(global_state, weighted_average(states, weights), server_lr)
+    new_global = apply_server_lr(global_state, weighted_average(states, weights), server_lr)
     new_c = {k: (ck.double() + sum(d[k].double() for d in delta_cs) / num_nodes).to(ck.dtype)
              for k, ck in c.items()}
     return new_global, new_c

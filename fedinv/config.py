@@ -1,5 +1,8 @@
-"""Typed, frozen configs of the one-shot stages, their dict/TOML round trip, and their click options
-(the multi-round mode's configs live in `fedinv.federated.config`).
+"""Typed, frozen configs: the field helper every stage's config is built with, the configs both modes
+share (the dataset, the partition), their dict/TOML round trip, and their click options. Each
+stage's own config lives with the stage (`fedinv.oneshot.teachers.TeacherConfig`,
+`fedinv.oneshot.synthesis.config.SynthesisConfig`, `fedinv.oneshot.student.config.StudentConfig`,
+`fedinv.federated.config`).
 
 Each field carries its help text in `metadata["help"]`: the same text documents the library,
 fills `--help`, and travels (as values) inside every artifact the stage writes.
@@ -15,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from .errors import ConfigError
-from .train.schedule import SCHEDULES
 
 T = TypeVar("T")
 
@@ -78,41 +80,44 @@ class PartitionConfig:
             raise ConfigError(f"dirichlet alpha must be > 0, got {self.alpha}")
 
 
-@dataclass(frozen=True)
-class TeacherConfig:
-    """How each node trains its teacher."""
+def field_key(cfg: Any, f: dataclasses.Field) -> str:
+    """The key of field `f` in the dict form: its name, or, for a field of settings that belong to one
+    choice (`option_table("method")`), the chosen value (`{"method": "fast", "fast": {...}}`, as
+    the TOML table [synthesis.fast])."""
+    return getattr(cfg, f.metadata["table_of"]) if "table_of" in f.metadata else f.name
 
-    model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
-    epochs: int = option(15, "training epochs over the node's split")
-    batch_size: int = option(64, "minibatch size")
-    lr: float = option(0.05, "SGD learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay")
-    schedule: str = option("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)
-    augment: bool = option(True, "light augmentation: random crop with padding, and horizontal flip "
-                                 "where the dataset allows it")
-    same_init: bool = option(True, "start every node from the same initialization (one-shot FedAvg baseline)")
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
-    seed: int = option(0, "random seed of initialization and data order")
 
-    def __post_init__(self) -> None:
-        for name in ("schedule", "precision"):
-            check_choice(self, name)
-        at_least(self, 1, "epochs", "batch_size")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+def option_table(choice: str, help: str) -> Any:
+    """A field holding the settings of the value chosen in field `choice` (a registered method's
+    `Params`); in dicts and TOML it is the table named after that value. None: its defaults."""
+    return dataclasses.field(default=None, metadata={"help": help, "table_of": choice})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain values only, so configs go into JSON, HDF5 attributes and weights-only checkpoints."""
-    return dataclasses.asdict(cfg)
+    return {field_key(cfg, f): to_dict(v) if dataclasses.is_dataclass(v) else _plain(v)
+            for f in dataclasses.fields(cfg) for v in [getattr(cfg, f.name)]}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """Build `cls` from a dict (`to_dict`'s form; nested configs from nested dicts), refusing keys it
-    does not know (and naming the ones it does)."""
+    does not know (and naming the ones it does). A class that reads its own form (`cls.from_dict`)
+    is asked to."""
+    if "from_dict" in vars(cls):
+        return cls.from_dict(values)
+    return from_fields(cls, values)
+
+
+def from_fields(cls: type[T], values: dict[str, Any]) -> T:
+    """`from_dict` by the fields of `cls` alone (what a class with its own `from_dict` builds on)."""
     names = {f.name for f in dataclasses.fields(cls)}
     values = {**{f.name: f.metadata["before"](values) if callable(f.metadata["before"]) else f.metadata["before"]
                  for f in dataclasses.fields(cls) if "before" in f.metadata and f.name not in values}, **values}
@@ -128,7 +133,12 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
 
 def check_type(cls: type, name: str, expected: Any, value: Any) -> None:
     """A value read from a file must have its field's type (an int where a float is expected is fine;
-    a bool is no number)."""
+    a bool is no number; an optional field may also be None)."""
+    args = typing.get_args(expected)
+    if type(None) in args and len(args) == 2:
+        if value is None:
+            return
+        expected = next(t for t in args if t is not type(None))
     if expected not in (bool, int, float, str):
         return
     ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
@@ -154,7 +164,7 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
 
     def decorate(fn: Callable) -> Callable:
         for f in reversed(dataclasses.fields(cls)):
-            if f.name in exclude:
+            if f.name in exclude or "table_of" in f.metadata:
                 continue
             flag = "--" + f.name.replace("_", "-")
             help_text = f.metadata.get("help", "")
@@ -171,6 +181,51 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
     return decorate
 
 
+def choice_options(choices: dict[str, Any], choice_flag: str) -> Callable[[Callable], Callable]:
+    """A decorator adding one click option per setting of the choices' `Params` (e.g. every
+    synthesis method's): one option per field name, its help naming the choices that take it and
+    their defaults. Options default to None (not given), so `pick_choice_params` can refuse one that
+    the chosen value does not take."""
+    import click
+
+    merged: dict[str, list[tuple[str, dataclasses.Field, type]]] = {}
+    for name, cls in choices.items():
+        hints = typing.get_type_hints(cls.Params)
+        for f in dataclasses.fields(cls.Params):
+            kind = hints[f.name]
+            optional = [t for t in typing.get_args(kind) if t is not type(None)]
+            merged.setdefault(f.name, []).append((name, f, optional[0] if optional else kind))
+
+    def decorate(fn: Callable) -> Callable:
+        for field_name, takers in reversed(list(merged.items())):
+            flag = "--" + field_name.replace("_", "-")
+            kind = takers[0][2]
+            defaults = ", ".join(f"{name} {'not set' if f.default is None else f.default}" for name, f, _ in takers)
+            help_text = (f"{', '.join(name for name, _, _ in takers)} ({choice_flag}): "
+                         f"{takers[0][1].metadata.get('help', '')} [default: {defaults}]")
+            if kind is bool:
+                fn = click.option(f"{flag}/--no-{flag[2:]}", field_name, default=None, help=help_text)(fn)
+            else:
+                fn = click.option(flag, field_name, type=_CLICK_TYPES[kind], default=None, help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+def pick_choice_params(choices: dict[str, Any], chosen: str, values: dict[str, Any], choice_flag: str) -> Any:
+    """The `Params` of the chosen value from the options `choice_options` added (None = not given):
+    an option that the chosen value does not take is an error naming it and what it takes."""
+    own = {f.name for f in dataclasses.fields(choices[chosen].Params)}
+    every = {f.name for cls in choices.values() for f in dataclasses.fields(cls.Params)}
+    given = {k: v for k, v in values.items() if k in every and v is not None}
+    foreign = sorted(set(given) - own)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(own))
+        raise ConfigError(f"--{foreign[0].replace('_', '-')} does not apply to {choice_flag} {chosen}; "
+                          f"its options: {flags}")
+    return choices[chosen].Params(**given)
+
+
 def load_toml(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The tables of a TOML file, with `overrides` ("table.field=value", the value in TOML syntax,
     or a bare string) applied on top."""
@@ -185,29 +240,46 @@ def load_toml(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """`data` (tables of fields) with each "table.field=value" of `overrides` set in it (the value in
-    TOML syntax, or a bare string)."""
+    """`data` (tables of fields) with each "table.field=value" (or "table.subtable.field=value") of
+    `overrides` set in it (the value in TOML syntax, or a bare string)."""
     for item in overrides:
         key, eq, text = item.partition("=")
-        table, dot, name = key.strip().partition(".")
-        if not eq or not dot or not table or not name:
-            raise ConfigError(f"--set {item!r}: expected TABLE.FIELD=VALUE, e.g. synthesis.iterations=200")
+        path = [part.strip() for part in key.split(".")]
+        if not eq or len(path) < 2 or not all(path):
+            raise ConfigError(f"--set {item!r}: expected TABLE.FIELD=VALUE, e.g. student.epochs=40 or "
+                              f"synthesis.deepinversion.iterations=200")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()  # a bare word: a string
-        data.setdefault(table, {})[name] = value
+        table = data
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {item!r}: {part} is a field, not a table")
+        table[path[-1]] = value
     return data
 
 
 def read_toml_tables(path: str | Path, defaults: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a TOML file of tables named like the keys of `defaults` (config instances); each table
-    overrides fields of its default, and unknown tables or fields are errors naming the known ones."""
+    overrides fields of its default, and unknown tables or fields are errors naming the known ones.
+    A config class that reads its own form (`from_dict(values, strict)`) reads the table as written,
+    strictly (its defaults are the class's own)."""
     data = load_toml(path, overrides)
     extra = set(data) - set(defaults)
     if extra:
         raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: {', '.join(defaults)}")
-    return {name: from_dict(type(d), {**to_dict(d), **data.get(name, {})}) for name, d in defaults.items()}
+    out = {}
+    for name, d in defaults.items():
+        given = data.get(name, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{path}: {name} must be a table ([{name}]), got {given!r}")
+        if "from_dict" in vars(type(d)):
+            out[name] = type(d).from_dict(given, strict=True) if given else d
+        else:
+            out[name] = from_dict(type(d), {**to_dict(d), **given})
+    return out
 
 
 def pick(cls: type[T], values: dict[str, Any]) -> T:
@@ -216,132 +288,3 @@ def pick(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-@dataclass(frozen=True)
-class SynthesisConfig:
-    """How images are synthesized from the teachers: one objective (sampled teachers, head masking,
-    CE, BN statistics, priors, competition), three ways to descend it (`method`).
-
-    Defaults follow the DeepInversion reference code and one-shot-dataset-distillation.txt:
-    batch 256, Adam lr 0.1 with a cosine schedule, a_bn 10, a_tv(l2) 1e-3, a_l2 0, a_comp 10,
-    3 teachers per step, jitter 2 px; the generator methods' from Fast-Datafree (Adam betas 0.5,
-    0.999; 5 steps at lr 3e-3, z at 1e-2, meta lr = steps x lr_g; BN momentum 0.9) and DENSE
-    (30 steps at lr 1e-3).
-    """
-
-    method: str = option("deepinversion", "deepinversion: every batch's pixels optimized from noise for "
-                         "--iterations steps; fast: a generator whose meta-learned start is refined for --steps "
-                         "steps per batch (Fast-Datafree); dense: one generator trained on, batch after batch, "
-                         "for --steps steps each (DENSE)", choices=("deepinversion", "fast", "dense"))
-    num_images: int = option(2560, "how many images to synthesize in all")
-    batch_size: int = option(256, "images optimized together (one batch = one Adam run)")
-    iterations: int = option(1000, "deepinversion: gradient steps on the pixels per batch")
-    lr: float = option(0.1, "deepinversion: Adam learning rate of the pixels (cosine decay to 0)")
-    steps: int = option(0, "fast, dense: generator steps per batch; 0 = the method's default (fast 5, dense 30)")
-    lr_g: float = option(0.0, "fast, dense: Adam learning rate of the generator within a batch; 0 = the "
-                              "method's default (fast 3e-3, dense 1e-3)")
-    lr_z: float = option(0.01, "fast, dense: Adam learning rate of the batch's latent codes (0 = codes fixed)")
-    meta_lr: float = option(0.0, "fast: Adam learning rate of the Reptile step that moves the generator's "
-                                 "start towards each refined generator; 0 = steps x lr_g (Fast-Datafree)")
-    bn_momentum: float = option(0.9, "fast, dense: BN statistics compared as (1 - m) x this batch's + m x a "
-                                     "running average over past batches (Fast-Datafree); 0 = each batch alone")
-    nz: int = option(100, "fast, dense: size of the generator's latent code")
-    generator_width: int = option(64, "fast, dense: channels of the generator's first feature map (halved at the "
-                                      "next), as Fast-Datafree and DENSE; 128 costs 1.6x the time (docs/results.md)",
-                                  before=lambda saved: 128 if saved.get("method") in ("fast", "dense") else 64)
-    conditional: bool = option(False, "fast, dense: the generator also takes the target label as an input "
-                                      "(off: only the code z, as the references' generators; on, it collapsed "
-                                      "to one image per class, docs/results.md)")
-    teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
-                                       "0 = all; 1 = cycling (batch b uses teacher b mod N throughout)")
-    fixed_teachers: bool = option(False, "sample the teachers_per_step teachers once per batch and keep them for "
-                                         "all its steps, instead of at every step (the report's open idea, §VI)")
-    label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "
-                                "FedFTG), balanced (equal share per teacher over the labels it knows)",
-                                choices=("uniform", "proportional", "balanced"))
-    head_mask: bool = option(True, "leave out each teacher's logits for labels it never saw")
-    weighted_ce: bool = option(False, "weight each teacher's CE by the share of the label in its data (eq. 5)")
-    a_bn: float = option(10.0, "weight of the BN-statistic loss")
-    first_bn_multiplier: float = option(1.0, "extra factor on the first BN layer's term")
-    a_tv_l1: float = option(0.0, "weight of the l1 total variation prior")
-    a_tv_l2: float = option(1e-3, "weight of the l2 total variation prior")
-    a_l2: float = option(0.0, "weight of the image l2 prior")
-    a_comp: float = option(10.0, "weight of the Jensen-Shannon competition term (adaptive mode, with a student)")
-    comp_temperature: float = option(3.0, "temperature of the competition term")
-    jitter: int = option(2, "random roll of the images by up to this many pixels per step")
-    flip: bool = option(True, "random horizontal flip per step (off for datasets where flips change labels)")
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    batched: str = option("auto", "multi-teacher path: batched (one vmapped call for teachers of one "
-                          "architecture), loop (per teacher), auto (batched on CUDA, loop on CPU where it "
-                          "measured faster)", choices=("auto", "batched", "loop"), runtime=True)
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
-    seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly")
-
-    def __post_init__(self) -> None:
-        for name in ("method", "label_sampler", "precision", "batched"):
-            check_choice(self, name)
-        at_least(self, 1, "num_images", "batch_size", "iterations", "nz")
-        at_least(self, 0, "teachers_per_step", "jitter", "steps")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        for name in ("lr_g", "lr_z", "meta_lr"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.bn_momentum < 1:
-            raise ConfigError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
-        if self.method != "deepinversion" and self.bn_momentum and self.batched == "batched":
-            raise ConfigError("bn_momentum runs on the looped multi-teacher path: use --batched loop (or auto), "
-                              "or --bn-momentum 0")
-
-    @property
-    def per_batch(self) -> bool:
-        """Whether every batch is drawn from (seed, batch) alone (deepinversion); the generator
-        methods carry a generator from batch to batch."""
-        return self.method == "deepinversion"
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """How the student learns from the synthetic store (one-shot-dataset-distillation.txt §III-A)."""
-
-    model: str = option("bncnn", "student model name from the registry")
-    epochs: int = option(30, "passes over the store")
-    batch_size: int = option(256, "minibatch size")
-    lr: float = option(0.1, "SGD learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay")
-    schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
-    kd_weight: float = option(1.0, "weight of the KD loss against the teacher ensemble")
-    ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels")
-    temperature: float = option(4.0, "KD temperature (kd_form soft)")
-    kd_form: str = option("soft", "KD targets' form: soft (Hinton KD against the ensemble's probabilities at "
-                          "temperature), hard (cross-entropy on the ensemble's label of each image)",
-                          choices=("soft", "hard"))
-    kd_source: str = option("auto", "KD targets: teachers (ensemble on the augmented batch), soft-labels (stored "
-                            "in the store), auto (teachers when given)", choices=("auto", "teachers", "soft-labels"))
-    augment: bool = option(True, "random crop and (where the dataset allows) flip of the synthetic images")
-    mixup: bool = option(False, "mix each synthetic image with another of the batch (weight ~ U(0, 1)) before "
-                                "KD; the teachers label the mixed images, so the student is queried between "
-                                "the synthesized points (needs KD from the teachers and ce_weight 0)")
-    local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)")
-    adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student and "
-                                      "appended to the store every --adaptive-every epochs (0 = off)")
-    adaptive_every: int = option(1, "adaptive mode: epochs between rounds of new batches (first round at epoch 1)")
-    buffer_batches: int = option(16, "store reading: batches read and shuffled together (memory bound)")
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
-    seed: int = option(0, "random seed of initialization and data order")
-
-    def __post_init__(self) -> None:
-        for name in ("schedule", "kd_form", "kd_source", "precision"):
-            check_choice(self, name)
-        at_least(self, 1, "epochs", "batch_size", "buffer_batches", "adaptive_every")
-        at_least(self, 0, "kd_weight", "ce_weight", "local_weight", "adaptive_batches")
-        if self.kd_weight == 0 and self.ce_weight == 0 and self.local_weight == 0:
-            raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.mixup and (self.ce_weight or self.kd_source == "soft-labels"):
-            raise ConfigError("mixup needs KD targets from the teachers (kd_source auto or teachers) and ce_weight 0: "
-                              "stored labels do not describe mixed images")

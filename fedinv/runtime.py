@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import json
 import os
@@ -47,12 +48,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-class Stream:
-    """Names of the random streams: `rng(seed, Stream.X, ...)`. The numbers are part of every
-    seeded result (they are hashed with the seed), so they never change; a number may serve two
-    streams of different stages, which never meet in one run."""
+@enum.unique
+class Stream(enum.IntEnum):
+    """The one-shot stages' random streams: `rng(seed, Stream.X, ...)`. The numbers are part of every
+    seeded result (they are hashed with the seed), so they never change; `enum.unique` refuses two
+    names with one number at import, so no two streams of the one-shot mode can meet by accident."""
 
-    # one-shot stages
     TEACHER_INIT_SHARED = 0  # (seed): every node's initial weights when same_init
     TEACHER_INIT = 1  # (seed, node): a node's own initial weights
     TEACHER_DATA = 2  # (seed, node, epoch): data order and augmentation of a teacher's epoch
@@ -60,10 +61,16 @@ class Stream:
     STUDENT_EPOCH = 4  # (seed, epoch): store order, augmentation and mixup of a student epoch
     STUDENT_LOCAL_DATA = 5  # (seed, pass): order of a student's local real data
     STUDENT_INIT = 6  # (seed): the student's initial weights
-    STUDENT_RANK_AUGMENT = 6  # (seed, epoch, rank): augmentation of one rank under torchrun
     SYNTHESIS_GENERATOR = 7  # (seed): the initial weights of a fast / dense synthesis generator
     SYNTHESIS_FIXED_TEACHERS = 8  # (seed, batch): the one teacher sample of a batch with fixed_teachers
-    # multi-round mode
+    STUDENT_RANK_AUGMENT = 9  # (seed, epoch, rank): augmentation of one rank under torchrun (6 before
+    # fedinv 0.2, shared with STUDENT_INIT; students trained under torchrun draw other augmentations since)
+
+
+@enum.unique
+class RoundStream(enum.IntEnum):
+    """The multi-round mode's random streams (`rng(seed, RoundStream.X, ...)`); fixed numbers, as `Stream`."""
+
     PARTICIPANTS = 3  # (seed, round): which nodes take part
     NODE_ROUND = 4  # (seed, round, node): a node's data order (and FedGen draws) in a round
     SERVER_ROUND = 5  # (seed, round): the server's draws in a round

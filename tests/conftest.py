@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedinv.config import DataConfig, PartitionConfig, TeacherConfig
+from fedinv.config import DataConfig, PartitionConfig
 from fedinv.data.datasets import load_dataset
 from fedinv.data.partition import make_partition, save_partition
+from fedinv.oneshot.teachers import TeacherConfig
 
 TINY = DataConfig(dataset="synthetic-tiny")
 

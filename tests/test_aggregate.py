@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 from fedinv.aggregate import weighted_average
+from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 
 
 def test_weighted_average_by_hand():

@@ -145,11 +145,11 @@ def test_oneshot_bench_refuses_a_variant_without_a_name_or_of_the_shared_teacher
     def run(*args):
         return subprocess.run([sys.executable, str(BENCH / "oneshot.py"), *args], capture_output=True, text=True)
 
-    unnamed = run("--set", "synthesis.steps=10")
+    unnamed = run("--set", "synthesis.fast.steps=10")
     assert unnamed.returncode == 2 and "--tag" in unnamed.stderr
     shared = run("--set", "teachers.epochs=3", "--tag", "x")
     assert shared.returncode == 2 and "['teachers'] cannot vary" in shared.stderr
-    typo = run("--set", "synthesis.stepz=10", "--tag", "x")
+    typo = run("--set", "synthesis.fast.stepz=10", "--tag", "x")
     assert typo.returncode == 2 and "'stepz'" in typo.stderr and "steps" in typo.stderr
 
 
@@ -183,8 +183,9 @@ def test_benchmark_records_name_the_cpu_that_ran_them(monkeypatch):
 
 def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_back(tmp_path, tiny_partition):
     from conftest import tiny_teacher_config
+
     from fedinv.data.partition import load_partition
-    from fedinv.nodes import train_teachers
+    from fedinv.oneshot.teachers import train_teachers
 
     train_teachers(load_partition(tiny_partition), tiny_teacher_config(epochs=1), tmp_path / "t", progress=False)
     config = tmp_path / "c.toml"
@@ -216,7 +217,9 @@ def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_ba
 
 def test_oneshot_bench_reads_back_a_finished_student_of_its_settings_only(tmp_path, monkeypatch):
     import click
-    from fedinv.config import StudentConfig, to_dict
+
+    from fedinv.config import to_dict
+    from fedinv.oneshot.student.config import StudentConfig
     oneshot = bench_module("oneshot", monkeypatch)
     cfg = StudentConfig(epochs=3)
     assert not oneshot.finished(tmp_path, cfg)  # nothing there yet

@@ -2,12 +2,11 @@ import collections
 
 import pytest
 import torch
+from conftest import model_dict
 
 from fedinv.checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
 from fedinv.errors import CheckpointError
 from fedinv.models import build_model
-
-from conftest import model_dict
 
 
 def make_ckpt(name="lenet5", classes=10, channels=3, size=16):

@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import h5py
+import numpy as np
 import pytest
 import torch
+from test_student import real_store
+from test_synthesis import random_teachers, write_teachers
 
 from fedinv.distributed import World, shard_path, world_from_env
 from fedinv.store import merge_shards, read_meta
-from test_synthesis import random_teachers, write_teachers
-from test_student import real_store
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 SYNTH = ["synthesize", "--num-images", "60", "--batch-size", "12", "--iterations", "3", "--teachers-per-step", "2",

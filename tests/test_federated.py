@@ -10,24 +10,24 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from fedinv.aggregate import apply_server_lr, feddyn_aggregate, scaffold_aggregate
 from fedinv.cli.main import cli
-from fedinv.aggregate import feddyn_aggregate, scaffold_aggregate, server_step
 from fedinv.config import DataConfig, PartitionConfig
 from fedinv.errors import ConfigError, RunStateError
+from fedinv.evaluate import class_level_logits
 from fedinv.federated.config import FederateConfig, FederatedRunConfig, GeneratorConfig
 from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
-from fedinv.evaluate import class_level_logits
 from fedinv.federated.ftg import (FedFTG, ServerModels, diversity_loss, ema_update, generator_objective,
-                                 label_distribution, label_level_teacher)
-from fedinv.models.generators import FeatureGenerator, ImageGenerator
+                                  label_distribution, label_level_teacher)
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
-from fedinv.federated.rounds import (Federation, federate, mean_last_accuracy, mean_node_metrics,
-                                     participants, rounds_to_target)
+from fedinv.federated.rounds import (Federation, federate, mean_last_accuracy, mean_node_metrics, participants,
+                                     rounds_to_target)
 from fedinv.federated.scaffold import scaffold_control_update
-from fedinv.train.resume import changes
 from fedinv.models import build_model_for
+from fedinv.models.generators import FeatureGenerator, ImageGenerator
+from fedinv.train.resume import changes
 
 
 def t(*v):
@@ -36,9 +36,9 @@ def t(*v):
 
 def test_server_step_moves_by_the_server_lr():
     g, avg = {"w": t(1.0, 2.0), "n": torch.tensor(3)}, {"w": t(3.0, 0.0), "n": torch.tensor(5)}
-    assert torch.allclose(server_step(g, avg, 1.0)["w"], t(3.0, 0.0))
-    assert torch.allclose(server_step(g, avg, 0.5)["w"], t(2.0, 1.0))
-    assert server_step(g, avg, 0.5)["n"] == 5
+    assert torch.allclose(apply_server_lr(g, avg, 1.0)["w"], t(3.0, 0.0))
+    assert torch.allclose(apply_server_lr(g, avg, 0.5)["w"], t(2.0, 1.0))
+    assert apply_server_lr(g, avg, 0.5)["n"] == 5
 
 
 def test_feddyn_aggregate_by_hand():
@@ -472,7 +472,7 @@ def test_ftg_with_an_ema_generator_resumes_exactly_and_keeps_the_average(tmp_pat
     plain = federate(tiny_run("fedavg", "ftg", rounds=1), tmp_path / "plain", progress=False, train=tiny_train)
     assert plain["complete"]
     saved = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
-    assert "generator_ema" not in saved["server"]["server_step"]
+    assert "generator_ema" not in saved["server"]["apply_server_lr"]
     with pytest.raises(ConfigError, match=r"generator_ema must be in \[0, 1\)"):
         GeneratorConfig(generator_ema=1.0)
 
@@ -489,7 +489,7 @@ def test_ftg_with_the_label_weighted_ensemble_runs_and_differs_from_the_class_we
         GeneratorConfig(ensemble="mean")
     per_model = dataclasses.replace(label, generator=dataclasses.replace(label.generator, per_model_steps=True))
     run = federate(per_model, tmp_path / "per-model", progress=False, train=tiny_train)
-    saved = torch.load(tmp_path / "per-model" / "checkpoint.pt", weights_only=True)["server"]["server_step"]
+    saved = torch.load(tmp_path / "per-model" / "checkpoint.pt", weights_only=True)["server"]["apply_server_lr"]
     adam_steps = {int(v["step"]) for v in saved["optimizer"]["state"].values()}
     fc = per_model.federate
     models = len(participants(per_model.partition.num_nodes, fc.participation, fc.seed, 0))  # one round: 2 of 4

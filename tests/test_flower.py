@@ -77,10 +77,11 @@ def test_flower_simulation_matches_in_process(tmp_path, tiny_train, algorithm, s
 
 
 def test_teachers_over_flower_equal_in_process_teachers(tmp_path, tiny_partition):
+    from conftest import tiny_teacher_config
+
     from fedinv.data.partition import load_partition
     from fedinv.flower.teacher_upload import train_teachers_flower
-    from fedinv.nodes import train_teachers
-    from conftest import tiny_teacher_config
+    from fedinv.oneshot.teachers import train_teachers
 
     torch.set_num_threads(1)  # as each Flower ClientApp (one CPU): the same reductions, the same weights
     part, cfg = load_partition(tiny_partition), tiny_teacher_config(epochs=1)

@@ -7,34 +7,40 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
-import fedinv.inversion.methods as methods
-from fedinv.cli.main import cli
-from fedinv.config import StudentConfig, SynthesisConfig
-from fedinv.errors import ConfigError, RunStateError
-from fedinv.inversion.batch import pixel_bounds
-from fedinv.inversion.engine import invert_batch
-from fedinv.inversion.ensemble import TeacherEnsemble
-from fedinv.inversion.generative import GeneratorSynthesizer
-from fedinv.inversion.hooks import BNMomentum
-from fedinv.inversion.methods import copy_synthesis_store, state_path
-from fedinv.inversion.objective import InversionObjective
-from fedinv.inversion.synthesize import synthesize
-from fedinv.models.generators import to_model_input
-from fedinv.store import read_meta, read_rows
-from fedinv.student.train import train_student
-
 from test_student import kill_after_round
-from test_synthesis import INFO, random_teachers, write_teachers
+from test_synthesis import INFO, legacy_flat, random_teachers, write_teachers
+
+import fedinv.oneshot.synthesis.store as methods
+from fedinv.cli.main import cli
+from fedinv.errors import ConfigError, RunStateError
+from fedinv.models.generators import to_model_input
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import train_student
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.deepinversion import invert_batch, pixel_bounds
+from fedinv.oneshot.synthesis.ensemble import TeacherEnsemble
+from fedinv.oneshot.synthesis.registry import method_class
+from fedinv.oneshot.synthesis.hooks import BNMomentum
+from fedinv.oneshot.synthesis.objective import InversionObjective
+from fedinv.oneshot.synthesis.store import copy_synthesis_store, state_path
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.store import read_meta, read_rows
 
 CPU = torch.device("cpu")
 CONFIGS = Path(__file__).parent.parent / "assets" / "configs"
 
 
 def gen_cfg(method="fast", **kw):
-    base = dict(method=method, num_images=50, batch_size=12, steps=2, teachers_per_step=2, device="cpu")
+    base = dict(method=method, num_images=50, batch_size=12, teachers_per_step=2, device="cpu")
+    if method in ("fast", "dense"):
+        base["steps"] = 2
     base.update(kw)
-    return SynthesisConfig(**base)
+    return SynthesisConfig.of(**base)
+
+
+def GeneratorSynthesizer(teachers, cfg, amp_dtype):
+    """The registered synthesizer of cfg.method (fast or dense here)."""
+    return method_class(cfg.method)(teachers, cfg, amp_dtype)
 
 
 @pytest.mark.parametrize("method", ["fast", "dense"])
@@ -48,7 +54,7 @@ def test_every_method_descends_the_one_objective(method):
     GeneratorSynthesizer(ts, cfg, None).invert(torch.arange(12) % 10, 4, torch.Generator().manual_seed(7),
                                                on_step=lambda s, losses: first.setdefault(s, losses))
     gen = torch.Generator().manual_seed(7)
-    z = torch.randn(12, cfg.nz, generator=gen)
+    z = torch.randn(12, cfg.params.nz, generator=gen)
     x = to_model_input(GeneratorSynthesizer(ts, cfg, None).generator(z, torch.arange(12) % 10), INFO)
     again = InversionObjective(ts, cfg)(x, torch.arange(12) % 10, 4, gen)
     assert first[0] == pytest.approx(again.parts(), rel=1e-5)
@@ -104,10 +110,10 @@ def test_a_fast_store_from_before_the_width_option_continues_at_its_width(tmp_pa
     cfg = gen_cfg(num_images=24, generator_width=128)
     synthesize(tmp_path / "t", tmp_path / "old.h5", cfg, progress=False)
     with h5py.File(tmp_path / "old.h5", "r+") as f:
-        config = json.loads(f.attrs["config"])
+        config = legacy_flat(json.loads(f.attrs["config"]))
         del config["generator_width"]
         f.attrs["config"] = json.dumps(config, sort_keys=True)
-    with pytest.raises(RunStateError, match=r"other settings \(generator_width\)"):
+    with pytest.raises(RunStateError, match=r"other settings \(fast\.generator_width\)"):
         synthesize(tmp_path / "t", tmp_path / "old.h5", gen_cfg(num_images=24), resume=True, progress=False)
     stats = synthesize(tmp_path / "t", tmp_path / "old.h5", cfg, resume=True, progress=False)
     assert stats["n_valid"] == 24 and stats["batches"] == 0
@@ -181,7 +187,7 @@ def test_generator_methods_refuse_what_they_cannot_do(tmp_path):
     assert not (tmp_path / "s.h5").exists()
     with pytest.raises(ConfigError, match="bn_momentum runs on the looped"):
         gen_cfg(batched="batched")
-    with pytest.raises(ConfigError, match="method='nope' is not valid; choose one of: deepinversion, fast, dense"):
+    with pytest.raises(ConfigError, match="unknown synthesis method 'nope'; known: deepinversion, dense, fast"):
         gen_cfg("nope")
     with pytest.raises(ConfigError, match=r"bn_momentum must be in \[0, 1\)"):
         gen_cfg(bn_momentum=1.0)
@@ -214,7 +220,7 @@ def test_fedinv_run_view_and_audit_per_method(tmp_path, method):
     run = tmp_path / "run"
     runner = CliRunner()
     res = runner.invoke(cli, ["-q", "run", str(CONFIGS / "tiny.toml"), "--out", str(run),
-                              "--set", f'synthesis.method="{method}"', "--set", "synthesis.steps=3"])
+                              "--set", f'synthesis.method="{method}"', "--set", f"synthesis.{method}.steps=3"])
     assert res.exit_code == 0, res.output
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["student_accuracy"] <= 1 and summary["synthetic_images"] == 96
@@ -227,7 +233,7 @@ def test_fedinv_run_view_and_audit_per_method(tmp_path, method):
                               "--device", "cpu"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["-q", "run", str(CONFIGS / "tiny.toml"), "--out", str(run),
-                              "--set", f'synthesis.method="{method}"', "--set", "synthesis.steps=3"])
+                              "--set", f'synthesis.method="{method}"', "--set", f"synthesis.{method}.steps=3"])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "summary.json").read_text())["student_accuracy"] == summary["student_accuracy"]
 
@@ -237,9 +243,9 @@ def test_every_method_asks_for_the_same_labels(tmp_path):
     seed made by different methods hold the same labels in the same order."""
     models, counts = random_teachers(2)
     write_teachers(tmp_path / "t", models, counts)
-    labels = []
+    labels, one_step = [], {"deepinversion": {"iterations": 1}, "fast": {"steps": 1}, "dense": {"steps": 1}}
     for method in ("deepinversion", "fast", "dense"):
-        synthesize(tmp_path / "t", tmp_path / f"{method}.h5", gen_cfg(method, num_images=24, iterations=1, steps=1),
+        synthesize(tmp_path / "t", tmp_path / f"{method}.h5", gen_cfg(method, num_images=24, **one_step[method]),
                    progress=False)
         labels.append(read_rows(tmp_path / f"{method}.h5")[1])
     assert torch.equal(labels[0], labels[1]) and torch.equal(labels[0], labels[2])

@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from fedinv.cli.main import cli
-from fedinv.config import StudentConfig
-from fedinv.errors import ConfigError, DivergedError, RunStateError
-from fedinv.pipeline import RunConfig
-from fedinv.store import StoreWriter, read_meta
-from fedinv.student.train import train_student
-from fedinv.train import Stepper, train_epoch
-
 from test_student import real_store
 from test_synthesis import INFO, random_teachers
+
+from fedinv.cli.main import cli
+from fedinv.errors import ConfigError, DivergedError, RunStateError
+from fedinv.oneshot.pipeline import RunConfig
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import train_student
+from fedinv.store import StoreWriter, read_meta
+from fedinv.train import Stepper, train_epoch
 
 
 def damage(path, how):
@@ -86,16 +85,16 @@ def test_a_diverging_loss_stops_with_the_step_named():
 
 
 def test_a_teacher_with_nan_weights_writes_no_synthetic_batch():
-    from fedinv.config import SynthesisConfig
-    from fedinv.inversion.batch import make_batch
-    from fedinv.inversion.ensemble import TeacherEnsemble
-    from fedinv.inversion.methods import make_synthesizer
+    from fedinv.oneshot.synthesis.config import SynthesisConfig
+    from fedinv.oneshot.synthesis.ensemble import TeacherEnsemble
+    from fedinv.oneshot.synthesis.method import make_synthesizer
+    from fedinv.oneshot.synthesis.store import make_batch
 
     models, counts = random_teachers(2)
     with torch.no_grad():
         next(models[1].parameters()).fill_(float("nan"))
     ensemble = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
-    cfg = SynthesisConfig(iterations=2, batch_size=4, teachers_per_step=0, device="cpu")
+    cfg = SynthesisConfig.of(iterations=2, batch_size=4, teachers_per_step=0, device="cpu")
     with pytest.raises(DivergedError, match="synthetic batch 7: the loss is not finite"):
         make_batch(make_synthesizer(ensemble, cfg, None), 7, 4)
 
@@ -111,8 +110,9 @@ def test_toml_values_of_the_wrong_type_name_field_type_and_value(tmp_path, table
 
 
 def test_a_resumed_federate_run_removes_what_a_killed_write_left(tmp_path, tiny_train):
-    from fedinv.federated.rounds import federate
     from test_federated import tiny_run
+
+    from fedinv.federated.rounds import federate
 
     federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
     stale = tmp_path / ".checkpoint.pt.x1y2.tmp"
@@ -139,8 +139,9 @@ def test_an_interrupted_command_says_how_to_continue(tmp_path, monkeypatch):
 def test_a_run_that_cannot_start_writes_nothing_and_device_is_no_change(tmp_path):
     import dataclasses
 
-    from fedinv.pipeline import run_pipeline
     from test_pipeline import TINY
+
+    from fedinv.oneshot.pipeline import run_pipeline
 
     cfg = RunConfig.from_toml(TINY)
     bad = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, model="resnet19"))
@@ -154,14 +155,21 @@ def test_a_run_that_cannot_start_writes_nothing_and_device_is_no_change(tmp_path
 
 
 def test_set_overrides_fields_of_the_toml_type_checked(tmp_path):
-    from fedinv.federated.config import FederatedRunConfig
     from test_pipeline import TINY
 
-    cfg = RunConfig.from_toml(TINY, ["synthesis.iterations=7", "student.epochs=2", "data.dataset=synthetic-tiny",
-                                     "teachers.augment=false", "synthesis.lr=0.5"])
-    assert (cfg.synthesis.iterations, cfg.student.epochs, cfg.teachers.augment, cfg.synthesis.lr) == (7, 2, False, 0.5)
-    for bad, message in (("synthesis.iterations=many", r"SynthesisConfig.iterations must be int, got 'many'"),
+    from fedinv.federated.config import FederatedRunConfig
+
+    cfg = RunConfig.from_toml(TINY, ["synthesis.deepinversion.iterations=7", "student.epochs=2",
+                                     "data.dataset=synthetic-tiny", "teachers.augment=false",
+                                     "synthesis.deepinversion.lr=0.5"])
+    p = cfg.synthesis.params
+    assert (p.iterations, cfg.student.epochs, cfg.teachers.augment, p.lr) == (7, 2, False, 0.5)
+    for bad, message in (("synthesis.deepinversion.iterations=many",
+                          r"DeepInversionParams.iterations must be int, got 'many'"),
                          ("synthesis.iteration=7", r"unknown SynthesisConfig field\(s\) \['iteration'\]; known"),
+                         ("synthesis.fast.stepz=7", r"unknown FastParams field\(s\) \['stepz'\]; known"),
+                         ("synthesis.fast=7", r"synthesis.fast must be a table"),
+                         ("synthesis.method.x=7", r"SynthesisConfig.method must be str"),
                          ("synth.iterations=7", r"unknown table\(s\) \['synth'\]; known: data, partition"),
                          ("iterations=7", "expected TABLE.FIELD=VALUE")):
         with pytest.raises(ConfigError, match=message):
@@ -243,14 +251,14 @@ def test_a_store_reads_the_same_in_plain_h5py_and_h5dump(tmp_path):
 
 def test_stored_soft_labels_are_normalized_log_probabilities():
     """The class-level ensemble weighs each class separately: its rows summed to 1.05-2.72."""
-    from fedinv.config import SynthesisConfig
-    from fedinv.inversion.batch import make_batch
-    from fedinv.inversion.ensemble import TeacherEnsemble
-    from fedinv.inversion.methods import make_synthesizer
+    from fedinv.oneshot.synthesis.config import SynthesisConfig
+    from fedinv.oneshot.synthesis.ensemble import TeacherEnsemble
+    from fedinv.oneshot.synthesis.method import make_synthesizer
+    from fedinv.oneshot.synthesis.store import make_batch
 
     models, counts = random_teachers(3)
     ensemble = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
-    cfg = SynthesisConfig(iterations=2, batch_size=8, device="cpu")
+    cfg = SynthesisConfig.of(iterations=2, batch_size=8, device="cpu")
     (_, _, soft, _), _ = make_batch(make_synthesizer(ensemble, cfg, None), 0, 8)
     torch.testing.assert_close(soft.exp().sum(1), torch.ones(8))
 
@@ -258,12 +266,12 @@ def test_stored_soft_labels_are_normalized_log_probabilities():
 def test_identical_teacher_runs_give_stores_the_same_teacher_hashes(tmp_path, tiny_partition):
     """Identical train-teachers runs wrote byte-different files (the metrics' wall times), so a
     store's `teachers` attribute differed between identical runs."""
-    from fedinv.data.partition import load_partition
-    from fedinv.nodes import train_teachers
-    from fedinv.runtime import sha256_file
-    from fedinv.teacher_files import load_teacher_folder
-
     from conftest import tiny_teacher_config
+
+    from fedinv.data.partition import load_partition
+    from fedinv.oneshot.teacher_files import load_teacher_folder
+    from fedinv.oneshot.teachers import train_teachers
+    from fedinv.runtime import sha256_file
 
     for run in ("a", "b"):
         train_teachers(load_partition(tiny_partition), tiny_teacher_config(epochs=1), tmp_path / run,
@@ -277,14 +285,14 @@ def test_identical_teacher_runs_give_stores_the_same_teacher_hashes(tmp_path, ti
 
 
 def test_a_store_that_recorded_teacher_file_hashes_still_resumes(tmp_path):
-    from fedinv.config import SynthesisConfig
-    from fedinv.inversion.synthesize import synthesize
-    from fedinv.teacher_files import load_teacher_folder
-
     from test_synthesis import write_teachers
 
+    from fedinv.oneshot.synthesis.config import SynthesisConfig
+    from fedinv.oneshot.synthesis.synthesize import synthesize
+    from fedinv.oneshot.teacher_files import load_teacher_folder
+
     write_teachers(tmp_path / "t", *random_teachers(2))
-    cfg = SynthesisConfig(num_images=8, batch_size=4, iterations=2, device="cpu")
+    cfg = SynthesisConfig.of(num_images=8, batch_size=4, iterations=2, device="cpu")
     synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, progress=False)
     with h5py.File(tmp_path / "s.h5", "a") as f:  # killed after its first batch
         f["n_valid"][()] = 4
@@ -298,10 +306,11 @@ def test_a_store_that_recorded_teacher_file_hashes_still_resumes(tmp_path):
 
 
 def test_inversion_of_teachers_without_batchnorm_is_refused_naming_the_bn_models(tmp_path):
-    from fedinv.models import build_model
-    from fedinv.pipeline import run_pipeline
     from test_pipeline import TINY
     from test_synthesis import write_teachers
+
+    from fedinv.models import build_model
+    from fedinv.oneshot.pipeline import run_pipeline
 
     write_teachers(tmp_path / "t", [build_model("gncnn", 3, 10, 16) for _ in range(2)],
                    torch.ones(2, 10, dtype=torch.long), name="gncnn")
@@ -320,8 +329,9 @@ def test_a_full_disk_stops_synthesis_with_the_store_intact(tmp_path, monkeypatch
     """HDF5 that ran out of space mid-write crashed the process (rc 139)."""
     import collections
 
-    import fedinv.store as store_module
     from test_synthesis import write_teachers
+
+    import fedinv.store as store_module
 
     write_teachers(tmp_path / "t", *random_teachers(2))
     args = ["synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "s.h5"), "--num-images", "8",

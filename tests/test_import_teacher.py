@@ -3,17 +3,16 @@
 import h5py
 import pytest
 import torch
+from byo_models import resnet18_gray
 from click.testing import CliRunner
 
 from fedinv.checkpoint import load_checkpoint
 from fedinv.cli.main import cli
-from fedinv.config import SynthesisConfig
 from fedinv.data.datasets import dataset_info
 from fedinv.errors import CheckpointError, ConfigError
-from fedinv.inversion.synthesize import synthesize
-from fedinv.teacher_files import TeacherModels
-
-from byo_models import resnet18_gray
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.oneshot.teacher_files import TeacherModels
 
 FACTORY = "byo_models:resnet18_gray"
 FMNIST = dataset_info("fashion-mnist")
@@ -80,15 +79,15 @@ def test_synthesize_takes_teachers_held_in_memory(tmp_path):
     torch.manual_seed(0)
     models = [resnet18_gray(10), resnet18_gray(10)]
     teachers = TeacherModels(models, [COUNTS, COUNTS[::-1]], FMNIST)
-    stats = synthesize(teachers, tmp_path / "s.h5", SynthesisConfig(**TINY), progress=False)
+    stats = synthesize(teachers, tmp_path / "s.h5", SynthesisConfig.of(**TINY), progress=False)
     assert stats["n_valid"] == 4
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert sorted(f.attrs["teachers"]) and "model-1" in f.attrs["teachers"]
     mlp = TeacherModels([torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))], [COUNTS], FMNIST)
     with pytest.raises(ConfigError, match=r"teacher 0 \(Sequential\) has no BatchNorm layer.*bncnn.*--a-bn 0"):
-        synthesize(mlp, tmp_path / "mlp.h5", SynthesisConfig(**TINY), progress=False)
+        synthesize(mlp, tmp_path / "mlp.h5", SynthesisConfig.of(**TINY), progress=False)
     assert not (tmp_path / "mlp.h5").exists()
-    no_bn = SynthesisConfig(**TINY, a_bn=0.0)
+    no_bn = SynthesisConfig.of(**TINY, a_bn=0.0)
     assert synthesize(mlp, tmp_path / "mlp.h5", no_bn, progress=False)["n_valid"] == 4
     with pytest.raises(ConfigError, match="2 teacher models but 1 label counts"):
         TeacherModels(models, [COUNTS], FMNIST)

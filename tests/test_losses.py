@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from fedinv.inversion.hooks import BNStatistics
-from fedinv.inversion.losses import (bn_stat_loss, channel_stats, competition_loss, js_divergence, l2_prior,
-                                     masked_cross_entropy, tv_l1, tv_l2)
+from fedinv.oneshot.synthesis.hooks import BNStatistics
+from fedinv.oneshot.synthesis.losses import (bn_stat_loss, channel_stats, competition_loss, js_divergence, l2_prior,
+                                             masked_cross_entropy, tv_l1, tv_l2)
 
 
 def test_cross_entropy_by_hand():

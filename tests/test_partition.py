@@ -2,12 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import labels_with_classes
 
 from fedinv.config import DataConfig, PartitionConfig
 from fedinv.data.partition import PARTITIONS, load_partition, make_partition, save_partition
 from fedinv.errors import ConfigError
-
-from conftest import labels_with_classes
 
 LABELS = labels_with_classes(2000, 10)
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fedinv.cli.main import cli
 from fedinv.errors import ConfigError, RunStateError
-from fedinv.pipeline import RunConfig, run_pipeline
+from fedinv.oneshot.pipeline import RunConfig, run_pipeline
 
 TINY = Path(__file__).parent.parent / "assets" / "configs" / "tiny.toml"
 

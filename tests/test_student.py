@@ -7,12 +7,13 @@ import torch
 from click.testing import CliRunner
 
 from fedinv.cli.main import cli
-from fedinv.config import StudentConfig, to_dict
+from fedinv.config import to_dict
 from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError, RunStateError
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import finished_student, student_objective, train_student
 from fedinv.store import StoreWriter, iterate_store, read_meta
 from fedinv.train.objectives import hard_kd_loss, kd_loss
-from fedinv.student.train import finished_student, student_objective, train_student
 
 
 def test_kd_loss_by_hand():
@@ -127,7 +128,8 @@ def test_student_needs_something_to_learn_from(tmp_path):
 
 def test_adaptive_mode_appends_batches_made_against_the_student(tmp_path):
     from test_synthesis import random_teachers, small_cfg, write_teachers
-    from fedinv.inversion.synthesize import synthesize
+
+    from fedinv.oneshot.synthesis.synthesize import synthesize
     models, counts = random_teachers(3)
     write_teachers(tmp_path / "t", models, counts)
     synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(num_images=24, batch_size=12), progress=False)
@@ -140,7 +142,7 @@ def test_adaptive_mode_appends_batches_made_against_the_student(tmp_path):
         assert sorted(set(f["source"][:, 0].tolist())) == [0, 1, 2, 3]
     # the fresh batches' accuracy (the report's Figure 3): the teachers' agreement with the targets, by hand
     from fedinv.data.batches import normalize
-    from fedinv.inversion.ensemble import load_ensemble
+    from fedinv.oneshot.synthesis.ensemble import load_ensemble
     from fedinv.store import read_rows
     images, labels, _ = read_rows(tmp_path / "s.h5", list(range(36, 48)))
     ensemble = load_ensemble(tmp_path / "t", torch.device("cpu"))
@@ -152,7 +154,7 @@ def test_adaptive_mode_appends_batches_made_against_the_student(tmp_path):
 
 def kill_after_round(monkeypatch, rows, run):
     """Run `run()` with the adaptive round killed once the store holds `rows` rows; then unpatch."""
-    import fedinv.student.train as st
+    import fedinv.oneshot.student.adaptive as st
     real_round = st.adaptive_round
 
     def killed(store, *args, **kw):
@@ -171,7 +173,8 @@ def test_adaptive_student_killed_after_appending_resumes_to_the_same_result(tmp_
     """A kill between an adaptive round's append and that epoch's checkpoint must not append the
     round twice on resume: store and student end as in an uninterrupted run."""
     from test_synthesis import random_teachers, small_cfg, write_teachers
-    from fedinv.inversion.synthesize import synthesize
+
+    from fedinv.oneshot.synthesis.synthesize import synthesize
     models, counts = random_teachers(3)
     write_teachers(tmp_path / "t", models, counts)
     synthesize(tmp_path / "t", tmp_path / "pool.h5", small_cfg(num_images=24, batch_size=12), progress=False)

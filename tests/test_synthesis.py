@@ -1,24 +1,22 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import model_dict
 
 from fedinv.checkpoint import TEACHER, ModelCheckpoint, save_checkpoint
 from fedinv.cli.main import cli
-from fedinv.config import SynthesisConfig
 from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError, RunStateError
-from fedinv.inversion.engine import invert_batch
-from fedinv.inversion.labels import sample_labels, sample_teachers
-from fedinv.inversion.batch import pixel_bounds
-from fedinv.inversion.ensemble import TeacherEnsemble
-from fedinv.inversion.synthesize import synthesize
-from fedinv.teacher_files import load_teacher_folder
 from fedinv.models import build_model
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.deepinversion import invert_batch, pixel_bounds
+from fedinv.oneshot.synthesis.ensemble import TeacherEnsemble
+from fedinv.oneshot.synthesis.labels import sample_labels, sample_teachers
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.oneshot.teacher_files import load_teacher_folder
 from fedinv.store import StoreWriter, SyntheticDataset, read_meta, read_rows
-
-from dataclasses import asdict
-
-from conftest import model_dict
 
 INFO = load_dataset("synthetic-tiny").info
 
@@ -101,7 +99,7 @@ def test_label_samplers():
 def test_invert_batch_lowers_the_loss_stays_in_range_and_is_reproducible():
     models, counts = random_teachers(3)
     ts = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
-    cfg = SynthesisConfig(iterations=25, batch_size=8, lr=0.05, teachers_per_step=2, device="cpu")
+    cfg = SynthesisConfig.of(iterations=25, batch_size=8, lr=0.05, teachers_per_step=2, device="cpu")
     bounds = pixel_bounds(INFO, torch.device("cpu"))
     y = torch.arange(8) % 10
     seen = []
@@ -120,21 +118,21 @@ def test_invert_batch_lowers_the_loss_stays_in_range_and_is_reproducible():
 def test_cycling_uses_one_teacher_per_batch():
     models, counts = random_teachers(3)
     ts = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
-    cfg = SynthesisConfig(iterations=3, batch_size=4, teachers_per_step=1, device="cpu")
+    cfg = SynthesisConfig.of(iterations=3, batch_size=4, teachers_per_step=1, device="cpu")
     out = invert_batch(ts, torch.zeros(4, dtype=torch.long) + 5, cfg, batch_index=4,
                        bounds=pixel_bounds(INFO, torch.device("cpu")), gen=torch.Generator(), amp_dtype=None)
     assert out.teacher_mask == 1 << (4 % 3)
 
 
 def test_fixed_teachers_keep_one_sample_for_a_whole_batch():
-    from fedinv.inversion.objective import InversionObjective
+    from fedinv.oneshot.synthesis.objective import InversionObjective
 
     models, counts = random_teachers(5)
     ts = TeacherEnsemble(models, counts, torch.device("cpu"), INFO)
     x, y = torch.randn(4, 3, 16, 16), torch.zeros(4, dtype=torch.long)
 
     def sampled(fixed: bool, batch: int) -> list[list[int]]:
-        objective = InversionObjective(ts, SynthesisConfig(teachers_per_step=2, fixed_teachers=fixed, device="cpu"))
+        objective = InversionObjective(ts, SynthesisConfig.of(teachers_per_step=2, fixed_teachers=fixed, device="cpu"))
         gen = torch.Generator().manual_seed(batch)
         return [objective(x, y, batch, gen).teachers for _ in range(8)]
 
@@ -144,10 +142,24 @@ def test_fixed_teachers_keep_one_sample_for_a_whole_batch():
     assert sampled(True, 3) == sampled(True, 3)  # from the seed and the batch
 
 
+def legacy_flat(config: dict) -> dict:
+    """A store's config (today's form, from its attributes) in the flat form fedinv 0.1 wrote: every
+    method's settings side by side, 0 for "the method's default"."""
+    config = dict(config)
+    method = config["method"]
+    params = config.pop(method)
+    flat = {"iterations": 1000, "lr": 0.1, "steps": 0, "lr_g": 0.0, "lr_z": 0.01, "meta_lr": 0.0,
+            "bn_momentum": 0.9, "nz": 100, "generator_width": 64, "conditional": False}
+    flat.update({k: (0.0 if v is None else v) for k, v in params.items()})
+    return {**config, **flat}
+
+
 def small_cfg(**kw):
-    base = dict(num_images=50, batch_size=12, iterations=4, device="cpu", teachers_per_step=2)
+    base = dict(num_images=50, batch_size=12, device="cpu", teachers_per_step=2)
+    if kw.get("method", "deepinversion") == "deepinversion":
+        base["iterations"] = 4
     base.update(kw)
-    return SynthesisConfig(**base)
+    return SynthesisConfig.of(**base)
 
 
 def test_store_layout_and_provenance(tmp_path):
@@ -157,7 +169,7 @@ def test_store_layout_and_provenance(tmp_path):
     assert stats["n_valid"] == 50 and stats["batches"] == 5
     meta = read_meta(tmp_path / "s.h5")
     assert meta["n_valid"] == 50 and meta["num_classes"] == 10 and meta["image_shape"] == [3, 16, 16]
-    assert meta["config"]["iterations"] == 4 and meta["seed"] == 0 and meta["fedinv_version"]
+    assert meta["config"]["deepinversion"]["iterations"] == 4 and meta["seed"] == 0 and meta["fedinv_version"]
     assert sorted(meta["teachers"]) == ["node-0.pt", "node-1.pt", "node-2.pt"]
     images, labels, soft = read_rows(tmp_path / "s.h5")
     assert images.shape == (50, 3, 16, 16) and images.dtype == torch.uint8
@@ -207,13 +219,14 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
 def test_a_store_from_before_the_methods_continues(tmp_path):
     """A store whose recorded config predates the fields added since (at their defaults) is the same
     run and is continued, not refused as made with other settings."""
-    import h5py
     import json
+
+    import h5py
     models, counts = random_teachers(2)
     write_teachers(tmp_path / "t", models, counts)
     synthesize(tmp_path / "t", tmp_path / "old.h5", small_cfg(num_images=24), progress=False)
     with h5py.File(tmp_path / "old.h5", "r+") as f:
-        config = json.loads(f.attrs["config"])
+        config = legacy_flat(json.loads(f.attrs["config"]))
         for name in ("method", "steps", "lr_g", "lr_z", "meta_lr", "bn_momentum", "nz", "conditional"):
             del config[name]
         f.attrs["config"] = json.dumps(config, sort_keys=True)
@@ -312,7 +325,7 @@ def test_engine_paths_give_the_same_images(with_student):
     """The looped path back-propagates teacher by teacher, the batched one once: same gradients."""
     models, counts = random_teachers(3)
     student = build_model("lenet5", 3, 10, 16).eval() if with_student else None
-    cfg = SynthesisConfig(iterations=5, batch_size=8, teachers_per_step=2, device="cpu", a_tv_l1=0.1, a_l2=0.01)
+    cfg = SynthesisConfig.of(iterations=5, batch_size=8, teachers_per_step=2, device="cpu", a_tv_l1=0.1, a_l2=0.01)
     bounds = pixel_bounds(INFO, torch.device("cpu"))
     out = []
     for batched in (True, False):

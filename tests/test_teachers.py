@@ -8,15 +8,14 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_teacher_config
 
 from fedinv.checkpoint import load_checkpoint
 from fedinv.cli.main import cli
 from fedinv.data.partition import load_partition
 from fedinv.errors import ConfigError, RunStateError
-from fedinv.nodes import train_teachers
+from fedinv.oneshot.teachers import train_teachers
 from fedinv.train import lr_at
-
-from conftest import tiny_teacher_config
 
 
 def test_teachers_learn_and_report(tmp_path, tiny_partition):
@@ -38,7 +37,7 @@ def test_teachers_learn_and_report(tmp_path, tiny_partition):
 
 
 def test_same_initialization_on_every_node(tmp_path, tiny_partition):
-    from fedinv.nodes import initial_model
+    from fedinv.oneshot.teachers import initial_model
 
     def initial_state(cfg, info, node):
         return initial_model(cfg, info, node).state_dict()

@@ -5,9 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from fedinv.config import StudentConfig, SynthesisConfig, TeacherConfig
 from fedinv.federated.config import FederateConfig, FederatedRunConfig
-from fedinv.pipeline import RunConfig
+from fedinv.oneshot.pipeline import RunConfig
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.teachers import TeacherConfig
 from fedinv.train import Stepper, lr_at_epoch, round_decay, train_epoch
 from fedinv.train.resume import changes, comparable
 
@@ -58,7 +60,7 @@ def test_the_same_run_rule_ignores_run_time_fields_only():
     cfg = StudentConfig(epochs=3)
     assert changes(dataclasses.asdict(StudentConfig(epochs=3, device="cuda")), cfg) == []  # another device
     assert changes(dataclasses.asdict(StudentConfig(epochs=4)), cfg) == ["epochs"]
-    assert "batched" not in comparable(SynthesisConfig()) and "device" not in comparable(TeacherConfig())
+    assert "batched" not in comparable(SynthesisConfig.of()) and "device" not in comparable(TeacherConfig())
     saved = dataclasses.asdict(TeacherConfig())
     del saved["augment"]  # a field added since that run, at its default
     assert changes(saved, TeacherConfig()) == []

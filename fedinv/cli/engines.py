@@ -9,12 +9,19 @@ import click
 
 from ..errors import ConfigError
 
-ENGINES = ("inprocess", "flower")
+ENGINES = ("in-process", "flower")
+OLD_SPELLINGS = {"inprocess": "in-process"}  # fedinv 0.1's spelling, still accepted
+
+
+def _spelling(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    return OLD_SPELLINGS.get(value, value)
 
 
 def engine_option(what: str):
-    return click.option("--engine", type=click.Choice(ENGINES), default="inprocess", show_default=True,
-                        help=f"inprocess: fedinv's own loop; flower: {what} (needs the extra: "
+    """--engine: where the nodes' work runs (the one meaning of "engine" in fedinv)."""
+    return click.option("--engine", type=click.Choice([*ENGINES, *OLD_SPELLINGS]), default="in-process",
+                        show_default=True, callback=_spelling,
+                        help=f"in-process: fedinv's own loop in this process; flower: {what} (needs the extra: "
                              f"pip install 'fedinv[flower]')")
 
 

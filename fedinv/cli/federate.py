@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
-from .engines import engine_option, flower_module
-from ..federated.report import compare, load_run
 from ..federated.config import FederatedRunConfig
+from ..federated.report import compare, load_run
 from ..federated.rounds import federate
 from ..runtime import save_json
+from .engines import engine_option, flower_module
 
 
 @click.command("federate")

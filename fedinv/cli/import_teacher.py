@@ -10,7 +10,7 @@ import click
 from ..data.datasets import DATASETS, dataset_info
 from ..errors import ConfigError
 from ..models import is_factory
-from ..teacher_files import import_teacher
+from ..oneshot.teacher_files import import_teacher
 from .parsing import parse_floats
 
 

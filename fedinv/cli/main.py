@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import FedinvError
 from .federate import federate_cmd, federate_report_cmd
 from .import_teacher import import_teacher_cmd
-from .partition import partition_cmd, models_cmd
+from .partition import models_cmd, partition_cmd
 from .run import run_cmd
 from .student import evaluate_cmd, train_student_cmd
 from .synthesize import synthesize_cmd

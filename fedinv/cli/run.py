@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..pipeline import RunConfig, run_pipeline
+from ..oneshot.pipeline import RunConfig, run_pipeline
 
 
 @click.command("run")

@@ -8,14 +8,15 @@ from pathlib import Path
 import click
 
 from ..checkpoint import MODEL_KINDS, load_checkpoint
-from ..config import DataConfig, StudentConfig, click_options, pick
+from ..config import DataConfig, click_options, pick
 from ..data.datasets import load_dataset
 from ..data.partition import load_partition
 from ..errors import ConfigError
 from ..evaluate import evaluate_checkpoint
+from ..oneshot.student.config import StudentConfig
+from ..oneshot.student.train import train_student
 from ..runtime import resolve_device, save_json
 from ..store import read_meta
-from ..student.train import train_student
 from .parsing import trust_model_option
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
-from ..config import SynthesisConfig, click_options, pick
 from ..checkpoint import MODEL_KINDS, load_checkpoint
+from ..config import choice_options, click_options, pick, pick_choice_params
 from ..distributed import rank_device, world_from_env
-from ..inversion.synthesize import synthesize_distributed
-from .parsing import trust_model_option
+from ..oneshot.synthesis.config import SynthesisConfig
+from ..oneshot.synthesis.registry import METHODS, method_class
+from ..oneshot.synthesis.synthesize import synthesize_distributed
 from ..runtime import resolve_device
+from .parsing import trust_model_option
 
 
 @click.command("synthesize")
@@ -27,14 +29,16 @@ from ..runtime import resolve_device
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar")
 @trust_model_option
 @click_options(SynthesisConfig)
+@choice_options(METHODS, "--method")
 def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Path | None, progress: bool,
                    trust: tuple[str, ...], **kwargs) -> None:
     """Synthesize training images from the teachers by sampling DeepInversion.
 
-    One objective, three methods (--method). deepinversion optimizes each batch's pixels with Adam
-    for --iterations steps. fast refines a generator's meta-learned start for --steps steps per
-    batch and moves the start towards the result (Fast-Datafree); dense trains one generator on,
-    --steps steps per batch (DENSE). At each step --teachers-per-step of the N teachers are sampled
+    One objective, several methods (--method), each with its own options (their help names the
+    methods that take them; one that the chosen method does not take is an error).
+    deepinversion optimizes each batch's pixels with Adam for --iterations steps. fast refines a
+    generator's meta-learned start for --steps steps per batch and moves the start towards the
+    result (Fast-Datafree); dense trains one generator on, --steps steps per batch (DENSE). At each step --teachers-per-step of the N teachers are sampled
     and their losses averaged. Images, target labels, the teacher ensemble's soft labels and
     provenance go to the HDF5 store OUT, flushed per batch; fast and dense keep their generator in
     OUT.state.pt beside it (copy both to move a store that will be continued).
@@ -43,7 +47,8 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
     over K ranks (gloo on CPU, one GPU each on CUDA); rank 0 merges their shards into OUT, which
     then holds what one process would have written.
     """
-    cfg = pick(SynthesisConfig, kwargs)
+    method = method_class(kwargs["method"]).name  # names the registered methods when unknown
+    cfg = pick(SynthesisConfig, {**kwargs, "params": pick_choice_params(METHODS, method, kwargs, "--method")})
     world = world_from_env()
     student = None
     if student_path is not None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from ..config import TeacherConfig, click_options, pick
+from ..config import click_options, pick
 from ..data.partition import load_partition
 from ..errors import ConfigError
-from ..nodes import train_teachers
+from ..oneshot.teachers import TeacherConfig, train_teachers
 from .engines import engine_option, flower_module
 from .parsing import parse_numbers
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 import torch
 
-from ..audit import audit_store, nan_to_none
 from ..config import DataConfig, click_options, pick
 from ..data.datasets import load_dataset
 from ..errors import ConfigError
-from ..inversion.ensemble import load_ensemble
+from ..oneshot.audit import audit_store, nan_to_none
+from ..oneshot.synthesis.ensemble import load_ensemble
 from ..runtime import resolve_device, save_json
 from ..store import read_labels, read_meta, read_rows
 from ..viz import bar_chart, class_grid, rows_per_class

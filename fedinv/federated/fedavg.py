@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from ..aggregate import server_step, weighted_average
+from ..aggregate import apply_server_lr, weighted_average
 from ..data.datasets import DatasetInfo, ImageTensors
 from ..models import build_model_for
 from ..train.objectives import classification_objective
@@ -57,7 +57,7 @@ class FedAvg:
     def aggregate(self, global_state: State, results: Sequence[LocalResult], server_state: dict[str, Any],
                   rnd: RoundInfo) -> tuple[State, dict[str, Any]]:
         avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
-        return server_step(global_state, avg, self.cfg.server_lr), server_state
+        return apply_server_lr(global_state, avg, self.cfg.server_lr), server_state
 
     def evaluate_node(self, node: int, node_state: dict[str, Any], test: ImageTensors, device: torch.device,
                       label_counts: torch.Tensor) -> dict[str, float]:

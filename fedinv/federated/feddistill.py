@@ -22,7 +22,7 @@ from ..data.batches import batches
 from ..data.datasets import ImageTensors
 from ..evaluate import accuracy, ensemble_probs, predict_logits
 from ..models import seeded_model
-from ..runtime import Stream
+from ..runtime import RoundStream
 from ..train import Stepper, train_epoch
 from ..train.objectives import classification_objective, kd_loss
 from .fedavg import FedAvg
@@ -49,7 +49,7 @@ class FedDistill(FedAvg):
         return self.params.personal_model or self.cfg.model
 
     def personal_model(self, node: int, state: State | None, device: torch.device) -> nn.Module:
-        model = seeded_model(self.personal_name, self.info, self.cfg.seed, Stream.PERSONAL_INIT, node)
+        model = seeded_model(self.personal_name, self.info, self.cfg.seed, RoundStream.PERSONAL_INIT, node)
         if state is not None:
             model.load_state_dict(state)
         return model.to(device)

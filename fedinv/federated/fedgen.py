@@ -15,9 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..evaluate import class_level_logits, class_shares
+from ..models.generators import FeatureGenerator
 from ..train import Stepper
 from .ftg import diversity_loss, label_distribution
-from ..models.generators import FeatureGenerator
 from .local import LocalResult, RoundInfo, State, cpu_state, head_of
 from .registry import register_server_step
 from .server_step import GeneratorStep, NodeLoss

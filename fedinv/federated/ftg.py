@@ -33,9 +33,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..evaluate import class_level_logits, class_shares
+from ..models.generators import ImageGenerator, to_model_input
 from ..train import Stepper, round_decay
 from ..train.objectives import kd_loss
-from ..models.generators import ImageGenerator, to_model_input
 from .local import LocalResult, RoundInfo, State, bn_statistics, cpu_state
 from .registry import register_server_step
 from .server_step import GeneratorStep

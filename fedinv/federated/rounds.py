@@ -29,7 +29,7 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import seeded_model
-from ..runtime import (Stream, atomic_path, remove_stale_temporaries, resolve_device, resolve_precision, rng,
+from ..runtime import (RoundStream, atomic_path, remove_stale_temporaries, resolve_device, resolve_precision, rng,
                        save_json, save_torch)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
@@ -47,14 +47,14 @@ def split_validation(train: ImageTensors, size: int, seed: int) -> tuple[ImageTe
     """(the nodes' pool, the server's held-out validation set)."""
     if not 0 < size < len(train):
         raise ConfigError(f"validation_size must be in 1..{len(train) - 1}, got {size}")
-    order = torch.randperm(len(train), generator=rng(seed, Stream.VALIDATION_SPLIT))
+    order = torch.randperm(len(train), generator=rng(seed, RoundStream.VALIDATION_SPLIT))
     return train.subset(order[size:].sort().values), train.subset(order[:size].sort().values)
 
 
 def participants(num_nodes: int, fraction: float, seed: int, rnd: int) -> list[int]:
     """The nodes of round `rnd`: max(1, round(fraction * N)) of N, drawn from (seed, round)."""
     m = max(1, int(round(fraction * num_nodes)))
-    return sorted(torch.randperm(num_nodes, generator=rng(seed, Stream.PARTICIPANTS, rnd))[:m].tolist())
+    return sorted(torch.randperm(num_nodes, generator=rng(seed, RoundStream.PARTICIPANTS, rnd))[:m].tolist())
 
 
 def rounds_to_target(history: list[dict[str, Any]], target: float) -> int | None:
@@ -115,7 +115,7 @@ class Federation:
 
     def initial_states(self) -> tuple[State, dict[str, Any]]:
         """(global model state, server state) before round 1, both from the seed."""
-        model = seeded_model(self.fc.model, self.info, self.fc.seed, Stream.GLOBAL_INIT)
+        model = seeded_model(self.fc.model, self.info, self.fc.seed, RoundStream.GLOBAL_INIT)
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
         server_state = self.algo.init_server(global_state, param_names(model))
         if self.server_step is not None:
@@ -137,7 +137,7 @@ class Federation:
     def node_update(self, k: int, rnd: int, data: ImageTensors, label_counts: torch.Tensor, global_state: State,
                     node_state: dict[str, Any], broadcast: dict[str, Any]) -> LocalResult:
         """Node k's part of round `rnd` (0-based); its random stream is (seed, round, k)."""
-        gen = rng(self.fc.seed, Stream.NODE_ROUND, rnd, k)
+        gen = rng(self.fc.seed, RoundStream.NODE_ROUND, rnd, k)
         extra = (self.server_step.node_loss(broadcast.get("server_step", {}), self.device, gen)
                  if self.server_step is not None else None)
         ctx = LocalContext(node=k, round=rnd, data=data, global_state=global_state, node_state=node_state,
@@ -149,7 +149,7 @@ class Federation:
 
     def round_info(self, rnd: int, num_nodes: int) -> RoundInfo:
         """The server's view of round `rnd`, with its random stream (seed, round)."""
-        return RoundInfo(rnd, num_nodes, self.device, self.amp_dtype, rng(self.fc.seed, Stream.SERVER_ROUND, rnd))
+        return RoundInfo(rnd, num_nodes, self.device, self.amp_dtype, rng(self.fc.seed, RoundStream.SERVER_ROUND, rnd))
 
     def aggregate(self, rnd: int, global_state: State, server_state: dict[str, Any], results: list[LocalResult],
                   num_nodes: int) -> tuple[State, dict[str, Any], dict[str, Any], RoundInfo]:

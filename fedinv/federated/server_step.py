@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import DatasetInfo
-from ..runtime import Stream, rng
+from ..runtime import RoundStream, rng
 from ..train import round_decay
 from .config import FederateConfig, GeneratorConfig
 from .local import LocalResult, RoundInfo, State
@@ -64,7 +64,7 @@ class GeneratorStep(ServerStep):
     def seeded_generator(self) -> nn.Module:
         """`new_generator()` with weights from random stream (seed, GENERATOR_INIT)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(rng(self.cfg.seed, Stream.GENERATOR_INIT).initial_seed())
+            torch.manual_seed(rng(self.cfg.seed, RoundStream.GENERATOR_INIT).initial_seed())
             return self.new_generator()
 
     def init_state(self) -> dict[str, Any]:

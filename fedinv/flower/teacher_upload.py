@@ -19,11 +19,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
-from ..config import TeacherConfig, to_dict
+from ..config import to_dict
 from ..data.datasets import load_dataset
 from ..data.partition import Partition
 from ..errors import RunStateError
-from ..nodes import train_node, write_teacher_report
+from ..oneshot.teachers import TeacherConfig, train_node, write_teacher_report
 from .app import discover
 from .simulation import QUIET_ENV
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import from_dict, to_dict
+from ..config import field_key, from_dict, to_dict
 from ..errors import ConfigError
 from ..runtime import remove_stale_temporaries, save_torch
 from .core import Stepper
@@ -31,7 +31,7 @@ def comparable(cfg: Any) -> dict[str, Any]:
         if f.metadata.get("runtime"):
             continue
         value = getattr(cfg, f.name)
-        out[f.name] = comparable(value) if dataclasses.is_dataclass(value) else value
+        out[field_key(cfg, f)] = comparable(value) if dataclasses.is_dataclass(value) else value
     return out
 
 

@@ -1,11 +1,10 @@
-"""Student training on the synthetic store: streamed, resumable, optionally adaptive.
+"""The student's training on the synthetic store: streamed, resumable, optionally adaptive.
 
-Per step: a shuffled batch from the store (augmented), KD against the teacher ensemble (the
-teachers on the augmented batch, or the stored soft labels) and/or CE on the stored labels,
-plus, optionally, CE on a node's own real data. In adaptive mode, new batches are synthesized
-against the current student at the start of every `adaptive_every`-th epoch and appended to the
-store (one-shot-dataset-distillation.txt §III-A: an initial pool, then new batches per epoch; on a
-CPU a batch costs minutes, hence the spacing).
+Per step: a shuffled batch from the store (augmented; batches.py), KD against the teacher ensemble
+(the teachers on the augmented batch, or the stored soft labels) and/or CE on the stored labels
+(objective.py), plus, optionally, CE on a node's own real data. In adaptive mode, new batches are
+synthesized against the current student every `adaptive_every`-th epoch and appended to the store
+(adaptive.py).
 """
 
 from __future__ import annotations
@@ -18,86 +17,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..checkpoint import STUDENT, ModelCheckpoint, save_checkpoint
-from ..config import StudentConfig, SynthesisConfig, from_dict, to_dict
-from ..data.batches import batches, normalize, random_crop_flip
-from ..data.datasets import DatasetInfo, ImageTensors
-from ..distributed import World, process_group, rank_device, world_from_env
-from ..errors import ConfigError, RunStateError
-from ..evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
-from ..inversion.batch import check_student
-from ..inversion.ensemble import TeacherEnsemble, load_ensemble
-from ..inversion.methods import append_batch, ensemble_path, make_synthesizer, open_synthesis_store
-from ..models import seeded_model
-from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
-from ..store import iterate_store, meta_info, read_meta, read_rows, writer_meta
+from ... import __version__
+from ...checkpoint import STUDENT, ModelCheckpoint, save_checkpoint
+from ...config import to_dict
+from ...data.datasets import DatasetInfo, ImageTensors
+from ...distributed import World, process_group, rank_device, world_from_env
+from ...errors import ConfigError, RunStateError
+from ...evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
+from ...models import seeded_model
+from ...runtime import Stream, resolve_device, resolve_precision, save_json
+from ...store import meta_info, read_meta
+from ...train import Stepper, lr_at_epoch, train_epoch
+from ...train.resume import changes, load_progress, save_progress
+from ...viz import epoch_curves
+from ..synthesis.ensemble import TeacherEnsemble, check_student, load_ensemble
+from ..synthesis.method import ensemble_path
 from ..teacher_files import Teachers
-from ..train import Stepper, lr_at_epoch, train_epoch
-from ..train.objectives import hard_kd_loss, kd_loss
-from ..train.resume import changes, load_progress, save_progress
-from ..viz import epoch_curves
+from .adaptive import AdaptiveRounds, store_synthesis
+from .batches import epoch_batches, local_batches
+from .config import StudentConfig
+from .objective import student_objective
 
 log = logging.getLogger(__name__)
-
-
-def student_objective(student: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
-                      cfg: StudentConfig) -> dict[str, torch.Tensor]:
-    """KD (against `targets`, teacher logits or log-probabilities [B, K]; soft or hard as `cfg.kd_form`)
-    and CE on y, weighted."""
-    logits = student(x)
-    out = {"loss": torch.zeros((), device=x.device), "correct": (logits.argmax(1) == y).sum()}
-    if cfg.kd_weight and targets is not None:
-        hard = cfg.kd_form == "hard"
-        out["kd"] = hard_kd_loss(logits, targets) if hard else kd_loss(logits, targets, cfg.temperature)
-        out["loss"] = out["loss"] + cfg.kd_weight * out["kd"]
-    if cfg.ce_weight:
-        out["ce"] = nn.functional.cross_entropy(logits.float(), y)
-        out["loss"] = out["loss"] + cfg.ce_weight * out["ce"]
-    return out
-
-
-def _cycle(data: ImageTensors, batch_size: int, device: torch.device, seed: int) -> Iterator[tuple]:
-    """Endless augmented batches of a node's real data, reshuffled every pass."""
-    for rnd in range(1 << 30):
-        yield from batches(data, batch_size, device=device, generator=rng(seed, Stream.STUDENT_LOCAL_DATA, rnd),
-                           shuffle=True, augment=True)
-
-
-def adaptive_round(store: Path, syn: SynthesisConfig, teachers: TeacherEnsemble, student: nn.Module, until: int,
-                   device: torch.device, progress: bool) -> int:
-    """Synthesize batches against the current student (`syn`: the store's own method and settings)
-    and append them until the store holds `until` rows; returns its n_valid."""
-    meta = read_meta(store)
-    if meta["n_valid"] >= until:
-        return meta["n_valid"]
-    synth = make_synthesizer(teachers, syn, resolve_precision(syn.precision, device))
-    was_training = student.training
-    student.eval().requires_grad_(False)  # the images get gradients, the student's weights none
-    with open_synthesis_store(store, writer_meta(meta), synth, resume=True, chunk_rows=syn.batch_size) as writer:
-        bar = tqdm(total=math.ceil((until - writer.n_valid) / syn.batch_size), desc=f"new batches ({syn.method})",
-                   leave=False, disable=not progress)
-        while writer.n_valid < until:
-            b = math.ceil(writer.n_valid / syn.batch_size)  # indices continue past the initial pool
-            inv = append_batch(writer, synth, b, syn.batch_size, student=student)
-            bar.update(1)
-            log.debug("adaptive batch %d: %s", b, inv.losses)
-        bar.close()
-        n = writer.n_valid
-    student.train(was_training).requires_grad_(True)
-    return n
-
-
-def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """x [B, C, H, W] -> lam * x + (1 - lam) * x[perm], lam ~ U(0, 1) per image, perm a shuffle."""
-    lam = torch.rand(len(x), 1, 1, 1, generator=gen).to(x.device, x.dtype)
-    perm = torch.randperm(len(x), generator=gen).to(x.device)
-    return lam * x + (1 - lam) * x[perm]
 
 
 def finished_student(out_dir: str | Path, cfg: StudentConfig) -> dict[str, Any] | None:
@@ -157,7 +102,7 @@ class StudentRun:
     student: nn.Module
     stepper: Stepper
     local_batches: Iterator[tuple] | None
-    synthesis: SynthesisConfig | None  # the store's, on this device: what adaptive rounds run
+    adaptive: AdaptiveRounds | None
 
     @classmethod
     def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | Teachers | None,
@@ -175,8 +120,7 @@ class StudentRun:
             raise ConfigError("mixup needs KD from the teachers: give --teachers")
         if cfg.local_weight and local is None:
             raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
-        synthesis = (from_dict(SynthesisConfig, {**meta["config"], "device": str(device)})
-                     if cfg.adaptive_batches else None)
+        synthesis = store_synthesis(meta, device) if cfg.adaptive_batches else None
         path = ensemble_path(synthesis) if synthesis else "auto"
         teachers = load_ensemble(teachers_dir, device, path, trust) if teachers_dir else None
         if teachers is not None and teachers.image_shape != info.image_shape:
@@ -186,10 +130,12 @@ class StudentRun:
             check_student(student, teachers, device)
         optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
-        local_batches = (_cycle(local, cfg.batch_size, device, cfg.seed)
-                         if local is not None and cfg.local_weight else None)
+        local = (local_batches(local, cfg.batch_size, device, cfg.seed)
+                 if local is not None and cfg.local_weight else None)
+        adaptive = (AdaptiveRounds(store, synthesis, teachers, info, cfg.adaptive_batches, cfg.adaptive_every, device)
+                    if synthesis is not None and teachers is not None else None)
         return cls(store, cfg, meta, info, device, world, teachers, source, student,
-                   Stepper(optimizer, device, resolve_precision(cfg.precision, device)), local_batches, synthesis)
+                   Stepper(optimizer, device, resolve_precision(cfg.precision, device)), local, adaptive)
 
     def train(self, out_dir: Path, test: ImageTensors | None, eval_every: int, progress: bool) -> list[dict]:
         """Every epoch from the last saved one; returns the history of all epochs."""
@@ -214,11 +160,12 @@ class StudentRun:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             fresh = {}
-            if cfg.adaptive_batches and epoch % cfg.adaptive_every == 0:
-                fresh = self.adaptive(epoch, pool, progress)
+            if self.adaptive is not None and self.adaptive.due(epoch):
+                fresh = self.adaptive.run(epoch, pool, self.student, progress)
             n = read_meta(self.store)["n_valid"]
             steps = math.ceil(n / cfg.batch_size)
-            bar = tqdm(self.epoch_batches(epoch, n), total=steps // self.world.size, leave=False, unit="batch",
+            batches = epoch_batches(self.store, n, epoch, cfg, self.info, self.world, self.device)
+            bar = tqdm(batches, total=steps // self.world.size, leave=False, unit="batch",
                        desc=f"student epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
             w, r = self.world.size, self.world.rank
             metrics = train_epoch(net, bar, self.objective(), self.stepper,
@@ -235,52 +182,6 @@ class StudentRun:
                      ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
             save(epoch + 1)
         return history
-
-    def adaptive(self, epoch: int, pool: int, progress: bool) -> dict[str, float]:
-        """The adaptive round of `epoch`; returns how well the student (before learning from them)
-        and the teacher ensemble classify the round's fresh images as their target labels (the
-        report's Figure 3). A run killed after appending (part of) this round but before its epoch
-        checkpoint appends only the missing batches (each is seeded by its index and the same student)."""
-        cfg = self.cfg
-        per_round = cfg.adaptive_batches * self.synthesis.batch_size
-        rounds = epoch // cfg.adaptive_every + 1
-        end = adaptive_round(self.store, self.synthesis, self.teachers, self.student, pool + rounds * per_round,
-                             self.device, progress)
-        images, labels, _ = read_rows(self.store, np.arange(max(pool, end - per_round), end))
-        x, y = normalize(images.to(self.device), self.info), labels.to(self.device)
-        was_training = self.student.training
-        with torch.no_grad():
-            student = self.student.eval()(x).argmax(1)
-            teachers = self.teachers.ensemble_probs(x).argmax(1)
-        self.student.train(was_training)
-        return {"fresh_images": len(y), "fresh_student_accuracy": (student == y).float().mean().item(),
-                "fresh_teacher_accuracy": (teachers == y).float().mean().item()}
-
-    def epoch_batches(self, epoch: int, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """This rank's (x normalized [B, C, H, W], y [B], stored soft labels [B, K]) of `epoch` over the
-        first n rows: every rank reads the same shuffled order and takes every K-th batch."""
-        cfg, world, info = self.cfg, self.world, self.info
-        gen = rng(cfg.seed, Stream.STUDENT_EPOCH, epoch)
-        order_gen = gen
-        if world.is_distributed:  # ranks share the batch order; augmentation is one stream per rank
-            order_gen, gen = rng(cfg.seed, Stream.STUDENT_EPOCH, epoch), rng(cfg.seed, Stream.STUDENT_RANK_AUGMENT,
-                                                                            epoch, world.rank)
-        steps = math.ceil(n / cfg.batch_size)
-        usable = steps - steps % world.size  # every rank takes the same number of steps
-        pad = max(1, info.image_size // 14)
-        for i, (xb, yb, soft) in enumerate(iterate_store(self.store, cfg.batch_size, order_gen, cfg.buffer_batches,
-                                                         limit=n)):
-            if i >= usable:
-                break
-            if i % world.size != world.rank:
-                continue
-            x = xb.to(self.device, non_blocking=True)
-            if cfg.augment:
-                x = random_crop_flip(x, pad, info.hflip, gen)
-            x, y = normalize(x, info), yb.to(self.device)
-            if cfg.mixup:
-                x = mix_pairs(x, gen)
-            yield x, y, soft
 
     def objective(self) -> Callable[..., dict[str, torch.Tensor]]:
         """The student's loss on one batch: KD and CE (`student_objective`), plus CE on local data."""

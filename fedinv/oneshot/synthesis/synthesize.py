@@ -15,16 +15,16 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import SynthesisConfig
-from ..distributed import World, process_group, rank_device, shard_path, world_from_env
-from ..errors import ConfigError, RunStateError
-from ..runtime import resolve_device, resolve_precision
-from ..store import merge_shards, read_meta, store_meta
+from ...distributed import World, process_group, rank_device, shard_path, world_from_env
+from ...errors import ConfigError, RunStateError
+from ...runtime import resolve_device, resolve_precision
+from ...store import merge_shards, read_meta, store_meta
+from ...train.resume import changes, comparable
 from ..teacher_files import Teachers, as_teachers
-from ..train.resume import changes, comparable
-from .batch import check_student
-from .ensemble import load_ensemble
-from .methods import append_batch, ensemble_path, make_synthesizer, open_synthesis_store
+from .config import SynthesisConfig
+from .ensemble import check_student, load_ensemble
+from .method import ensemble_path, make_synthesizer
+from .store import append_batch, open_synthesis_store
 
 log = logging.getLogger(__name__)
 

@@ -17,22 +17,23 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import (DataConfig, PartitionConfig, StudentConfig, SynthesisConfig, TeacherConfig, read_toml_tables,
-                     to_dict)
-from .data.datasets import ImageTensors, load_dataset
-from .data.partition import Partition, load_partition, make_partition, save_partition
-from .checkpoint import STUDENT, load_checkpoint
-from .errors import RunStateError
-from .evaluate import evaluate_checkpoint
-from .models import build_model_for
-from .inversion.methods import require_batchnorm
-from .inversion.synthesize import synthesize
-from .nodes import train_teachers
-from .runtime import resolve_device, save_json
-from .store import read_labels, read_rows
+from ..checkpoint import STUDENT, load_checkpoint
+from ..config import DataConfig, PartitionConfig, read_toml_tables, to_dict
+from ..data.datasets import ImageTensors, load_dataset
+from ..data.partition import Partition, load_partition, make_partition, save_partition
+from ..errors import RunStateError
+from ..evaluate import evaluate_checkpoint
+from ..models import build_model_for
+from ..runtime import resolve_device, save_json
+from ..store import read_labels, read_rows
+from ..train.resume import changes
+from ..viz import class_grid, rows_per_class
+from .student.config import StudentConfig
 from .student.train import finished_student, train_student
-from .train.resume import changes
-from .viz import class_grid, rows_per_class
+from .synthesis.config import SynthesisConfig
+from .synthesis.method import require_batchnorm
+from .synthesis.synthesize import synthesize
+from .teachers import TeacherConfig, train_teachers
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Per-node teacher training: one teacher per node on its split, resumable, checkpoint per node.
+"""The teachers stage: its config and per-node teacher training, one teacher per node on its split, resumable, checkpoint per node.
 
 `teachers/node-K.pt` is what a node sends to the server. Epoch checkpoints go to
 `teachers/partial/node-K.pt`; a rerun skips finished nodes and continues partial ones from
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,22 +18,49 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
-from .config import TeacherConfig, to_dict
-from .data.batches import batches
-from .data.datasets import DatasetInfo, ImageTensors, load_dataset
-from .data.partition import Partition
-from .errors import ConfigError, RunStateError
-from .evaluate import accuracy, per_class_accuracy, predict_logits, teacher_report
-from .models import seeded_model
-from .runtime import Stream, resolve_device, resolve_precision, rng, save_json
+from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
+from ..config import at_least, check_choice, option, to_dict
+from ..data.batches import batches
+from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
+from ..data.partition import Partition
+from ..errors import ConfigError, RunStateError
+from ..evaluate import accuracy, per_class_accuracy, predict_logits, teacher_report
+from ..models import seeded_model
+from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
+from ..train import SCHEDULES, Stepper, lr_at, train_epoch
+from ..train.objectives import classification_objective
+from ..train.resume import changes, load_progress, save_progress
+from ..viz import epoch_curves
 from .teacher_files import load_teacher_checkpoints
-from .train import Stepper, lr_at, train_epoch
-from .train.objectives import classification_objective
-from .train.resume import changes, load_progress, save_progress
-from .viz import epoch_curves
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How each node trains its teacher."""
+
+    model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
+    epochs: int = option(15, "training epochs over the node's split")
+    batch_size: int = option(64, "minibatch size")
+    lr: float = option(0.05, "SGD learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    schedule: str = option("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)
+    augment: bool = option(True, "light augmentation: random crop with padding, and horizontal flip "
+                                 "where the dataset allows it")
+    same_init: bool = option(True, "start every node from the same initialization (one-shot FedAvg baseline)")
+    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
+    seed: int = option(0, "random seed of initialization and data order")
+
+    def __post_init__(self) -> None:
+        for name in ("schedule", "precision"):
+            check_choice(self, name)
+        at_least(self, 1, "epochs", "batch_size")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
 
 
 def initial_model(cfg: TeacherConfig, info: DatasetInfo, node: int) -> nn.Module:

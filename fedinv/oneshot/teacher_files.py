@@ -11,12 +11,12 @@ from typing import Collection, Sequence, Union
 import torch
 from torch import nn
 
-from .checkpoint import (TEACHER, ModelCheckpoint, load_checkpoint, load_weights, non_finite, read_weights,
-                         save_checkpoint)
-from .data.datasets import DatasetInfo
-from .errors import ConfigError, RunStateError
-from .models import build_model_for
-from .runtime import sha256_file
+from ..checkpoint import (TEACHER, ModelCheckpoint, load_checkpoint, load_weights, non_finite, read_weights,
+                          save_checkpoint)
+from ..data.datasets import DatasetInfo
+from ..errors import ConfigError, RunStateError
+from ..models import build_model_for
+from ..runtime import sha256_file
 
 
 @dataclass(frozen=True)

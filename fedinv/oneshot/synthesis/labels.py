@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import unknown
+from ...errors import unknown
 
 
 def uniform(counts: torch.Tensor, batch_size: int, gen: torch.Generator) -> torch.Tensor:

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .checkpoint import load_checkpoint
-from .errors import ConfigError
-from .store import read_meta, read_rows
+from .. import __version__
+from ..checkpoint import load_checkpoint
+from ..errors import ConfigError
+from ..store import read_meta, read_rows
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import SynthesisConfig
-from ..runtime import Stream, rng
+from ...runtime import Stream, rng
+from .config import SynthesisConfig
 from .ensemble import TeacherEnsemble, TermWeights
 from .hooks import BNMomentum
 from .labels import sample_teachers

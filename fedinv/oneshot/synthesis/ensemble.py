@@ -21,13 +21,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..data.datasets import DatasetInfo
-from ..evaluate import class_shares, ensemble_probs
+from ...data.datasets import DatasetInfo
+from ...errors import ConfigError
+from ...evaluate import class_shares, ensemble_probs
 from ..teacher_files import Teachers, as_teachers
 from .hooks import BNMomentum, BNStatistics
+from .losses import bn_stat_loss, competition_loss, masked_cross_entropy
 
 Blend = Callable[[list[torch.Tensor], list[torch.Tensor]], tuple[list[torch.Tensor], list[torch.Tensor]]]
-from .losses import bn_stat_loss, competition_loss, masked_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -167,3 +168,14 @@ def load_ensemble(teachers: str | Path | Teachers, device: torch.device, batched
     `batched` as in SynthesisConfig: auto, batched or loop; `trust` as in `load_checkpoint`."""
     loaded = as_teachers(teachers, trust)
     return TeacherEnsemble(loaded.build(device), loaded.counts(), device, loaded.info, BATCHED[batched])
+
+
+@torch.no_grad()
+def check_student(student: nn.Module, teachers: TeacherEnsemble, device: torch.device) -> None:
+    """A student must take the teachers' images and predict their classes."""
+    was_training = student.training
+    student.eval()
+    probe = student(torch.zeros(1, *teachers.image_shape, device=device))
+    student.train(was_training)
+    if probe.shape[1] != teachers.num_classes:
+        raise ConfigError(f"the student predicts {probe.shape[1]} classes, the teachers {teachers.num_classes}")

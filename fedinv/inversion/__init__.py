@@ -1,1 +1,0 @@
-"""Sampling DeepInversion: losses, the BN-statistics hook, label samplers and the engine."""

@@ -1,1 +1,0 @@
-"""Student training on the synthetic store: KD losses (distill.py) and the training loop (train.py)."""
