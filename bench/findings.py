@@ -98,8 +98,9 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget("synthetic-tiny", TeacherConfig(model="lenet5", epochs=1), SynthesisConfig.of(num_images=16, batch_size=8,
-               iterations=2), StudentConfig(model="lenet5", epochs=2, batch_size=8), 8, 2)
+QUICK = Budget("synthetic-tiny", TeacherConfig(model="lenet5", epochs=1),
+               SynthesisConfig.of(num_images=16, batch_size=8, iterations=2),
+               StudentConfig(model="lenet5", epochs=2, batch_size=8), 8, 2)
 
 
 @dataclasses.dataclass(frozen=True)

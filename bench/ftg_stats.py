@@ -64,7 +64,7 @@ def main(run_dir: str, model_lrs: str, calibration: int) -> None:
     if cfg.federate.server != "ftg":
         raise click.BadParameter(f"{run} is a server={cfg.federate.server!r} run; this needs an ftg run",
                                  param_hint="--run")
-    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, bn_stats="batches"))
+    cfg = dataclasses.replace(cfg, server_params=dataclasses.replace(cfg.server_params, bn_stats="batches"))
     train, test = load_dataset(cfg.data, "train"), load_dataset(cfg.data, "test")
     data, fed = node_data(cfg, train), Federation(cfg, train.info)
     saved = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -79,7 +79,8 @@ def main(run_dir: str, model_lrs: str, calibration: int) -> None:
            "aggregate_real_stats": fed.test_accuracy(real_statistics(fed, aggregate, calib), test),
            "after_fine_tuning": {}}
     for lr in (float(v) for v in model_lrs.split(",")):
-        step = FedFTG(cfg.federate, dataclasses.replace(cfg.generator, model_lr=lr), train.info, fed.algo.build)
+        step = FedFTG(cfg.federate, cfg.generator, dataclasses.replace(cfg.server_params, model_lr=lr), train.info,
+                      fed.algo.build)
         # the same random stream for every learning rate; Adam's state is updated in place, hence the copy
         new, _, _ = step.step(aggregate, results, copy.deepcopy(server_state["server_step"]),
                               fed.round_info(rnd, data.partition.num_nodes))

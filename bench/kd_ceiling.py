@@ -31,7 +31,8 @@ from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.errors import RunStateError
 from fedinv.oneshot.pipeline import RunConfig
 from fedinv.oneshot.student.config import StudentConfig
-from fedinv.oneshot.student.train import finished_student, train_student
+from fedinv.oneshot.student.report import finished_student
+from fedinv.oneshot.student.train import train_student
 from fedinv.oneshot.synthesis.ensemble import load_ensemble
 from fedinv.oneshot.teacher_files import Teachers, as_teachers
 from fedinv.runtime import atomic_path, resolve_device, rng

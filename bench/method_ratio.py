@@ -36,7 +36,7 @@ def main(teachers: str, widths: str, iterations: int, batch_size: int, repeats: 
     cpu = torch.device("cpu")
     cfgs = {"deepinversion": SynthesisConfig.of(iterations=iterations, batch_size=batch_size, device="cpu")}
     for w in map(int, widths.split(",")):
-        cfgs[f"fast-width-{w}"] = SynthesisConfig.of(method="fast", generator_width=w, batch_size=batch_size, device="cpu")
+        cfgs[f"fast-width-{w}"] = SynthesisConfig.of("fast", generator_width=w, batch_size=batch_size, device="cpu")
     synths = {k: make_synthesizer(load_ensemble(teachers, cpu, ensemble_path(c)), c, None) for k, c in cfgs.items()}
     for k, s in synths.items():
         if k != "deepinversion":

@@ -35,7 +35,8 @@ from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError, RunStateError
 from fedinv.oneshot.pipeline import RunConfig, partition_stage
 from fedinv.oneshot.student.config import StudentConfig
-from fedinv.oneshot.student.train import finished_student, train_student
+from fedinv.oneshot.student.report import finished_student
+from fedinv.oneshot.student.train import train_student
 from fedinv.oneshot.synthesis.config import SynthesisConfig
 from fedinv.oneshot.synthesis.store import copy_synthesis_store
 from fedinv.oneshot.synthesis.synthesize import synthesize

@@ -1,5 +1,5 @@
 """Markdown tables from bench/oneshot.py's JSON lines: per (alpha, nodes, method) the mean ± std
-over seeds, beside the published numbers of DESIGN.md. A seed measured twice counts once, by its
+over seeds, beside the published numbers (PUBLISHED below). A seed measured twice counts once, by its
 last line (a rerun, e.g. on another machine, replaces the earlier figure); files are read in the
 order given. Lines of the first one-shot benchmark (docs/bench-oneshot-deepinversion-v1.jsonl) are
 read in today's keys.
@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import click
 
-# DESIGN.md, "Numbers to beat": DENSE, NeurIPS 2022, Table 1 (5 clients); Co-Boosting as re-run in
-# the FedLPA paper (10 clients).
+# The numbers to beat: DENSE, NeurIPS 2022, Table 1 (5 clients); Co-Boosting as re-run in the FedLPA
+# paper (10 clients).
 PUBLISHED = {"DENSE": {0.1: 50.29, 0.3: 83.96, 0.5: 85.94}, "Co-Boosting": {0.1: 73.15, 0.3: 83.37, 0.5: 86.21}}
 KEYS = ("fedavg_accuracy", "ensemble_accuracy", "student_accuracy", "student_online_accuracy")
 V1_KEYS = {"student_adaptive_accuracy": "student_online_accuracy", "adaptive_store_images": "online_store_images",

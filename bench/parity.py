@@ -60,10 +60,25 @@ batch_size = 32
 device = "cpu"
 [generator]
 iterations = 2
-model_steps = 2
 batch_size = 16
-save_every = 1
 {extra}"""
+# where a server step's own settings go: [generator] before fedinv 0.2, the step's table since
+STEP_TABLE = "model_steps = 2\nsave_every = 1\n"
+
+
+def per_step_tables() -> bool:
+    """Whether the fedinv of this checkout (what `python -m fedinv` runs here) keeps a server step's
+    settings in its own table ([ftg]) rather than in [generator]."""
+    probe = "import fedinv.federated.config as c; print(hasattr(c, 'LEGACY_GENERATOR_KEYS'))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=os.getcwd()).stdout.strip() == "True"
+
+
+def step_table(server: str) -> str:
+    """The fine-tuning's settings of the runs: in [ftg] / [feddf], or (older fedinv) in [generator]."""
+    if not per_step_tables():
+        return STEP_TABLE  # goes on under [generator], the last table
+    return f"[{server}]\n{STEP_TABLE}" if server in ("ftg", "feddf") else ""
 
 
 def fedinv(*args: str) -> None:
@@ -141,7 +156,9 @@ def run_all(out: Path) -> dict[str, str]:
         name = algorithm if server == "none" else f"{algorithm}+{server}"
         model = "lenet5" if server in ("ftg", "feddf") or algorithm == "fedavg" else "gncnn"
         toml = out / f"{name}.toml"
-        extra = "[feddistill-query]\nvalidation_size = 100\n" if algorithm == "feddistill-query" else ""
+        extra = step_table(server)
+        if algorithm == "feddistill-query":
+            extra += "[feddistill-query]\nvalidation_size = 100\n"
         toml.write_text(ROUNDS_TOML.format(algorithm=algorithm, server=server, model=model, extra=extra))
         fedinv("federate", str(toml), "--out", str(out / name), "--no-progress")
         hashes[f"rounds/{name}"] = checkpoint_hash(out / name / "global.pt")

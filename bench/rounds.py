@@ -124,7 +124,7 @@ def merged(path: str, result: dict) -> dict:
 @click.option("--diagnose", default=0, show_default=True,
               help="per round, ensemble / aggregate / global accuracy on the first N test images (0: off)")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
-              help="override a field of the config for every method, e.g. --set generator.generator_ema=0.99 "
+              help="override a field of the config for every method, e.g. --set ftg.generator_ema=0.99 "
                    "(repeatable; give such runs a --tag)")
 @click.option("--tag", default="", help="a variant's name: its JSON keys are METHOD@TAG and its run folders "
               "METHOD-TAG-seed-S")
@@ -135,9 +135,10 @@ def merged(path: str, result: dict) -> dict:
 def main(methods: str, models: str | None, seeds: str, rounds: int, config: str, diagnose: int,
          overrides: tuple[str, ...], tag: str, out: str, json_out: str | None, device: str) -> None:
     parsed = {method: parse(method) for method in methods.split(",")}  # refused before any work
-    # per algorithm, so that its own table of the TOML ([fedprox] mu, ...) is read
-    bases = {a: FederatedRunConfig.from_toml(config, [*overrides, f'federate.algorithm="{a}"'])
-             for a, _ in parsed.values()}
+    # per algorithm and server step, so that their own tables of the TOML ([fedprox] mu, [ftg] ...) are read
+    bases = {(a, s): FederatedRunConfig.from_toml(config, [*overrides, f'federate.algorithm="{a}"',
+                                                           f'federate.server="{s}"'])
+             for a, s in parsed.values()}
     base = next(iter(bases.values()))
     suffix = f"-{tag}" if tag else ""
     seed_list = [int(s) for s in seeds.split(",")]
@@ -149,10 +150,9 @@ def main(methods: str, models: str | None, seeds: str, rounds: int, config: str,
         for method, (algorithm, server) in parsed.items():
             per_seed = []
             for seed in seed_list:
-                cfg = bases[algorithm]
+                cfg = bases[(algorithm, server)]
                 cfg = dataclasses.replace(cfg, federate=dataclasses.replace(
-                    cfg.federate, server=server, rounds=rounds, device=device, model=model, seed=seed,
-                    diagnose_images=diagnose))
+                    cfg.federate, rounds=rounds, device=device, model=model, seed=seed, diagnose_images=diagnose))
                 run = Path(out) / model / f"{method.replace('+', '-')}{suffix}-seed-{seed}"
                 report = federate(cfg, run, resume=(run / "checkpoint.pt").exists(), progress=False, train=train,
                                   test=test)

@@ -72,11 +72,11 @@ def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
     assert not out.exists() and not (tmp_path / "runs").exists(), "a bad method is refused before any round"
     assert bench("fedavg").returncode == 0
     # a later run adds its methods to the file; a variant has its own keys and folders
-    assert bench("fedprox+ftg", "--set", "generator.generator_ema=0.5", "--tag", "ema").returncode == 0
+    assert bench("fedprox+ftg", "--set", "ftg.generator_ema=0.5", "--tag", "ema").returncode == 0
     result = json.loads(out.read_text())
     assert set(result["lenet5"]) == {"fedavg", "fedprox+ftg@ema"}
     run = json.loads((tmp_path / "runs" / "lenet5" / "fedprox-ftg-ema-seed-0" / "config.json").read_text())
-    assert run["fedprox"]["mu"] == 0.5 and run["generator"]["generator_ema"] == 0.5  # the TOML's own table
+    assert run["fedprox"]["mu"] == 0.5 and run["ftg"]["generator_ema"] == 0.5  # the TOML's own table
     for row in result["lenet5"].values():
         assert {"rounds_to_75", "rounds_to_80", "rounds_to_85", "final_accuracy", "last5_accuracy",
                 "seconds_per_round", "server_share", "seeds"} <= set(row)

@@ -18,10 +18,11 @@ from fedinv.evaluate import class_level_logits
 from fedinv.federated.config import FederateConfig, FederatedRunConfig, GeneratorConfig
 from fedinv.federated.feddistill import DistillParams, FedDistill, QueryParams
 from fedinv.federated.fedprox import proximal_term
-from fedinv.federated.ftg import (FedFTG, ServerModels, diversity_loss, ema_update, generator_objective,
+from fedinv.federated.ftg import (FedFTG, FTGParams, ServerModels, diversity_loss, ema_update, generator_objective,
                                   label_distribution, label_level_teacher)
 from fedinv.federated.local import LocalResult, RoundInfo, cpu_state, head_of
 from fedinv.federated.moon import contrastive_loss
+from fedinv.federated.registry import server_step_class
 from fedinv.federated.rounds import (Federation, federate, mean_last_accuracy, mean_node_metrics, participants,
                                      rounds_to_target)
 from fedinv.federated.scaffold import scaffold_control_update
@@ -168,8 +169,8 @@ def test_ftg_fine_tuning_stays_finite_with_far_off_bn_statistics(tiny_train):
     for k in variances:
         global_state[k] = torch.full_like(global_state[k], 1e-4)
     cfg = FederateConfig(model="bncnn", server="ftg", device="cpu")
-    gcfg = GeneratorConfig(iterations=3, model_steps=5, batch_size=16, nz=16, model_lr=0.1)
-    server = FedFTG(cfg, gcfg, info, build)
+    gcfg = GeneratorConfig(iterations=3, batch_size=16, nz=16)
+    server = FedFTG(cfg, gcfg, FTGParams(model_steps=5, model_lr=0.1), info, build)
     new, _, metrics = server.step(global_state, results_of(local), server.init_state(),
                                   RoundInfo(0, 2, torch.device("cpu"), None, torch.Generator().manual_seed(0)))
     assert all(math.isfinite(v) for v in metrics.values())
@@ -184,8 +185,8 @@ def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_s
     torch.manual_seed(0)
     local, global_state = [build().state_dict() for _ in range(2)], build().state_dict()
     cfg = FederateConfig(model="bncnn", server="ftg", device="cpu")
-    server = FedFTG(cfg, GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16, bn_stats=bn_stats),
-                    info, build)
+    gcfg = GeneratorConfig(iterations=2, batch_size=16, nz=16)
+    server = FedFTG(cfg, gcfg, FTGParams(model_steps=2, bn_stats=bn_stats), info, build)
     new, _, _ = server.step(global_state, results_of(local), server.init_state(),
                             RoundInfo(0, 2, torch.device("cpu"), None, torch.Generator().manual_seed(0)))
     stats = [k for k in global_state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
@@ -194,11 +195,10 @@ def test_ftg_bn_stats_follow_the_batches_or_stay_the_aggregates(tiny_train, bn_s
     assert kept == (bn_stats != "batches")
     assert not all(torch.equal(new[k], global_state[k]) for k in weights)  # the fine-tuning did move the weights
     with pytest.raises(ConfigError, match="batches, aggregate, eval"):
-        GeneratorConfig(bn_stats="real")
+        FTGParams(bn_stats="real")
     # the generator's steps see the global model in eval mode (the reference code's): alone, they
     # leave its statistics as they were
-    server = FedFTG(cfg, GeneratorConfig(iterations=2, model_steps=0, batch_size=16, nz=16, bn_stats=bn_stats),
-                    info, build)
+    server = FedFTG(cfg, gcfg, FTGParams(model_steps=0, bn_stats=bn_stats), info, build)
     new, _, _ = server.step(global_state, results_of(local), server.init_state(),
                             RoundInfo(0, 2, torch.device("cpu"), None, torch.Generator().manual_seed(0)))
     assert all(torch.equal(new[k], global_state[k]) for k in global_state)
@@ -243,12 +243,19 @@ def test_rounds_to_target():
 
 
 def tiny_run(algorithm="fedavg", server="none", rounds=2, **kw) -> FederatedRunConfig:
+    step = server_step_class(server)
     return FederatedRunConfig(
         DataConfig("synthetic-tiny"), PartitionConfig(num_nodes=4, alpha=1.0),
         FederateConfig(algorithm=algorithm, server=server, model="lenet5", rounds=rounds, batch_size=32,
                        device="cpu", **kw),
-        GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16),
-        QueryParams(validation_size=200) if algorithm == "feddistill-query" else None)
+        GeneratorConfig(iterations=2, batch_size=16, nz=16),
+        QueryParams(validation_size=200) if algorithm == "feddistill-query" else None,
+        step.Params(model_steps=2) if server in ("ftg", "feddf") else None)
+
+
+def with_step(cfg: FederatedRunConfig, **settings) -> FederatedRunConfig:
+    """`cfg` with these settings of its server step changed."""
+    return dataclasses.replace(cfg, server_params=dataclasses.replace(cfg.server_params, **settings))
 
 
 def results_of(states, counts=((5,) * 5 + (0,) * 5, (0,) * 5 + (5,) * 5)):
@@ -333,12 +340,12 @@ def test_resume_accepts_a_checkpoint_from_before_a_new_config_field(tmp_path, ti
     """A field added to a config since the run started, left at its default, is no change."""
     federate(tiny_run(rounds=2), tmp_path, progress=False, train=tiny_train, stop_after=1)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    del ckpt["config"]["generator"]["bn_stats"]
+    del ckpt["config"]["generator"]["lambda_div"]
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     report = federate(tiny_run(rounds=2), tmp_path, resume=True, progress=False, train=tiny_train)
     assert report["complete"] and [r["round"] for r in report["history"]] == [1, 2]
     cfg = tiny_run(rounds=3)
-    changed = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, bn_stats="aggregate"))
+    changed = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, lambda_div=0.5))
     with pytest.raises(RunStateError, match="another config"):  # a non-default value is a change
         federate(changed, tmp_path, resume=True, progress=False, train=tiny_train)
 
@@ -380,9 +387,13 @@ def test_algorithm_tables_and_the_constants_of_older_configs(tmp_path):
     cfg = FederatedRunConfig.from_toml(path)
     assert cfg.params.mu == 0.5  # the [moon] table is there but not for this run
     assert FederatedRunConfig.from_dict(cfg.to_dict()) == cfg  # what config.json and checkpoints hold
-    path.write_text(base.format("moon") + "mu = 2.0\nfeddyn_alpha = 0.3\nmoon_temperature = 0.1\n")
+    path.write_text(base.format("moon") + "mu = 2.0\nmoon_temperature = 0.1\n")
     cfg = FederatedRunConfig.from_toml(path)  # a config of fedinv before per-algorithm tables
     assert (cfg.params.mu, cfg.params.temperature) == (2.0, 0.1)
+    path.write_text(base.format("moon") + "mu = 2.0\nfeddyn_alpha = 0.3\n")
+    with pytest.raises(ConfigError, match=r"federate.feddyn_alpha does not apply to algorithm moon; it is a "
+                                          r"setting of \[feddyn\]"):
+        FederatedRunConfig.from_toml(path)  # it would do nothing: said, not ignored
     path.write_text(base.format("feddyn") + "[feddyn]\nalpha = 0.0\n")
     with pytest.raises(ConfigError, match="alpha must be > 0"):
         FederatedRunConfig.from_toml(path)
@@ -395,6 +406,35 @@ def test_algorithm_tables_and_the_constants_of_older_configs(tmp_path):
     path.write_text(base.format("feddistill-query") + 'server = "ftg"\n')
     with pytest.raises(ConfigError, match="server must be none"):
         FederatedRunConfig.from_toml(path)
+
+
+def test_server_step_tables_and_the_generator_settings_of_older_configs(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('[federate]\nserver = "ftg"\n[ftg]\nlambda_md = 0.5\n[feddf]\nmodel_steps = 3\n[fedgen]\nweight = 2.0\n')
+    cfg = FederatedRunConfig.from_toml(path)
+    assert cfg.server_params.lambda_md == 0.5 and cfg.server_params.model_steps == 5  # [feddf] is not this run's
+    assert FederatedRunConfig.from_dict(cfg.to_dict()) == cfg
+    assert FederatedRunConfig.from_toml(path, ['federate.server="fedgen"']).server_params.weight == 2.0
+    assert FederatedRunConfig.from_toml(path, ['federate.server="none"']).server_params is None
+    path.write_text('[federate]\nserver = "ftg"\n[generator]\nlambda_md = 0.25\nbn_stats = "eval"\n')
+    cfg = FederatedRunConfig.from_toml(path)  # a config of fedinv before per-step tables
+    assert (cfg.server_params.lambda_md, cfg.server_params.bn_stats) == (0.25, "eval")
+    for server, message in (("feddf", r"generator.lambda_md does not apply to server step feddf; it is a setting "
+                                      r"of \[ftg\]"),
+                            ("none", r"generator.bn_stats does not apply to server none; it is a setting of "
+                                     r"\[ftg\] and \[feddf\]")):
+        with pytest.raises(ConfigError, match=message):
+            FederatedRunConfig.from_toml(path, [f'federate.server="{server}"'])
+    path.write_text('[ftg]\nlambda_mdd = 1\n')
+    with pytest.raises(ConfigError, match=r"unknown FTGParams field\(s\) \['lambda_mdd'\]; known: bn_stats"):
+        FederatedRunConfig.from_toml(path)
+    # a run saved by fedinv 0.1 kept every step's settings in [generator]: they go where they belong,
+    # and those of other steps did nothing then and are dropped
+    saved = cfg.to_dict()
+    del saved["ftg"]
+    saved["generator"].update(model_steps=5, model_lr=0.01, temperature=1.0, per_model_steps=False, lambda_md=0.25,
+                              ensemble="label", bn_stats="eval", generator_ema=0.0, save_every=0, fedgen_weight=1.0)
+    assert FederatedRunConfig.from_dict(saved) == cfg and changes(saved, cfg) == []
 
 
 @pytest.mark.slow
@@ -429,12 +469,9 @@ def test_killed_federate_resumes_to_the_same_model(tmp_path):
 
 
 def test_ftg_saves_generated_batches_for_view(tmp_path, tiny_train):
-    from dataclasses import replace
-
     from fedinv.store import read_meta, read_rows
 
-    cfg = tiny_run("fedavg", "ftg")
-    cfg = replace(cfg, generator=replace(cfg.generator, save_every=1))
+    cfg = with_step(tiny_run("fedavg", "ftg"), save_every=1)
     federate(cfg, tmp_path / "run", progress=False, train=tiny_train)
     store = tmp_path / "run" / "generated.h5"
     assert read_meta(store)["n_valid"] == 2 * 16
@@ -459,7 +496,7 @@ def test_ema_update_by_hand():
 
 def test_ftg_with_an_ema_generator_resumes_exactly_and_keeps_the_average(tmp_path, tiny_train):
     cfg = tiny_run("fedavg", "ftg", rounds=3, participation=0.5)
-    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, generator_ema=0.5))
+    cfg = with_step(cfg, generator_ema=0.5)
     federate(cfg, tmp_path / "whole", progress=False, train=tiny_train)
     federate(cfg, tmp_path / "split", progress=False, train=tiny_train, stop_after=2)
     federate(cfg, tmp_path / "split", resume=True, progress=False, train=tiny_train)
@@ -472,24 +509,24 @@ def test_ftg_with_an_ema_generator_resumes_exactly_and_keeps_the_average(tmp_pat
     plain = federate(tiny_run("fedavg", "ftg", rounds=1), tmp_path / "plain", progress=False, train=tiny_train)
     assert plain["complete"]
     saved = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
-    assert "generator_ema" not in saved["server"]["apply_server_lr"]
+    assert "generator_ema" not in saved["server"]["server_step"]
     with pytest.raises(ConfigError, match=r"generator_ema must be in \[0, 1\)"):
-        GeneratorConfig(generator_ema=1.0)
+        FTGParams(generator_ema=1.0)
 
 
 def test_ftg_with_the_label_weighted_ensemble_runs_and_differs_from_the_class_weighted_one(tmp_path, tiny_train):
     label = tiny_run("fedavg", "ftg", rounds=1)
-    assert label.generator.ensemble == "label"  # the reference code's, the default
-    cfg = dataclasses.replace(label, generator=dataclasses.replace(label.generator, ensemble="class"))
-    runs = [federate(c, tmp_path / c.generator.ensemble, progress=False, train=tiny_train) for c in (cfg, label)]
+    assert label.server_params.ensemble == "label"  # the reference code's, the default
+    cfg = with_step(label, ensemble="class")
+    runs = [federate(c, tmp_path / c.server_params.ensemble, progress=False, train=tiny_train) for c in (cfg, label)]
     assert all(r["complete"] and math.isfinite(r["history"][0]["server_distill"]) for r in runs)
     states = [torch.load(tmp_path / name / "global.pt", weights_only=True)["state_dict"] for name in ("class", "label")]
     assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
     with pytest.raises(ConfigError, match="ensemble='mean' is not valid; choose one of: class, label"):
-        GeneratorConfig(ensemble="mean")
-    per_model = dataclasses.replace(label, generator=dataclasses.replace(label.generator, per_model_steps=True))
+        FTGParams(ensemble="mean")
+    per_model = with_step(label, per_model_steps=True)
     run = federate(per_model, tmp_path / "per-model", progress=False, train=tiny_train)
-    saved = torch.load(tmp_path / "per-model" / "checkpoint.pt", weights_only=True)["server"]["apply_server_lr"]
+    saved = torch.load(tmp_path / "per-model" / "checkpoint.pt", weights_only=True)["server"]["server_step"]
     adam_steps = {int(v["step"]) for v in saved["optimizer"]["state"].values()}
     fc = per_model.federate
     models = len(participants(per_model.partition.num_nodes, fc.participation, fc.seed, 0))  # one round: 2 of 4
@@ -497,6 +534,6 @@ def test_ftg_with_the_label_weighted_ensemble_runs_and_differs_from_the_class_we
     assert run["complete"] and math.isfinite(run["history"][0]["server_fidelity"])
     # a run saved before the option existed ran the class form: it loads (and resumes) as such
     older = cfg.to_dict()
-    del older["generator"]["ensemble"]
-    assert FederatedRunConfig.from_dict(older).generator.ensemble == "class"
-    assert changes(older, cfg) == [] and changes(older, label) == ["generator.ensemble"]
+    del older["ftg"]["ensemble"]
+    assert FederatedRunConfig.from_dict(older).server_params.ensemble == "class"
+    assert changes(older, cfg) == [] and changes(older, label) == ["server_params.ensemble"]

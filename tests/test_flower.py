@@ -18,7 +18,9 @@ import torch
 pytest.importorskip("flwr", reason="the Flower extra is not installed (pip install 'fedinv[flower]')")
 
 from fedinv.config import DataConfig, PartitionConfig  # noqa: E402
+
 from fedinv.federated.config import FederateConfig, FederatedRunConfig, GeneratorConfig  # noqa: E402
+from fedinv.federated.ftg import FTGParams  # noqa: E402
 from fedinv.federated.rounds import federate  # noqa: E402
 from fedinv.flower.records import flatten, from_record, to_record, unflatten  # noqa: E402
 from fedinv.flower.simulation import federate_flower  # noqa: E402
@@ -53,7 +55,8 @@ def test_flower_simulation_matches_in_process(tmp_path, tiny_train, algorithm, s
         DataConfig("synthetic-tiny"), PartitionConfig(num_nodes=3, alpha=1.0),
         FederateConfig(algorithm=algorithm, server=server, model="lenet5", rounds=2, participation=0.67,
                        batch_size=32, device="cpu"),
-        GeneratorConfig(iterations=2, model_steps=2, batch_size=16, nz=16, save_every=1))
+        GeneratorConfig(iterations=2, batch_size=16, nz=16), None,
+        FTGParams(model_steps=2, save_every=1) if server == "ftg" else None)
     # One CPU thread on both sides (Ray gives each ClientApp one): the reductions then run in the
     # same order and the models agree exactly. With other thread counts they agree to ~1e-8 without
     # FTG, while FedFTG's generator training (Adam) amplifies such differences to ~1e-4.

@@ -11,7 +11,9 @@ from fedinv.config import to_dict
 from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError, RunStateError
 from fedinv.oneshot.student.config import StudentConfig
-from fedinv.oneshot.student.train import finished_student, student_objective, train_student
+from fedinv.oneshot.student.objective import student_objective
+from fedinv.oneshot.student.report import finished_student
+from fedinv.oneshot.student.train import train_student
 from fedinv.store import StoreWriter, iterate_store, read_meta
 from fedinv.train.objectives import hard_kd_loss, kd_loss
 

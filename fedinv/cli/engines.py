@@ -13,14 +13,16 @@ ENGINES = ("in-process", "flower")
 OLD_SPELLINGS = {"inprocess": "in-process"}  # fedinv 0.1's spelling, still accepted
 
 
-def _spelling(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    return OLD_SPELLINGS.get(value, value)
+class _EngineChoice(click.Choice):
+    """ENGINES, shown and checked; an old spelling is read as today's."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(OLD_SPELLINGS.get(value, value), param, ctx)
 
 
 def engine_option(what: str):
     """--engine: where the nodes' work runs (the one meaning of "engine" in fedinv)."""
-    return click.option("--engine", type=click.Choice([*ENGINES, *OLD_SPELLINGS]), default="in-process",
-                        show_default=True, callback=_spelling,
+    return click.option("--engine", type=_EngineChoice(ENGINES), default="in-process", show_default=True,
                         help=f"in-process: fedinv's own loop in this process; flower: {what} (needs the extra: "
                              f"pip install 'fedinv[flower]')")
 

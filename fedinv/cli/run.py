@@ -15,7 +15,7 @@ from ..oneshot.pipeline import RunConfig, run_pipeline
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
-              help="override one field of the TOML, e.g. --set synthesis.iterations=200 (repeatable; the value in "
+              help="override one field of the TOML, e.g. --set synthesis.deepinversion.iterations=200 (repeatable; the value in "
                    "TOML syntax; the run folder records the effective config)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
 def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], progress: bool) -> None:
@@ -23,7 +23,8 @@ def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], progress
     partition -> train-teachers -> synthesize -> train-student -> evaluate -> view.
 
     CONFIG has the tables [data], [partition], [teachers], [synthesis], [student], each setting
-    fields of that stage (the options of the matching command, with underscores). A complete
+    fields of that stage (the options of the matching command, with underscores); the synthesis
+    method's own settings go in [synthesis.METHOD] (e.g. [synthesis.fast] steps = 5). A complete
     stage is skipped and an interrupted one continues, so rerunning a killed run finishes it.
     Examples: assets/configs/.
     """

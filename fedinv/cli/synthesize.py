@@ -38,8 +38,8 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
     methods that take them; one that the chosen method does not take is an error).
     deepinversion optimizes each batch's pixels with Adam for --iterations steps. fast refines a
     generator's meta-learned start for --steps steps per batch and moves the start towards the
-    result (Fast-Datafree); dense trains one generator on, --steps steps per batch (DENSE). At each step --teachers-per-step of the N teachers are sampled
-    and their losses averaged. Images, target labels, the teacher ensemble's soft labels and
+    result (Fast-Datafree); dense trains one generator on, --steps steps per batch (DENSE). At
+    each step --teachers-per-step of the N teachers are sampled and their losses averaged. Images, target labels, the teacher ensemble's soft labels and
     provenance go to the HDF5 store OUT, flushed per batch; fast and dense keep their generator in
     OUT.state.pt beside it (copy both to move a store that will be continued).
 

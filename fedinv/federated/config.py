@@ -12,13 +12,13 @@ from typing import Any, Sequence
 
 from ..config import DataConfig, PartitionConfig, at_least, check_choice, from_dict, load_toml, option, to_dict
 from ..errors import ConfigError
-from .registry import ALGORITHMS, algorithm_class, server_step_class
+from .registry import ALGORITHMS, SERVER_STEPS, algorithm_class, server_step_class
 
 
 @dataclass(frozen=True)
 class FederateConfig:
     """Multi-round federated training (`fedinv federate`): the rounds and the nodes' local update.
-    Defaults follow the FedFTG reference code (DESIGN.md) where it has one, scaled to a 2-core CPU
+    Defaults follow the FedFTG reference code (ZhangLin-PKU/FedFTG) where it has one, scaled to a 2-core CPU
     (1 local epoch instead of 5). The algorithm's own constants go in its table (e.g. [fedprox])."""
 
     algorithm: str = option("fedavg", "local update and aggregation: fedavg, fedprox, feddyn, scaffold (control "
@@ -63,55 +63,23 @@ class FederateConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """The server's generator step (FedFTG, FedDF, FedGen). Defaults from the FedFTG reference code:
-    10 iterations per round of 1 generator step and 5 global-model steps, generator Adam 0.01,
-    global SGD 0.1 on a loss averaged over the classes (0.01 on fedinv's per-sample KL), both decayed
-    by 0.998 per round; its class-level ensemble weighs the models by their share of the sample's label."""
+    """The generator every server step trains (FedFTG, FedDF, FedGen), table [generator]; what a step
+    does with it is in the step's own table ([ftg], [feddf], [fedgen]). Defaults from the FedFTG
+    reference code: 10 iterations per round of 1 generator step, generator Adam 0.01 decayed by
+    0.998 per round."""
 
     iterations: int = option(10, "server iterations per round")
     generator_steps: int = option(1, "generator updates per iteration")
-    model_steps: int = option(5, "global-model updates per iteration (ftg, feddf)")
     batch_size: int = option(64, "generated samples per step")
     nz: int = option(100, "noise dimension")
     generator_lr: float = option(0.01, "generator Adam learning rate")
-    model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
-                             "on a loss averaged over the classes as well as the batch is 0.1 / K on ours: "
-                             "0.01 for 10 classes)")
-    lr_decay: float = option(0.998, "both learning rates multiplied by this every round")
-    per_model_steps: bool = option(False, "ftg, feddf: each generator update is one Adam step per local model on "
-                                          "its part of the loss (its CE and hard-sample mining weighted by its "
-                                          "share of each sample's label), as the reference code does, instead of "
-                                          "one step on the whole ensemble's")
-    lambda_md: float = option(1.0, "ftg: weight of hard-sample mining (maximize KL(ensemble || global))")
+    lr_decay: float = option(0.998, "the server step's learning rates multiplied by this every round")
     lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
-    temperature: float = option(1.0, "KD temperature of the fine-tuning")
-    ensemble: str = option("label", "ftg: the class-level ensemble the generator and the fine-tuning use: label "
-                           "(each model's probabilities weighted by its share of the sample's label, and the "
-                           "fidelity the share-weighted sum of the models' own CEs, as the reference code) or "
-                           "class (each model's logit for class k weighted by its share of class k)",
-                           choices=("class", "label"), before="class")
-    bn_stats: str = option("batches", "ftg, feddf: the global model's BN running statistics after the fine-tuning: "
-                           "batches (they follow the generated batches, as in the reference code's train mode), "
-                           "aggregate (the aggregate's, i.e. the nodes' averaged real-data statistics, are "
-                           "put back) or eval (the fine-tuning runs in eval mode: the aggregate's statistics "
-                           "normalize the generated batches and stay)", choices=("batches", "aggregate", "eval"))
-    generator_ema: float = option(0.0, "ftg, feddf: the fine-tuning draws its samples from an exponential moving "
-                                       "average of the generator's weights, updated after every generator step with "
-                                       "this decay and kept across rounds (DFRD's EMA generator); 0 = from the "
-                                       "generator itself, as the reference code")
-    fedgen_weight: float = option(1.0, "fedgen: weight of the nodes' CE on generated features")
-    save_every: int = option(0, "ftg, feddf: append a batch of generated images (with the round's ensemble "
-                                "soft labels) to OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
 
     def __post_init__(self) -> None:
-        check_choice(self, "bn_stats")
-        check_choice(self, "ensemble")
         at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
-        at_least(self, 0, "model_steps", "save_every")
-        if not 0.0 <= self.generator_ema < 1.0:
-            raise ConfigError(f"generator_ema must be in [0, 1), got {self.generator_ema}")
-        if not self.generator_lr > 0 or not self.model_lr > 0 or not self.temperature > 0:
-            raise ConfigError("generator_lr, model_lr and temperature must be > 0")
+        if not self.generator_lr > 0:
+            raise ConfigError(f"generator_lr must be > 0, got {self.generator_lr}")
 
 
 @dataclass(frozen=True)
@@ -125,15 +93,17 @@ SECTIONS = {"data": DataConfig, "partition": PartitionConfig, "federate": Federa
 
 @dataclass(frozen=True)
 class FederatedRunConfig:
-    """A multi-round run: TOML tables [data], [partition], [federate], [generator] and the chosen
-    algorithm's table (e.g. [fedprox] mu = 1e-4); each may set any field of its config and leaves
-    the rest at their defaults. `params` None means the algorithm's defaults."""
+    """A multi-round run: TOML tables [data], [partition], [federate], [generator], the chosen
+    algorithm's table (e.g. [fedprox] mu = 1e-4) and the chosen server step's (e.g. [ftg]
+    lambda_md = 1.0); each may set any field of its config and leaves the rest at their defaults.
+    `params` / `server_params` None mean the algorithm's / the server step's defaults."""
 
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=lambda: PartitionConfig(num_nodes=10, alpha=0.3))
     federate: FederateConfig = field(default_factory=FederateConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     params: Any = None
+    server_params: Any = None
 
     def __post_init__(self) -> None:
         algo = algorithm_class(self.federate.algorithm)
@@ -141,6 +111,16 @@ class FederatedRunConfig:
             object.__setattr__(self, "params", algo.Params())
         if not isinstance(self.params, algo.Params):
             raise ConfigError(f"{algo.name} takes {algo.Params.__name__}, not {type(self.params).__name__}")
+        step = server_step_class(self.federate.server)
+        if step is None:
+            if self.server_params is not None:
+                raise ConfigError(f"server none takes no settings, got {type(self.server_params).__name__}")
+        else:
+            if self.server_params is None:
+                object.__setattr__(self, "server_params", step.Params())
+            if not isinstance(self.server_params, step.Params):
+                raise ConfigError(f"server step {step.name} takes {step.Params.__name__}, not "
+                                  f"{type(self.server_params).__name__}")
         if algo.replaces_aggregation and self.federate.server != "none":
             raise ConfigError(f"{algo.name} replaces aggregation by distillation; server must be none")
 
@@ -148,19 +128,23 @@ class FederatedRunConfig:
     def from_toml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "FederatedRunConfig":
         """From a TOML file, with "table.field=value" `overrides` on top."""
         raw = load_toml(path, overrides)
-        extra = set(raw) - set(SECTIONS) - set(ALGORITHMS)
+        extra = set(raw) - set(SECTIONS) - set(ALGORITHMS) - set(SERVER_STEPS)
         if extra:
             raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: "
-                              f"{', '.join([*SECTIONS, *sorted(ALGORITHMS)])}")
-        for name in set(raw) & set(ALGORITHMS):  # every algorithm table is checked, used or not
-            from_dict(ALGORITHMS[name].Params, raw[name])
+                              f"{', '.join([*SECTIONS, *sorted(ALGORITHMS), *sorted(SERVER_STEPS)])}")
+        for name, cls_ in [*ALGORITHMS.items(), *SERVER_STEPS.items()]:  # every table is checked, used or not
+            if name in raw:
+                from_dict(cls_.Params, raw[name])
         return cls.from_dict(raw, defaults=cls())
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], defaults: "FederatedRunConfig | None" = None) -> "FederatedRunConfig":
         """From `to_dict`'s form (a run folder's config.json, a checkpoint's "config"), or a TOML's
         tables over `defaults`. Constants that older fedinv kept in [federate] (mu, feddyn_alpha,
-        distill_temperature, ...) go to the algorithm they belong to, and are dropped for others."""
+        distill_temperature, ...) go to the algorithm they belong to, and those it kept in
+        [generator] (lambda_md, bn_stats, fedgen_weight, ...) to the server step; in a saved config
+        they are dropped for others (they did nothing there), in a TOML they are an error naming
+        where they belong."""
         saved, base = defaults is None, defaults or cls()
 
         def section(name: str, given: dict[str, Any]) -> Any:
@@ -170,27 +154,62 @@ class FederatedRunConfig:
                      if not (saved and k not in given and "before" in fields[k].metadata)}
             return from_dict(SECTIONS[name], {**under, **given})
 
-        federate = dict(raw.get("federate", {}))
+        federate, generator = dict(raw.get("federate", {})), dict(raw.get("generator", {}))
         legacy = {k: federate.pop(k) for k in LEGACY_KEYS if k in federate}
-        sections = {name: section(name, raw.get(name) or {}) for name in SECTIONS if name != "federate"}
+        legacy_step = {k: generator.pop(k) for k in LEGACY_GENERATOR_KEYS if k in generator}
+        sections = {name: section(name, raw.get(name) or {}) for name in ("data", "partition")}
         sections["federate"] = section("federate", federate)
+        sections["generator"] = section("generator", generator)
         algo = algorithm_class(sections["federate"].algorithm)
-        values = {new: legacy[old] for old, new in getattr(algo, "legacy", {}).items() if old in legacy}
+        step = server_step_class(sections["federate"].server)
+        values = legacy_values(algo, legacy, "federate", f"algorithm {algo.name}", strict=not saved)
         values.update(raw.get(algo.name) or {})
-        return cls(**sections, params=from_dict(algo.Params, values))
+        config = cls(**sections, params=from_dict(algo.Params, values))
+        if step is None:
+            legacy_values(None, legacy_step, "generator", "server none", strict=not saved)
+            return config
+        step_values = legacy_values(step, legacy_step, "generator", f"server step {step.name}", strict=not saved)
+        given = {**step_values, **(raw.get(step.name) or {})}
+        # a saved config stands for `before` where it lacks a field; a TOML's tables go over the defaults
+        params = from_dict(step.Params, given if saved else {**to_dict(step.Params()), **given})
+        return dataclasses.replace(config, server_params=params)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{name: to_dict(getattr(self, name)) for name in SECTIONS}, self.federate.algorithm: to_dict(self.params)}
+        out = {name: to_dict(getattr(self, name)) for name in SECTIONS}
+        out[self.federate.algorithm] = to_dict(self.params)
+        if self.server_params is not None:
+            out[self.federate.server] = to_dict(self.server_params)
+        return out
 
     def with_algorithm(self, algorithm: str, **federate: Any) -> "FederatedRunConfig":
         """The same run with another algorithm (at its default constants) and `federate` changes."""
         fc = dataclasses.replace(self.federate, algorithm=algorithm, **federate)
-        return dataclasses.replace(self, federate=fc, params=algorithm_class(algorithm).Params())
+        step = server_step_class(fc.server)
+        params = self.server_params if fc.server == self.federate.server else (step.Params() if step else None)
+        return dataclasses.replace(self, federate=fc, params=algorithm_class(algorithm).Params(), server_params=params)
 
 
 # [federate] keys of fedinv before per-algorithm tables, and the algorithm field each became.
 LEGACY_KEYS = ("mu", "feddyn_alpha", "moon_temperature", "distill_temperature", "distill_weight", "personal_model",
                "validation_size", "server_epochs")
+
+
+# [generator] keys of fedinv before per-server-step tables (each step's `legacy` says what it became).
+LEGACY_GENERATOR_KEYS = ("model_steps", "model_lr", "temperature", "per_model_steps", "lambda_md", "ensemble",
+                         "bn_stats", "generator_ema", "save_every", "fedgen_weight")
+
+
+def legacy_values(owner: Any, legacy: dict[str, Any], table: str, what: str, strict: bool) -> dict[str, Any]:
+    """The fields of `owner` (an algorithm or server step class; None: none) from keys an older fedinv
+    kept in [table]; a key `owner` does not take is dropped, or, with `strict`, an error."""
+    renames = getattr(owner, "legacy", {}) if owner is not None else {}
+    foreign = sorted(k for k in legacy if k not in renames)
+    if strict and foreign:
+        owners = [*ALGORITHMS.items(), *SERVER_STEPS.items()]
+        homes = [name for name, c in owners if foreign[0] in getattr(c, "legacy", {})]
+        raise ConfigError(f"{table}.{foreign[0]} does not apply to {what}; it is a setting of "
+                          f"{' and '.join(f'[{h}]' for h in homes) or 'no other'}")
+    return {renames[k]: v for k, v in legacy.items() if k in renames}
 
 
 def method_name(fc: FederateConfig) -> str:

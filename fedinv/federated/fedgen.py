@@ -8,12 +8,15 @@ carries the other nodes' knowledge of the decision boundaries into every local u
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import option
+from ..errors import ConfigError
 from ..evaluate import class_level_logits, class_shares
 from ..models.generators import FeatureGenerator
 from ..train import Stepper
@@ -27,9 +30,22 @@ def feature_dim(model: nn.Module) -> int:
     return head_of(model).in_features
 
 
+@dataclass(frozen=True)
+class FedGenParams:
+    """[fedgen]: how much the nodes learn from the generated features."""
+
+    weight: float = option(1.0, "weight of the nodes' CE on generated features")
+
+    def __post_init__(self) -> None:
+        if not self.weight >= 0:
+            raise ConfigError(f"weight must be >= 0, got {self.weight}")
+
+
 @register_server_step
 class FedGen(GeneratorStep):
     name = "fedgen"
+    Params = FedGenParams
+    legacy = {"fedgen_weight": "weight"}
 
     def __init__(self, *args: Any):
         super().__init__(*args)
@@ -47,7 +63,7 @@ class FedGen(GeneratorStep):
     def node_loss(self, broadcast: dict[str, Any], device: torch.device, gen: torch.Generator) -> NodeLoss:
         """The nodes' extra term: CE of the local head on generated features (G frozen)."""
         g = self.load_generator(broadcast, device).eval()
-        p, w, nz = broadcast["label_p"], self.gcfg.fedgen_weight, self.gcfg.nz
+        p, w, nz = broadcast["label_p"], self.params.weight, self.gcfg.nz
 
         def loss(model: nn.Module, batch: int) -> torch.Tensor:
             y = torch.multinomial(p, batch, replacement=True, generator=gen).to(device)

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import at_least, check_choice, option
+from ..errors import ConfigError
 from ..evaluate import class_level_logits, class_shares
 from ..models.generators import ImageGenerator, to_model_input
 from ..train import Stepper, round_decay
@@ -39,6 +41,54 @@ from ..train.objectives import kd_loss
 from .local import LocalResult, RoundInfo, State, bn_statistics, cpu_state
 from .registry import register_server_step
 from .server_step import GeneratorStep
+
+
+@dataclass(frozen=True)
+class FedDFParams:
+    """[feddf]: the fine-tuning of the global model on the generator's samples (FedDF; FedFTG's
+    reference defaults: 5 global-model steps per iteration, SGD 0.01 on fedinv's per-sample KL)."""
+
+    model_steps: int = option(5, "global-model updates per iteration")
+    model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
+                             "on a loss averaged over the classes as well as the batch is 0.1 / K on ours: "
+                             "0.01 for 10 classes); decayed by [generator] lr_decay every round")
+    temperature: float = option(1.0, "KD temperature of the fine-tuning")
+    per_model_steps: bool = option(False, "each generator update is one Adam step per local model on its part of "
+                                          "the loss (its CE and hard-sample mining weighted by its share of each "
+                                          "sample's label), as the reference code does, instead of one step on the "
+                                          "whole ensemble's")
+    ensemble: str = option("label", "the class-level ensemble the generator and the fine-tuning use: label "
+                           "(each model's probabilities weighted by its share of the sample's label, and the "
+                           "fidelity the share-weighted sum of the models' own CEs, as the reference code) or "
+                           "class (each model's logit for class k weighted by its share of class k)",
+                           choices=("class", "label"), before="class")
+    bn_stats: str = option("batches", "the global model's BN running statistics after the fine-tuning: batches "
+                           "(they follow the generated batches, as in the reference code's train mode), aggregate "
+                           "(the aggregate's, i.e. the nodes' averaged real-data statistics, are put back) or eval "
+                           "(the fine-tuning runs in eval mode: the aggregate's statistics normalize the generated "
+                           "batches and stay)", choices=("batches", "aggregate", "eval"))
+    generator_ema: float = option(0.0, "the fine-tuning draws its samples from an exponential moving average of "
+                                       "the generator's weights, updated after every generator step with this "
+                                       "decay and kept across rounds (DFRD's EMA generator); 0 = from the generator "
+                                       "itself, as the reference code")
+    save_every: int = option(0, "append a batch of generated images (with the round's ensemble soft labels) to "
+                                "OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
+
+    def __post_init__(self) -> None:
+        check_choice(self, "bn_stats")
+        check_choice(self, "ensemble")
+        at_least(self, 0, "model_steps", "save_every")
+        if not 0.0 <= self.generator_ema < 1.0:
+            raise ConfigError(f"generator_ema must be in [0, 1), got {self.generator_ema}")
+        if not self.model_lr > 0 or not self.temperature > 0:
+            raise ConfigError("model_lr and temperature must be > 0")
+
+
+@dataclass(frozen=True)
+class FTGParams(FedDFParams):
+    """[ftg]: FedDF's fine-tuning plus FedFTG's hard-sample mining."""
+
+    lambda_md: float = option(1.0, "weight of hard-sample mining (maximize KL(ensemble || global))")
 
 
 @torch.no_grad()
@@ -130,7 +180,13 @@ class FedFTG(GeneratorStep):
     """FedFTG's server step: the class-level ensemble, customized label sampling, hard-sample mining."""
 
     name = "ftg"
-    lambda_md_applies = True
+    Params = FTGParams
+    legacy = {k: k for k in ("model_steps", "model_lr", "temperature", "per_model_steps", "lambda_md", "ensemble",
+                             "bn_stats", "generator_ema", "save_every")}
+
+    def lambda_md(self) -> float:
+        """The weight of hard-sample mining (FedDF has none)."""
+        return self.params.lambda_md
 
     def new_generator(self) -> ImageGenerator:
         return ImageGenerator(self.gcfg.nz, self.info.num_classes, self.info.channels, self.info.image_size)
@@ -138,12 +194,12 @@ class FedFTG(GeneratorStep):
     def server_models(self, results: Sequence[LocalResult], device: torch.device) -> ServerModels:
         counts = torch.stack([r.label_counts for r in results])
         return ServerModels(self.local_models(results, device), class_shares(counts).float().to(device),
-                            label_distribution(counts), by_label=self.gcfg.ensemble == "label")
+                            label_distribution(counts), by_label=self.params.ensemble == "label")
 
     def step(self, global_state: State, results: Sequence[LocalResult], state: dict[str, Any],
              rnd: RoundInfo) -> tuple[State, dict[str, Any], dict[str, float]]:
         """One round's server step; returns (new global state, new generator state, metrics)."""
-        device, gcfg = rnd.device, self.gcfg
+        device, gcfg, p = rnd.device, self.gcfg, self.params
         g = self.load_generator(state, device).train()
         g_step = Stepper(self.generator_optimizer(g, state, rnd.round), device, rnd.amp_dtype)
         model = self.build()
@@ -158,8 +214,8 @@ class FedFTG(GeneratorStep):
         # test accuracy at lr 0.1, against 82.5% when they follow). But statistics that follow
         # generated batches are not those of real data: bn_stats="aggregate" puts the aggregate's
         # back (worse over a run, in both benchmarks: docs/results.md).
-        model.to(device).train(gcfg.bn_stats != "eval")
-        m_step = Stepper(torch.optim.SGD(model.parameters(), lr=round_decay(gcfg.model_lr, gcfg.lr_decay, rnd.round)),
+        model.to(device).train(p.bn_stats != "eval")
+        m_step = Stepper(torch.optim.SGD(model.parameters(), lr=round_decay(p.model_lr, gcfg.lr_decay, rnd.round)),
                          device, rnd.amp_dtype)
         server = self.server_models(results, device)
 
@@ -168,17 +224,17 @@ class FedFTG(GeneratorStep):
             z = torch.randn(gcfg.batch_size, gcfg.nz, generator=rnd.gen)
             return z.to(device), y.to(device)
 
-        ema = self.ema_generator(g, state) if gcfg.generator_ema else None
+        ema = self.ema_generator(g, state) if p.generator_ema else None
         source = ema if ema is not None else g  # what the fine-tuning's samples come from
         sums: dict[str, float] = {}
         for _ in range(gcfg.iterations):
             self.train_generator(g, g_step, model, server, sample, sums, ema)
             self.fine_tune(source, m_step, model, server, sample, sums)
-        self.last_samples = self.generated_rows(source, server, sample) if gcfg.save_every else None
-        n_g, n_m = gcfg.iterations * gcfg.generator_steps, max(gcfg.iterations * gcfg.model_steps, 1)
+        self.last_samples = self.generated_rows(source, server, sample) if p.save_every else None
+        n_g, n_m = gcfg.iterations * gcfg.generator_steps, max(gcfg.iterations * p.model_steps, 1)
         metrics = {f"server_{k}": v / (n_m if k == "distill" else n_g) for k, v in sums.items()}
         new_state = cpu_state(model)
-        if gcfg.bn_stats == "aggregate":
+        if p.bn_stats == "aggregate":
             new_state.update(bn_statistics(global_state))  # the input state, untouched by the fine-tuning
         server_state = {"generator": cpu_state(g), "optimizer": g_step.optimizer.state_dict()}
         if ema is not None:
@@ -198,11 +254,11 @@ class FedFTG(GeneratorStep):
         `per_model_steps`, each is one Adam step per local model on its share of them, on the same
         z and y: the reference code's); `ema`, when given, follows G's weights after every step (its
         buffers, e.g. BN statistics, are G's). `sums` gets each update's parts, summed over models."""
-        gcfg = self.gcfg
-        lambda_md = gcfg.lambda_md if self.lambda_md_applies else 0.0
+        gcfg, p = self.gcfg, self.params
+        lambda_md = self.lambda_md()
         fine_tuning_mode = model.training
         model.requires_grad_(False).eval()  # as the reference code: its BN statistics are not the batches'
-        if gcfg.per_model_steps:  # one step per model, on its share of the fidelity and of the mining
+        if p.per_model_steps:  # one step per model, on its share of the fidelity and of the mining
             teachers = [functools.partial(server.teach_one, m) for m in range(len(server.models))]
         else:
             teachers = [server.teach]
@@ -217,7 +273,7 @@ class FedFTG(GeneratorStep):
                                                 **teacher(x, y))
                 g_step.step(parts["loss"])
                 if ema is not None:
-                    ema_update(ema, g, self.gcfg.generator_ema)
+                    ema_update(ema, g, p.generator_ema)
                 for k, v in parts.items():  # per model: the diversity each term counts 1/M of, the rest summed
                     share = 1 / len(teachers) if k == "diversity" else 1.0
                     sums[k] = sums.get(k, 0.0) + share * float(v.detach())
@@ -226,13 +282,14 @@ class FedFTG(GeneratorStep):
     def fine_tune(self, g: nn.Module, m_step: Stepper, model: nn.Module, server: ServerModels, sample: Sampler,
                   sums: dict[str, float]) -> None:
         """`model_steps` SGD steps of the global model on KL(ensemble || global) over G's samples."""
-        for _ in range(self.gcfg.model_steps):
+        p = self.params
+        for _ in range(p.model_steps):
             z, y = sample()
             with m_step.autocast():
                 with torch.no_grad():
                     x = to_model_input(g(z, y), self.info)
                     target = server.teach(x, y)["teacher_logp"]
-                loss = kd_loss(model(x), target, self.gcfg.temperature)
+                loss = kd_loss(model(x), target, p.temperature)
             m_step.step(loss)
             sums["distill"] = sums.get("distill", 0.0) + loss.item()
 
@@ -254,7 +311,11 @@ class FedDF(FedFTG):
     labels, no hard-sample mining."""
 
     name = "feddf"
-    lambda_md_applies = False
+    Params = FedDFParams
+    legacy = {k: v for k, v in FedFTG.legacy.items() if k != "lambda_md"}
+
+    def lambda_md(self) -> float:
+        return 0.0
 
     def server_models(self, results: Sequence[LocalResult], device: torch.device) -> ServerModels:
         m, k = len(results), self.info.num_classes

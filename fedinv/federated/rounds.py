@@ -111,7 +111,8 @@ class Federation:
         self.amp_dtype = resolve_precision(fc.precision, self.device)
         self.algo = algorithm_class(fc.algorithm)(fc, cfg.params, info, validation)
         step = server_step_class(fc.server)
-        self.server_step = step(fc, cfg.generator, info, self.algo.build) if step is not None else None
+        self.server_step = (step(fc, cfg.generator, cfg.server_params, info, self.algo.build) if step is not None
+                            else None)
 
     def initial_states(self) -> tuple[State, dict[str, Any]]:
         """(global model state, server state) before round 1, both from the seed."""
@@ -305,7 +306,7 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
             bar.set_postfix(acc=f"{done.row['test_accuracy']:.4f}")
         log.info("round %d/%d: %s", rnd + 1, fc.rounds, done.row)
         samples = fed.server_step.samples() if fed.server_step is not None else None
-        if samples is not None and (rnd + 1) % cfg.generator.save_every == 0:
+        if samples is not None and (rnd + 1) % fed.server_step.save_every == 0:
             save_samples(cfg, fed.info, samples, out / "generated.h5", rnd)
         save_torch({"format": RUN_FORMAT, "fedinv_version": __version__, "round": rnd + 1, "engine": engine_name,
                     "config": cfg.to_dict(), "seed": fc.seed, "partition_sha256": phash,

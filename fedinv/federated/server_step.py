@@ -1,6 +1,7 @@
 """The server-step protocol: what runs on the server after aggregation (FedFTG, FedDF, FedGen).
 
-A server step is built from the run's configs and the model constructor, keeps its state (a
+A server step is built from the run's configs (its own settings, `Params`, in the TOML table named
+after it: [ftg], [feddf], [fedgen]) and the model constructor, keeps its state (a
 generator and its optimizer) in the round checkpoint, may send something to the nodes and give
 their local update an extra loss term, and may leave generated samples to save. The round loop
 calls exactly these methods and never asks which step it holds.
@@ -16,7 +17,7 @@ from torch import nn
 from ..data.datasets import DatasetInfo
 from ..runtime import RoundStream, rng
 from ..train import round_decay
-from .config import FederateConfig, GeneratorConfig
+from .config import FederateConfig, GeneratorConfig, NoParams
 from .local import LocalResult, RoundInfo, State
 
 NodeLoss = Callable[[nn.Module, int], torch.Tensor]
@@ -27,9 +28,12 @@ class ServerStep:
     `registry.register_server_step` under `name`."""
 
     name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    legacy: ClassVar[dict[str, str]] = {}  # [generator] keys of older configs -> fields of Params
 
-    def __init__(self, cfg: FederateConfig, gcfg: GeneratorConfig, info: DatasetInfo, build: Callable[[], nn.Module]):
-        self.cfg, self.gcfg, self.info, self.build = cfg, gcfg, info, build
+    def __init__(self, cfg: FederateConfig, gcfg: GeneratorConfig, params: Any, info: DatasetInfo,
+                 build: Callable[[], nn.Module]):
+        self.cfg, self.gcfg, self.params, self.info, self.build = cfg, gcfg, params, info, build
         self.last_samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def init_state(self) -> dict[str, Any]:
@@ -53,6 +57,11 @@ class ServerStep:
         """Store rows (uint8 images, labels, ensemble log-probabilities) of the latest step's
         generator, when `save_every` asked for them; None otherwise."""
         return self.last_samples
+
+    @property
+    def save_every(self) -> int:
+        """Rounds between saved batches of generated images (0: never)."""
+        return getattr(self.params, "save_every", 0)
 
 
 class GeneratorStep(ServerStep):

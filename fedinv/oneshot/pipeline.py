@@ -29,7 +29,8 @@ from ..store import read_labels, read_rows
 from ..train.resume import changes
 from ..viz import class_grid, rows_per_class
 from .student.config import StudentConfig
-from .student.train import finished_student, train_student
+from .student.report import finished_student
+from .student.train import train_student
 from .synthesis.config import SynthesisConfig
 from .synthesis.method import require_batchnorm
 from .synthesis.synthesize import synthesize

@@ -1,1 +1,3 @@
-"""The student stage: its config (config.py) and its training on the synthetic store (train.py)."""
+"""The student stage: its config (config.py), its minibatches (batches.py), its loss (objective.py),
+adaptive rounds of new batches (adaptive.py), the training loop (train.py) and its record
+(report.py)."""

@@ -9,7 +9,6 @@ synthesized against the current student every `adaptive_every`-th epoch and appe
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,19 +20,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ... import __version__
-from ...checkpoint import STUDENT, ModelCheckpoint, save_checkpoint
-from ...config import to_dict
 from ...data.datasets import DatasetInfo, ImageTensors
 from ...distributed import World, process_group, rank_device, world_from_env
-from ...errors import ConfigError, RunStateError
-from ...evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
+from ...errors import ConfigError
+from ...evaluate import accuracy, predict_logits
 from ...models import seeded_model
-from ...runtime import Stream, resolve_device, resolve_precision, save_json
+from ...runtime import Stream, resolve_device, resolve_precision
 from ...store import meta_info, read_meta
 from ...train import Stepper, lr_at_epoch, train_epoch
-from ...train.resume import changes, load_progress, save_progress
-from ...viz import epoch_curves
+from ...train.resume import load_progress, save_progress
 from ..synthesis.ensemble import TeacherEnsemble, check_student, load_ensemble
 from ..synthesis.method import ensemble_path
 from ..teacher_files import Teachers
@@ -41,23 +36,9 @@ from .adaptive import AdaptiveRounds, store_synthesis
 from .batches import epoch_batches, local_batches
 from .config import StudentConfig
 from .objective import student_objective
+from .report import write_student
 
 log = logging.getLogger(__name__)
-
-
-def finished_student(out_dir: str | Path, cfg: StudentConfig) -> dict[str, Any] | None:
-    """The report of a finished student of this config in out_dir (run-time fields aside); None when
-    no student finished there. A finished student of other settings is refused (RunStateError naming
-    the fields), never read back as this one."""
-    path = Path(out_dir) / "report.json"
-    if not path.is_file():
-        return None
-    done = json.loads(path.read_text())
-    diff = changes(done["config"], cfg)
-    if diff:
-        raise RunStateError(f"{out_dir} holds a student of other settings ({', '.join(diff)}); "
-                            f"use another folder")
-    return done
 
 
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
@@ -83,7 +64,9 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
         history = run.train(Path(out_dir), test, eval_every, progress and world.rank == 0)
         if world.rank != 0:
             return {}
-        return run.finish(Path(out_dir), history, test, teachers_dir)
+        return write_student(Path(out_dir), run.student, cfg, run.info, store=run.store, history=history,
+                             kd_source=run.source, world_size=world.size, device=run.device, test=test,
+                             teachers_dir=teachers_dir)
 
 
 @dataclass
@@ -198,28 +181,3 @@ class StudentRun:
                 out["loss"] = out["loss"] + cfg.local_weight * nn.functional.cross_entropy(student(xl).float(), yl)
             return out
         return objective
-
-    def finish(self, out_dir: Path, history: list[dict], test: ImageTensors | None,
-               teachers_dir: str | Path | Teachers | None) -> dict[str, Any]:
-        """Write student.pt and report.json, remove the epoch checkpoint; returns the report."""
-        cfg, info = self.cfg, self.info
-        report: dict[str, Any] = {"fedinv_version": __version__, "config": to_dict(cfg), "seed": cfg.seed,
-                                  "store": str(self.store), "store_images": read_meta(self.store)["n_valid"],
-                                  "kd_source": self.source, "world_size": self.world.size, "history": history}
-        if test is not None:
-            logits = predict_logits(self.student, test, self.device)
-            report.update(test_accuracy=accuracy(logits, test.labels),
-                          per_class_accuracy=per_class_accuracy(logits, test.labels, info.num_classes),
-                          confusion_matrix=confusion_matrix(logits, test.labels, info.num_classes).tolist())
-        teacher_report = Path(teachers_dir) / "report.json" if isinstance(teachers_dir, (str, Path)) else None
-        if teacher_report is not None and teacher_report.is_file():
-            t = json.loads(teacher_report.read_text())
-            report.update(ensemble_accuracy=t.get("ensemble_accuracy"), fedavg_accuracy=t.get("fedavg_accuracy"))
-        ckpt = ModelCheckpoint.of(STUDENT, cfg.model, info, self.student.state_dict(), config=to_dict(cfg),
-                                  seed=cfg.seed, metrics={k: report[k] for k in ("test_accuracy",) if k in report},
-                                  extra={"store": str(self.store), "teachers": self.meta["teachers"]})
-        save_checkpoint(ckpt, out_dir / "student.pt")
-        epoch_curves({"": history}, ("train_accuracy", "test_accuracy"), "student").save(out_dir / "curves.png")
-        save_json(report, out_dir / "report.json")
-        (out_dir / "partial.pt").unlink(missing_ok=True)
-        return report

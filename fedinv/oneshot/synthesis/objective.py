@@ -2,8 +2,8 @@
 
 Per step (Algorithm 1 of one-shot-dataset-distillation.txt): pick n of the N teachers, jitter and
 flip the images, average the sampled teachers' (CE + BN-statistic [+ competition]) terms, add the
-image priors. The per-batch engine (engine.py) descends it on the pixels; the generator methods
-(generative.py) on a generator's weights. Both call `InversionObjective`, so they optimize the
+image priors. deepinversion (deepinversion.py) descends it on the pixels; the generator methods
+(generator.py: fast, dense) on a generator's weights. Both call `InversionObjective`, so they optimize the
 same function of the images.
 """
 

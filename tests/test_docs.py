@@ -1,0 +1,34 @@
+"""Docstrings and comments name only files that exist: every `NAME.py` and `NAME.md` the package's
+source mentions is a file of the repository (a run's outputs aside)."""
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).parent.parent
+OUTPUTS = {"table.md"}  # files fedinv writes into a run folder
+MENTION = re.compile(r"(?<![\w/.-])([\w/-]+\.(?:py|md))\b")
+
+
+def repository_files() -> set[str]:
+    files = {p.relative_to(REPO).as_posix() for p in REPO.rglob("*") if p.is_file() and ".venv" not in p.parts}
+    return files | {Path(f).name for f in files}
+
+
+def mentions(path: Path) -> list[tuple[int, str]]:
+    return [(i, m.group(1)) for i, line in enumerate(path.read_text().splitlines(), 1)
+            for m in MENTION.finditer(line) if not line.lstrip().startswith(("from ", "import "))]
+
+
+def test_the_source_names_only_files_that_exist():
+    files = repository_files()
+    missing = [f"{p.relative_to(REPO)}:{i}: {name}" for p in sorted((REPO / "fedinv").rglob("*.py"))
+               for i, name in mentions(p)
+               if name not in OUTPUTS and name not in files and Path(name).name not in files]
+    assert not missing, "names of files that do not exist:\n" + "\n".join(missing)
+
+
+def test_a_missing_file_is_seen(tmp_path):
+    probe = tmp_path / "x.py"
+    probe.write_text('"""see objective.py and nowhere.py"""\n')
+    assert [name for _, name in mentions(probe)] == ["objective.py", "nowhere.py"]
+    assert "objective.py" in repository_files() and "nowhere.py" not in repository_files()
