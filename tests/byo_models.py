@@ -1,5 +1,5 @@
 """Models from outside fedinv's registry, for the bring-your-own-teacher tests (imported by path,
-as `fedinv import-teacher --model byo_models:resnet18_gray` would)."""
+as `fedinv import-teacher --model tests.byo_models:resnet18_gray` would)."""
 
 import torchvision
 from torch import nn

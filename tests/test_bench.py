@@ -182,7 +182,7 @@ def test_benchmark_records_name_the_cpu_that_ran_them(monkeypatch):
 
 
 def test_kd_ceiling_trains_the_student_on_real_images_and_reads_finished_ones_back(tmp_path, tiny_partition):
-    from conftest import tiny_teacher_config
+    from tests.helpers import tiny_teacher_config
 
     from fedinv.data.partition import load_partition
     from fedinv.oneshot.teachers import train_teachers

@@ -1,0 +1,63 @@
+"""Tests of fedinv.aggregate."""
+
+import pytest
+import torch
+
+from fedinv.aggregate import apply_server_lr, feddyn_aggregate, weighted_average
+from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
+from tests.helpers import t
+
+
+def test_weighted_average_by_hand():
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([4.0, 8.0]), "n": torch.tensor(5)}
+    out = weighted_average([a, b], [1, 3])  # weights 0.25, 0.75
+    torch.testing.assert_close(out["w"], torch.tensor([0.25 * 1 + 0.75 * 4, 0.25 * 2 + 0.75 * 8]))
+    assert out["n"].item() == 5 and out["n"].dtype == a["n"].dtype
+
+
+def test_weighted_average_rejects_bad_input():
+    a = {"w": torch.ones(2)}
+    with pytest.raises(ValueError, match="different keys"):
+        weighted_average([a, {"v": torch.ones(2)}], [1, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        weighted_average([a, a], [1, -1])
+
+
+def test_class_shares_and_weighted_ensemble_by_hand():
+    counts = torch.tensor([[30, 0, 0], [10, 5, 0]])
+    w = class_shares(counts)
+    torch.testing.assert_close(w, torch.tensor([[0.75, 0.0, 0.5], [0.25, 1.0, 0.5]], dtype=torch.float64))
+    l1, l2 = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    p1, p2 = l1.exp() / l1.exp().sum(), l2.exp() / l2.exp().sum()  # softmax by hand
+    torch.testing.assert_close(ensemble_probs([l1, l2]), (p1 + p2) / 2)
+    weighted = p1 * w[0].float() + p2 * w[1].float()  # per class; the row is then normalized
+    torch.testing.assert_close(ensemble_probs([l1, l2], w), weighted / weighted.sum())
+    assert ensemble_probs([l1, l2], w).sum().item() == pytest.approx(1.0)
+
+
+def test_confusion_and_per_class_accuracy():
+    logits = torch.eye(3)[[0, 1, 1, 2]]
+    labels = torch.tensor([0, 1, 2, 2])
+    assert confusion_matrix(logits, labels, 3).tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    assert per_class_accuracy(logits, labels, 3) == [1.0, 1.0, 0.5]
+
+
+def test_server_step_moves_by_the_server_lr():
+    g, avg = {"w": t(1.0, 2.0), "n": torch.tensor(3)}, {"w": t(3.0, 0.0), "n": torch.tensor(5)}
+    assert torch.allclose(apply_server_lr(g, avg, 1.0)["w"], t(3.0, 0.0))
+    assert torch.allclose(apply_server_lr(g, avg, 0.5)["w"], t(2.0, 1.0))
+    assert apply_server_lr(g, avg, 0.5)["n"] == 5
+
+
+def test_feddyn_aggregate_by_hand():
+    g = {"w": t(1.0), "bn": t(0.0)}
+    states = [{"w": t(3.0), "bn": t(1.0)}, {"w": t(5.0), "bn": t(3.0)}]
+    h = {"w": t(0.5)}
+    alpha, n = 0.1, 4
+    new, new_h = feddyn_aggregate(g, states, [1, 3], h, alpha, n)
+    avg = 0.25 * 3 + 0.75 * 5  # 4.5
+    h_expected = 0.5 - alpha * (2 / 4) * (avg - 1.0)  # 0.325
+    assert new_h["w"].item() == pytest.approx(h_expected)
+    assert new["w"].item() == pytest.approx(avg - h_expected / alpha)
+    assert new["bn"].item() == pytest.approx(0.25 * 1 + 0.75 * 3)  # buffers: plain weighted average

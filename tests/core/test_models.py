@@ -1,0 +1,76 @@
+"""Tests of fedinv.models."""
+
+import pytest
+import torch
+
+from fedinv.errors import ConfigError
+from fedinv.models import MODELS, build_model, has_batchnorm
+from fedinv.models.generators import FeatureGenerator, ImageGenerator
+
+
+SHAPES = [(1, 28), (3, 32), (3, 16)]
+
+
+def test_generators_shapes():
+    g = ImageGenerator(8, 10, 1, 28)
+    x = g(torch.randn(4, 8), torch.tensor([0, 1, 2, 9]))
+    assert x.shape == (4, 1, 28, 28) and x.abs().max() <= 1
+    f = FeatureGenerator(8, 10, 32, hidden=16)
+    assert f(torch.randn(4, 8), torch.tensor([0, 1, 2, 9])).shape == (4, 32)
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        ImageGenerator(8, 10, 3, 30)
+
+
+def test_an_unconditional_generator_draws_the_class_from_the_code_alone():
+    from fedinv.models.generators import ImageGenerator
+    g = ImageGenerator(8, 10, 3, 16, width=16, conditional=False).eval()
+    z = torch.randn(4, 8)
+    assert g.fc_y is None
+    assert torch.equal(g(z, torch.zeros(4, dtype=torch.long)), g(z, torch.full((4,), 7)))
+    c = ImageGenerator(8, 10, 3, 16, width=16).eval()
+    assert not torch.equal(c(z, torch.zeros(4, dtype=torch.long)), c(z, torch.full((4,), 7)))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("channels,size", SHAPES)
+def test_forward_and_backward_at_image_size(name, channels, size):
+    if size < MODELS[name].min_image_size:
+        with pytest.raises(ConfigError, match="at least"):
+            build_model(name, channels, 7, size)
+        return
+    torch.manual_seed(0)
+    model = build_model(name, channels, 7, size)
+    x = torch.randn(2, channels, size, size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert has_batchnorm(model) == MODELS[name].batchnorm, "the registry says which models carry BN statistics"
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet19'; known: bncnn, cnn1, cnn2, feddyn-cnn, gncnn, lenet5"):
+        build_model("resnet19", 3, 10, 32)
+
+
+def test_paper_cnn_shapes_match_feddistill():
+    # CNN1 / CNN2 flatten to 1024 / 2048 features at 32 px (feddistill.txt IV-B)
+    linear = [m for m in build_model("cnn1", 3, 10, 32).modules() if isinstance(m, torch.nn.Linear)]
+    assert (linear[0].in_features, linear[0].out_features) == (1024, 64)
+    linear = [m for m in build_model("cnn2", 3, 10, 32).modules() if isinstance(m, torch.nn.Linear)]
+    assert linear[0].in_features == 2048
+
+
+def test_groupnorm_models_have_no_running_statistics_to_aggregate():
+    from fedinv.aggregate import weighted_average
+    from fedinv.federated.local import bn_statistics
+
+    for name in ("gncnn", "resnet18-gn", "feddyn-cnn"):
+        states = [build_model(name, 1, 10, 28).state_dict() for _ in range(2)]
+        assert bn_statistics(states[0]) == {}
+        assert set(states[0]) == {n for n, _ in build_model(name, 1, 10, 28).named_parameters()}  # weights only
+        avg = weighted_average(states, [1, 3])
+        for k in avg:
+            torch.testing.assert_close(avg[k], (states[0][k].double() / 4 + 3 * states[1][k].double() / 4).float())
+    assert build_model("gncnn", 1, 10, 28)[1].num_groups == 2

@@ -1,0 +1,66 @@
+"""Tests of fedinv.oneshot.student.train."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedinv.cli.main import cli
+from fedinv.data.datasets import load_dataset
+from fedinv.errors import ConfigError
+from fedinv.oneshot.student.config import StudentConfig
+from fedinv.oneshot.student.train import train_student
+from tests.helpers import real_store
+
+
+def test_student_learns_a_tiny_task_above_chance(tmp_path):
+    real_store(tmp_path / "s.h5")
+    test = load_dataset("synthetic-tiny", "test")
+    cfg = StudentConfig(model="lenet5", epochs=4, batch_size=32, lr=0.05, kd_weight=1.0, ce_weight=1.0,
+                        device="cpu", buffer_batches=4)
+    report = train_student(tmp_path / "s.h5", tmp_path / "st", cfg, test=test, progress=False)
+    assert report["test_accuracy"] > 0.5, report["history"]
+    assert len(report["history"]) == 4 and (tmp_path / "st" / "student.pt").exists()
+    assert not (tmp_path / "st" / "partial.pt").exists()
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "st" / "student.pt"), "--out",
+                                   str(tmp_path / "e.json"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["accuracy"] == pytest.approx(report["test_accuracy"])
+    assert sum(map(sum, ev["confusion_matrix"])) == 200 and (tmp_path / "e.png").exists()
+
+
+def test_student_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
+    real_store(tmp_path / "s.h5", n=300)
+    cfg = StudentConfig(model="lenet5", epochs=3, batch_size=32, device="cpu", ce_weight=1.0)
+    train_student(tmp_path / "s.h5", tmp_path / "a", cfg, progress=False)
+    import fedinv.train.resume as st  # where epoch checkpoints are written
+    real_save = st.save_torch
+
+    def stop_after_two(obj, path):  # the run is killed right after saving epoch 2
+        real_save(obj, path)
+        if obj["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(st, "save_torch", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(tmp_path / "s.h5", tmp_path / "c", cfg, progress=False)
+    monkeypatch.setattr(st, "save_torch", real_save)
+    resumed = train_student(tmp_path / "s.h5", tmp_path / "c", cfg, progress=False)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    a = torch.load(tmp_path / "a" / "student.pt", weights_only=True)["state_dict"]
+    c = torch.load(tmp_path / "c" / "student.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], c[k]) for k in a), "resumed = uninterrupted"
+
+
+def test_student_needs_something_to_learn_from(tmp_path):
+    with pytest.raises(ConfigError, match="nothing to learn from"):
+        StudentConfig(kd_weight=0, ce_weight=0)
+    real_store(tmp_path / "s.h5", n=100)
+    with pytest.raises(ConfigError, match="need --teachers"):
+        train_student(tmp_path / "s.h5", tmp_path / "x", StudentConfig(kd_source="teachers", device="cpu"),
+                      progress=False)
+    with pytest.raises(ConfigError, match="local_weight > 0 needs"):
+        train_student(tmp_path / "s.h5", tmp_path / "x", StudentConfig(local_weight=1.0, device="cpu"),
+                      progress=False)

@@ -1,0 +1,38 @@
+"""Tests of fedinv.oneshot.synthesis.labels."""
+
+import pytest
+import torch
+
+from fedinv.errors import ConfigError
+from fedinv.oneshot.synthesis.labels import sample_labels, sample_teachers
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.store import read_rows
+from tests.helpers import gen_cfg, random_teachers, write_teachers
+
+
+def test_every_method_asks_for_the_same_labels(tmp_path):
+    """Batch b's labels are the first draw of stream (seed, b) whatever the method, so stores of one
+    seed made by different methods hold the same labels in the same order."""
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    labels, one_step = [], {"deepinversion": {"iterations": 1}, "fast": {"steps": 1}, "dense": {"steps": 1}}
+    for method in ("deepinversion", "fast", "dense"):
+        synthesize(tmp_path / "t", tmp_path / f"{method}.h5", gen_cfg(method, num_images=24, **one_step[method]),
+                   progress=False)
+        labels.append(read_rows(tmp_path / f"{method}.h5")[1])
+    assert torch.equal(labels[0], labels[1]) and torch.equal(labels[0], labels[2])
+
+
+def test_label_samplers():
+    counts = torch.tensor([[90, 10, 0], [0, 0, 100]])
+    gen = torch.Generator().manual_seed(0)
+    y = sample_labels("proportional", counts, 20000, gen)
+    freq = torch.bincount(y, minlength=3).float() / len(y)
+    torch.testing.assert_close(freq, torch.tensor([0.45, 0.05, 0.5]), atol=0.02, rtol=0)
+    y = sample_labels("balanced", counts, 100, gen)
+    assert torch.bincount(y, minlength=3).tolist() == [25, 25, 50]
+    assert set(sample_labels("uniform", counts, 300, gen).tolist()) == {0, 1, 2}
+    with pytest.raises(ConfigError, match="unknown label sampler 'x'; known: balanced, proportional, uniform"):
+        sample_labels("x", counts, 4, gen)
+    picks = sample_teachers(5, 3, gen)
+    assert len(set(picks.tolist())) == 3 and sample_teachers(5, 0, gen).tolist() == [0, 1, 2, 3, 4]
