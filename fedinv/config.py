@@ -200,7 +200,9 @@ def choice_options(choices: dict[str, Any], choice_flag: str) -> Callable[[Calla
         for field_name, takers in reversed(list(merged.items())):
             flag = "--" + field_name.replace("_", "-")
             kind = takers[0][2]
-            defaults = ", ".join(f"{name} {'not set' if f.default is None else f.default}" for name, f, _ in takers)
+            shown = [(name, "not set" if f.default is None else f.default) for name, f, _ in takers]
+            same = len({repr(v) for _, v in shown}) == 1
+            defaults = str(shown[0][1]) if same else ", ".join(f"{name} {v}" for name, v in shown)
             help_text = (f"{', '.join(name for name, _, _ in takers)} ({choice_flag}): "
                          f"{takers[0][1].metadata.get('help', '')} [default: {defaults}]")
             if kind is bool:
