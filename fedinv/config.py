@@ -94,7 +94,10 @@ def option_table(choice: str, help: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain values only, so configs go into JSON, HDF5 attributes and weights-only checkpoints."""
+    """Plain values only, so configs go into JSON, HDF5 attributes and weights-only checkpoints. A
+    class that writes its own form (`cfg.to_dict()`) is asked to."""
+    if "to_dict" in vars(type(cfg)):
+        return cfg.to_dict()
     return {field_key(cfg, f): to_dict(v) if dataclasses.is_dataclass(v) else _plain(v)
             for f in dataclasses.fields(cfg) for v in [getattr(cfg, f.name)]}
 

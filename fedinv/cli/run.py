@@ -15,8 +15,8 @@ from ..oneshot.pipeline import RunConfig, run_pipeline
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
-              help="override one field of the TOML, e.g. --set synthesis.deepinversion.iterations=200 (repeatable; the value in "
-                   "TOML syntax; the run folder records the effective config)")
+              help="override one field of the TOML, e.g. --set synthesis.deepinversion.iterations=200 "
+                   "(repeatable; the value in TOML syntax; the run folder records the effective config)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
 def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], progress: bool) -> None:
     """Run the one-shot pipeline from a TOML CONFIG in one run folder:

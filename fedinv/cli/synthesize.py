@@ -39,13 +39,14 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
     deepinversion optimizes each batch's pixels with Adam for --iterations steps. fast refines a
     generator's meta-learned start for --steps steps per batch and moves the start towards the
     result (Fast-Datafree); dense trains one generator on, --steps steps per batch (DENSE). At
-    each step --teachers-per-step of the N teachers are sampled and their losses averaged. Images, target labels, the teacher ensemble's soft labels and
-    provenance go to the HDF5 store OUT, flushed per batch; fast and dense keep their generator in
-    OUT.state.pt beside it (copy both to move a store that will be continued).
+    each step --teachers-per-step of the N teachers are sampled and their losses averaged.
+    Images, target labels, the teacher ensemble's soft labels and provenance go to the HDF5 store
+    OUT, flushed per batch; fast and dense keep their generator in OUT.state.pt beside it (copy
+    both to move a store that will be continued).
 
-    Several processes (deepinversion): `torchrun --nproc-per-node K -m fedinv synthesize ...` splits the batches
-    over K ranks (gloo on CPU, one GPU each on CUDA); rank 0 merges their shards into OUT, which
-    then holds what one process would have written.
+    Several processes (deepinversion): `torchrun --nproc-per-node K -m fedinv synthesize ...`
+    splits the batches over K ranks (gloo on CPU, one GPU each on CUDA); rank 0 merges their
+    shards into OUT, which then holds what one process would have written.
     """
     method = method_class(kwargs["method"]).name  # names the registered methods when unknown
     cfg = pick(SynthesisConfig, {**kwargs, "params": pick_choice_params(METHODS, method, kwargs, "--method")})

@@ -45,8 +45,9 @@ from .server_step import GeneratorStep
 
 @dataclass(frozen=True)
 class FedDFParams:
-    """[feddf]: the fine-tuning of the global model on the generator's samples (FedDF; FedFTG's
-    reference defaults: 5 global-model steps per iteration, SGD 0.01 on fedinv's per-sample KL)."""
+    """[feddf]: the fine-tuning of the global model on the generator's samples against the plain mean
+    ensemble (FedDF; FedFTG's reference defaults: 5 global-model steps per iteration, SGD 0.01 on
+    fedinv's per-sample KL)."""
 
     model_steps: int = option(5, "global-model updates per iteration")
     model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
@@ -57,11 +58,6 @@ class FedDFParams:
                                           "the loss (its CE and hard-sample mining weighted by its share of each "
                                           "sample's label), as the reference code does, instead of one step on the "
                                           "whole ensemble's")
-    ensemble: str = option("label", "the class-level ensemble the generator and the fine-tuning use: label "
-                           "(each model's probabilities weighted by its share of the sample's label, and the "
-                           "fidelity the share-weighted sum of the models' own CEs, as the reference code) or "
-                           "class (each model's logit for class k weighted by its share of class k)",
-                           choices=("class", "label"), before="class")
     bn_stats: str = option("batches", "the global model's BN running statistics after the fine-tuning: batches "
                            "(they follow the generated batches, as in the reference code's train mode), aggregate "
                            "(the aggregate's, i.e. the nodes' averaged real-data statistics, are put back) or eval "
@@ -76,7 +72,6 @@ class FedDFParams:
 
     def __post_init__(self) -> None:
         check_choice(self, "bn_stats")
-        check_choice(self, "ensemble")
         at_least(self, 0, "model_steps", "save_every")
         if not 0.0 <= self.generator_ema < 1.0:
             raise ConfigError(f"generator_ema must be in [0, 1), got {self.generator_ema}")
@@ -86,9 +81,18 @@ class FedDFParams:
 
 @dataclass(frozen=True)
 class FTGParams(FedDFParams):
-    """[ftg]: FedDF's fine-tuning plus FedFTG's hard-sample mining."""
+    """[ftg]: FedDF's fine-tuning, FedFTG's class-level ensemble and hard-sample mining."""
 
+    ensemble: str = option("label", "the class-level ensemble the generator and the fine-tuning use: label "
+                           "(each model's probabilities weighted by its share of the sample's label, and the "
+                           "fidelity the share-weighted sum of the models' own CEs, as the reference code) or "
+                           "class (each model's logit for class k weighted by its share of class k)",
+                           choices=("class", "label"), before="class")
     lambda_md: float = option(1.0, "weight of hard-sample mining (maximize KL(ensemble || global))")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self, "ensemble")
 
 
 @torch.no_grad()
@@ -312,7 +316,7 @@ class FedDF(FedFTG):
 
     name = "feddf"
     Params = FedDFParams
-    legacy = {k: v for k, v in FedFTG.legacy.items() if k != "lambda_md"}
+    legacy = {k: v for k, v in FedFTG.legacy.items() if k not in ("lambda_md", "ensemble")}
 
     def lambda_md(self) -> float:
         return 0.0

@@ -1,4 +1,5 @@
-"""The teachers stage: its config and per-node teacher training, one teacher per node on its split, resumable, checkpoint per node.
+"""The teachers stage: its config and per-node teacher training, one teacher per node on its split,
+resumable, checkpoint per node.
 
 `teachers/node-K.pt` is what a node sends to the server. Epoch checkpoints go to
 `teachers/partial/node-K.pt`; a rerun skips finished nodes and continues partial ones from
