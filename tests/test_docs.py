@@ -32,3 +32,28 @@ def test_a_missing_file_is_seen(tmp_path):
     probe.write_text('"""see objective.py and nowhere.py"""\n')
     assert [name for _, name in mentions(probe)] == ["objective.py", "nowhere.py"]
     assert "objective.py" in repository_files() and "nowhere.py" not in repository_files()
+
+
+PAPER = re.compile(r"(?<![\w/.-])([a-z][\w*-]*\.txt)\b")
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_every_paper_named_by_its_file_is_in_the_references():
+    references = (REPO / "docs" / "references.md").read_text()
+    texts = [*sorted((REPO / "fedinv").rglob("*.py")), REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    named = {m.group(1) for p in texts for m in PAPER.finditer(p.read_text())}
+    assert named, "the source names papers by their file"
+    missing = sorted(name for name in named if f"`{name}`" not in references)
+    assert not missing, f"papers named but not in docs/references.md: {missing}"
+
+
+def test_every_link_of_the_docs_leads_to_a_file_of_the_repository():
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        for m in LINK.finditer(page.read_text()):
+            target = m.group(1)
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert not broken, "links to nothing:\n" + "\n".join(broken)

@@ -1,4 +1,5 @@
-"""FedFTG's server step (fedftg-*.txt), and FedDF's as its plain special case.
+"""FedFTG's server step (fedftg-abstract.txt, fedftg-supplementary.txt), and FedDF's as its plain
+special case.
 
 After aggregation, per round: `iterations` times, train the conditional generator
 `generator_steps` times on
