@@ -89,8 +89,11 @@ def main(run_dir: str, rnd: int | None, steps: int, lr: float) -> None:
            "ensemble_class_level": accuracy(class_level_logits(logits, server.shares), test.labels),
            "ensemble_mean_logits": accuracy(logits.mean(0), test.labels),
            "local_models": [accuracy(z, test.labels) for z in logits], "after_kd": {}}
+    def class_level(x: torch.Tensor) -> torch.Tensor:  # the ensemble FedFTG's "class" form distills
+        return class_level_logits(torch.stack([m(x) for m in server.models]), server.shares)
+
     for mode in ("eval", "train-restore", "train-update"):
-        new = distill(fed, aggregate, server.ensemble, normalize(train.images, train.info), mode, steps, lr,
+        new = distill(fed, aggregate, class_level, normalize(train.images, train.info), mode, steps, lr,
                       cfg.federate.seed)
         finite = all(torch.isfinite(v).all() for v in new.values() if v.is_floating_point())
         out["after_kd"][mode] = fed.test_accuracy(new, test) if finite else None  # diverged

@@ -83,6 +83,14 @@ def test_rounds_bench_writes_the_keys_the_issue_reads_and_merges_runs(tmp_path):
         assert "machine" not in row and row["per_seed"][0]["machine"]  # each seed names its CPU
     rows = result["lenet5"]
     assert rows["fedavg"]["server_share"] is None and rows["fedprox+ftg@ema"]["server_share"] > 0
+    # the BN diagnosis reads a finished FedAvg run of this bench (it was broken once, unseen)
+    diagnosis = subprocess.run([sys.executable, str(BENCH / "ftg_bn.py"), "--run",
+                                str(tmp_path / "runs" / "lenet5" / "fedavg-seed-0"), "--steps", "2"],
+                               capture_output=True, text=True)
+    assert diagnosis.returncode == 0, diagnosis.stderr[-2000:]
+    figures = json.loads(diagnosis.stdout)
+    assert set(figures["after_kd"]) == {"eval", "train-restore", "train-update"}
+    assert 0 <= figures["ensemble_class_level"] <= 1 and len(figures["local_models"]) == len(figures["nodes"])
 
 
 def test_rounds_bench_merges_at_every_save_so_concurrent_runs_keep_their_figures(tmp_path, monkeypatch):
