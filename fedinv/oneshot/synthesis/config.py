@@ -82,8 +82,10 @@ class SynthesisConfig:
         return not method_class(self.method).carries_state
 
     def with_method(self, method: str, **settings: Any) -> "SynthesisConfig":
-        """The same config with another method, at its default settings but for `settings`."""
-        return dataclasses.replace(self, method=method, params=method_class(method).Params(**settings))
+        """The same config with `method`: its settings as this config holds them when it is this
+        config's method, else at their defaults; `settings` over them."""
+        params = self.params if method == self.method else method_class(method).Params()
+        return dataclasses.replace(self, method=method, params=dataclasses.replace(params, **settings))
 
     @classmethod
     def of(cls, method: str = "deepinversion", **settings: Any) -> "SynthesisConfig":

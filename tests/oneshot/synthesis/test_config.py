@@ -12,6 +12,7 @@ from fedinv.config import option, to_dict
 from fedinv.errors import ConfigError
 from fedinv.oneshot.pipeline import RunConfig
 from fedinv.oneshot.synthesis.config import SynthesisConfig
+from fedinv.oneshot.synthesis.dense import DenseParams
 from fedinv.oneshot.synthesis.method import Inverted
 from fedinv.oneshot.synthesis.registry import METHODS, SynthesisMethod, method_class
 from fedinv.oneshot.synthesis.synthesize import synthesize
@@ -61,6 +62,8 @@ def test_a_setting_the_chosen_method_does_not_take_is_an_error_naming_it(tmp_pat
                     'iterations = 9\n')
     cfg = RunConfig.from_toml(toml).synthesis
     assert cfg.params.steps == 7 and cfg.with_method("deepinversion", iterations=9).params.iterations == 9
+    assert cfg.with_method("fast") == cfg and cfg.with_method("fast", lr_z=0.0).params.steps == 7
+    assert cfg.with_method("dense").params == DenseParams()
     write_teachers(tmp_path / "t", *random_teachers(2))
     res = CliRunner().invoke(cli, ["synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "s.h5"),
                                    "--method", "fast", "--iterations", "5", "--device", "cpu"])
