@@ -18,6 +18,7 @@ labels / online / with a node's local data, and every multi-round algorithm and 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -66,6 +67,7 @@ batch_size = 16
 STEP_TABLE = "model_steps = 2\nsave_every = 1\n"
 
 
+@functools.cache
 def per_step_tables() -> bool:
     """Whether the fedinv of this checkout (what `python -m fedinv` runs here) keeps a server step's
     settings in its own table ([ftg]) rather than in [generator]."""

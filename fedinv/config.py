@@ -10,6 +10,7 @@ fills `--help`, and travels (as values) inside every artifact the stage writes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import typing
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from .errors import ConfigError
+from .runtime import PRECISIONS
 
 T = TypeVar("T")
 
@@ -34,6 +36,17 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None, runt
     if before is not dataclasses.MISSING:
         metadata["before"] = before
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def precision_option() -> Any:
+    """The `precision` field of every stage that trains or synthesizes (one help text, one set of choices)."""
+    return option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+                  choices=PRECISIONS)
+
+
+def device_option() -> Any:
+    """The `device` field of every stage: where it computes, not what (a run-time field)."""
+    return option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
 
 
 def at_least(cfg: Any, minimum: int, *names: str) -> None:
@@ -98,16 +111,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     class that writes its own form (`cfg.to_dict()`) is asked to."""
     if "to_dict" in vars(type(cfg)):
         return cfg.to_dict()
-    return {field_key(cfg, f): to_dict(v) if dataclasses.is_dataclass(v) else _plain(v)
+    return {field_key(cfg, f): to_dict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
             for f in dataclasses.fields(cfg) for v in [getattr(cfg, f.name)]}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return type(v)(_plain(x) for x in v)
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:

@@ -1,6 +1,7 @@
 """Docstrings and comments name only files that exist: every `NAME.py` and `NAME.md` the package's
 source mentions is a file of the repository (a run's outputs aside)."""
 
+import os
 import re
 from pathlib import Path
 
@@ -9,8 +10,14 @@ OUTPUTS = {"table.md"}  # files fedinv writes into a run folder
 MENTION = re.compile(r"(?<![\w/.-])([\w/-]+\.(?:py|md))\b")
 
 
+SKIP = {".git", ".venv", "runs", "__pycache__", ".pytest_cache"}  # not the repository's own files
+
+
 def repository_files() -> set[str]:
-    files = {p.relative_to(REPO).as_posix() for p in REPO.rglob("*") if p.is_file() and ".venv" not in p.parts}
+    files = set()
+    for folder, subfolders, names in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if d not in SKIP]
+        files |= {(Path(folder) / n).relative_to(REPO).as_posix() for n in names}
     return files | {Path(f).name for f in files}
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import DataConfig, PartitionConfig, at_least, check_choice, from_dict, load_toml, option, to_dict
+from ..config import (DataConfig, PartitionConfig, at_least, check_choice, device_option, from_dict, load_toml, option,
+                      precision_option, to_dict)
 from ..errors import ConfigError
 from .registry import ALGORITHMS, SERVER_STEPS, algorithm_class, server_step_class
 
@@ -44,9 +45,8 @@ class FederateConfig:
     diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "
                                   "step and of the round's class-level ensemble of local models (is there anything "
                                   "to distill?), on the first N test images; 0: off", runtime=True)
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
+    precision: str = precision_option()
+    device: str = device_option()
     seed: int = option(0, "random seed of initialization, node sampling and data order")
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
-from ..config import at_least, check_choice, option, to_dict
+from ..config import at_least, check_choice, device_option, option, precision_option, to_dict
 from ..data.batches import batches
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition
@@ -51,9 +51,8 @@ class TeacherConfig:
     augment: bool = option(True, "light augmentation: random crop with padding, and horizontal flip "
                                  "where the dataset allows it")
     same_init: bool = option(True, "start every node from the same initialization (one-shot FedAvg baseline)")
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
+    precision: str = precision_option()
+    device: str = device_option()
     seed: int = option(0, "random seed of initialization and data order")
 
     def __post_init__(self) -> None:

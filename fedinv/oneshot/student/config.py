@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import at_least, check_choice, option
+from ...config import at_least, check_choice, device_option, option, precision_option
 from ...errors import ConfigError
 from ...train import SCHEDULES
 
@@ -37,9 +37,8 @@ class StudentConfig:
                                       "appended to the store every --adaptive-every epochs (0 = off)")
     adaptive_every: int = option(1, "adaptive mode: epochs between rounds of new batches (first round at epoch 1)")
     buffer_batches: int = option(16, "store reading: batches read and shuffled together (memory bound)")
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
+    precision: str = precision_option()
+    device: str = device_option()
     seed: int = option(0, "random seed of initialization and data order")
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import at_least, check_choice, from_fields, option, option_table
+from ...config import at_least, check_choice, device_option, from_fields, option, option_table, precision_option
 from ...errors import ConfigError
 from .registry import METHODS, method_class
 
@@ -53,12 +53,11 @@ class SynthesisConfig:
     comp_temperature: float = option(3.0, "temperature of the competition term")
     jitter: int = option(2, "random roll of the images by up to this many pixels per step")
     flip: bool = option(True, "random horizontal flip per step (off for datasets where flips change labels)")
-    precision: str = option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
-                            choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = precision_option()
     batched: str = option("auto", "multi-teacher path: batched (one vmapped call for teachers of one "
                           "architecture), loop (per teacher), auto (batched on CUDA, loop on CPU where it "
                           "measured faster)", choices=("auto", "batched", "loop"), runtime=True)
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
+    device: str = device_option()
     seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly")
     params: Any = option_table("method", "the method's own settings (its Params; None: their defaults)")
 
