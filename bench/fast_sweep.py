@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import click
-from jsonl import emit
+from bench.records import emit
 
 from fedinv import __version__
 from fedinv.config import DataConfig, to_dict

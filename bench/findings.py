@@ -62,7 +62,7 @@ from fedinv.train.resume import comparable
 from fedinv.viz import bar_chart, class_grid, confusion_plot, line_plot, rows_per_class
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jsonl import emit  # noqa: E402
+from bench.records import emit  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 import torch
-from jsonl import emit
+from bench.records import emit
 
 from fedinv import __version__
 from fedinv.config import apply_overrides, from_dict, to_dict

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
-from jsonl import emit
-from machine import describe
+from bench.records import emit
+from bench.machine import describe
 
 from fedinv import __version__
 from fedinv.config import apply_overrides, from_dict, to_dict

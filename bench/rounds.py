@@ -30,7 +30,7 @@ from pathlib import Path
 
 import click
 import numpy as np
-from machine import cpu_name
+from bench.machine import cpu_name
 
 from fedinv import __version__
 from fedinv.data.datasets import load_dataset

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jsonl import emit  # noqa: E402
+from bench.records import emit  # noqa: E402
 
 FILTERS = [("none", None, False), ("lzf", None, False), ("gzip", 1, False), ("gzip", 1, True),
            ("gzip", 4, True), ("gzip", 9, True)]

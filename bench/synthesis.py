@@ -32,7 +32,7 @@ from pathlib import Path
 
 import click
 import torch
-from machine import describe
+from bench.machine import describe
 from torch.func import functional_call, vmap
 
 from fedinv import __version__

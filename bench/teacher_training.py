@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
-from machine import describe
+from bench.machine import describe
 
 from fedinv import __version__
 from fedinv.config import DataConfig, PartitionConfig, to_dict

@@ -272,19 +272,23 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def read_toml_tables(path: str | Path, defaults: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read a TOML file of tables named like the keys of `defaults` (config instances); each table
+    """Read a TOML file of tables named like the keys of `defaults` (config instances): see `from_tables`."""
+    return from_tables(load_toml(path, overrides), defaults, str(path))
+
+
+def from_tables(data: dict[str, Any], defaults: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Configs from tables named like the keys of `defaults` (config instances); each table
     overrides fields of its default, and unknown tables or fields are errors naming the known ones.
     A config class that reads its own form (`from_dict(values, strict)`) reads the table as written,
     strictly (its defaults are the class's own)."""
-    data = load_toml(path, overrides)
     extra = set(data) - set(defaults)
     if extra:
-        raise ConfigError(f"{path}: unknown table(s) {sorted(extra)}; known: {', '.join(defaults)}")
+        raise ConfigError(f"{source}: unknown table(s) {sorted(extra)}; known: {', '.join(defaults)}")
     out = {}
     for name, d in defaults.items():
         given = data.get(name, {})
         if not isinstance(given, dict):
-            raise ConfigError(f"{path}: {name} must be a table ([{name}]), got {given!r}")
+            raise ConfigError(f"{source}: {name} must be a table ([{name}]), got {given!r}")
         if "from_dict" in vars(type(d)):
             out[name] = type(d).from_dict(given, strict=True) if given else d
         else:

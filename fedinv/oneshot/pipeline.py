@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..checkpoint import STUDENT, load_checkpoint
-from ..config import DataConfig, PartitionConfig, read_toml_tables, to_dict
+from ..config import DataConfig, PartitionConfig, from_tables, read_toml_tables, to_dict
 from ..data.datasets import ImageTensors, load_dataset
 from ..data.partition import Partition, load_partition, make_partition, save_partition
 from ..errors import RunStateError
@@ -57,6 +57,11 @@ class RunConfig:
     def from_toml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "RunConfig":
         """From a TOML file, with "table.field=value" `overrides` on top."""
         return cls(**read_toml_tables(path, {name: c() for name, c in SECTIONS.items()}, overrides))
+
+    @classmethod
+    def from_tables(cls, tables: dict[str, Any], source: str = "config") -> "RunConfig":
+        """From a TOML's tables already read (unknown tables or fields are errors)."""
+        return cls(**from_tables(tables, {name: c() for name, c in SECTIONS.items()}, source))
 
     def to_dict(self) -> dict[str, Any]:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}

@@ -1,0 +1,40 @@
+"""How good are the teachers, one by one and as an ensemble, and what does one-shot FedAvg of them give?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench.setting import run_config, teachers
+from bench.tables import Table, mean, mean_std, number, pct
+
+QUESTION = "How good are the teachers alone, as an ensemble, and averaged (one-shot FedAvg)?"
+SEEDS = (0, 1, 2)
+
+
+def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
+    _, report, seconds = teachers(run_config(cfg, seed, device), out)
+    yield {"ensemble_accuracy": report["ensemble_accuracy"], "ensemble_mean_accuracy": report["ensemble_mean_accuracy"],
+           "fedavg_accuracy": report["fedavg_accuracy"], "node_accuracy": report["node_accuracy"],
+           "node_sizes": [sum(c) for c in report["label_counts"]], "wall_seconds": seconds}
+
+
+def by_seed(records: list[dict]) -> Table:
+    rows = [[r["seed"], pct(r["ensemble_accuracy"]), pct(r["ensemble_mean_accuracy"]), pct(r["fedavg_accuracy"]),
+             " / ".join(f"{100 * a:.1f}" for a in r["node_accuracy"]), f"{r['wall_seconds']:.0f} s"] for r in records]
+    if len(records) > 1:
+        rows.append(["mean ± std", *(mean_std(r[k] for r in records) for k in
+                                     ("ensemble_accuracy", "ensemble_mean_accuracy", "fedavg_accuracy")),
+                     "", f"{mean(r['wall_seconds'] for r in records):.0f} s"])
+    return Table(["seed", "ensemble (class-level)", "ensemble (plain mean)", "one-shot FedAvg", "per-node accuracy",
+                  "train-teachers wall time"], rows)
+
+
+TABLES = {"by-seed": by_seed}
+
+
+def headline(records: list[dict]) -> str:
+    if not records:
+        return ""
+    return (f"class-level ensemble {mean_std(r['ensemble_accuracy'] for r in records)}%, one-shot FedAvg "
+            f"{mean_std(r['fedavg_accuracy'] for r in records)}% ({len(records)} seeds)")
