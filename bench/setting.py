@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedinv.config import DataConfig
+from fedinv.config import DataConfig, PartitionConfig
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.oneshot.pipeline import SECTIONS, RunConfig, partition_stage
 from fedinv.oneshot.teachers import train_teachers
@@ -50,3 +50,14 @@ def teachers(rc: RunConfig, folder: Path) -> tuple[Path, dict[str, Any], float]:
     if not (out / "report.json").is_file():
         train_teachers(part, rc.teachers, out, progress=False, train=train, test=test)
     return out, json.loads((out / "report.json").read_text()), time.perf_counter() - t0
+
+
+def reference(rc: RunConfig, folder: Path, epochs: int) -> Path:
+    """The audit's reference: the teachers' model trained on all training images (one IID node)."""
+    if not (folder / "teachers" / "report.json").is_file():
+        ref = dataclasses.replace(rc, partition=PartitionConfig(scheme="iid", num_nodes=1),
+                                  teachers=dataclasses.replace(rc.teachers, epochs=epochs))
+        train, test = splits(rc.data)
+        part = partition_stage(ref, folder / "partition.json", train)
+        train_teachers(part, ref.teachers, folder / "teachers", progress=False, train=train, test=test)
+    return folder / "teachers" / "node-0.pt"
