@@ -66,6 +66,23 @@ def table(study: str, name: str | None, records: Path | None) -> None:
 
 
 @main.command()
+@click.argument("study")
+@click.option("--out", default="runs/experiments", show_default=True, type=click.Path(path_type=Path),
+              help="the run folders of `run` (OUT/STUDY)")
+@click.option("--seeds", default=None, help="comma-separated seeds (default: the study's SEEDS)")
+@click.option("--to", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write the pictures here (default: the study's figures/)")
+def figures(study: str, out: Path, seeds: str | None, to: Path | None) -> None:
+    """Draw STUDY's pictures from its run folders (studies that define `figures`)."""
+    s = Study.find(study)
+    draw = getattr(s.module, "figures", None)
+    if draw is None:
+        raise click.UsageError(f"{s.name} draws no pictures of its own; its figures/ holds what it has")
+    for path in draw(out / s.name, split(seeds, int) or list(s.seeds), to or s.folder / "figures"):
+        click.echo(path)
+
+
+@main.command()
 @click.option("--check", is_flag=True, help="change nothing; exit 1 when a page's tables differ from the records")
 def docs(check: bool) -> None:
     """Regenerate every marked table in docs/results.md and the studies' READMEs from the records."""

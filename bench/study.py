@@ -74,6 +74,7 @@ class Study:
         spec = importlib.util.spec_from_file_location(f"experiments.{self.name.replace('-', '_')}",
                                                       self.folder / "study.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses and pickling look a class's module up there
         spec.loader.exec_module(module)
         return module
 

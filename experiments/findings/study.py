@@ -1,5 +1,5 @@
-"""Benchmark: the findings of one-shot-dataset-distillation.txt, each in the report's own setting,
-on Fashion-MNIST, with seeds.
+"""Do the findings of the one-shot dataset distillation report (one-shot-dataset-distillation.txt)
+hold, in the report's own settings, on Fashion-MNIST, with seeds?
 
 A row is one finding in one setting with one value of its switch, for one seed. The rows of a
 setting and seed share the partition and the teachers (OUT/SETTING-seed-S/teachers); rows whose
@@ -18,19 +18,14 @@ Findings (report section; setting; switch values):
   head-mask          §IV-E  2 and 5 label-disjoint teachers: output-head masking on / off
   fixed-teachers     §VI    10 IID teachers, n = 3: teachers sampled at every step / once per batch
 
-Prints (and with --json-out appends) one JSON line per row and seed: finding, setting, switch,
-value, seed, student_accuracy, ensemble_accuracy, seconds (the row's wall time: the teachers when
+One record per row and seed (a variant is a finding: configs/<finding>.toml): finding, setting,
+switch, value, student_accuracy, ensemble_accuracy, seconds (the row's wall time: the teachers when
 this row trained them, its synthesis unless another row made the store, its student),
-stage_seconds, per_class_accuracy and more.
-`--plots DIR` draws, from the run folders, each finding's accuracy over epochs (mean over seeds),
-the fresh-batch accuracies, class-wise bars and a confusion matrix for local-data, and grids per
-setting.
-
-    python bench/findings.py --rows all --seeds 0,1,2 --out runs/findings --json-out docs/bench-findings.jsonl
-    python bench/findings.py --rows head-mask --seeds 0 --out runs/findings
-    python bench/findings.py --rows all --method fast --out runs/findings-fast --json-out docs/bench-findings.jsonl
-    python bench/findings.py --plots docs/findings --out runs/findings --seeds 0,1,2
-    python bench/findings.py --table docs/bench-findings.jsonl
+stage_seconds, per_class_accuracy and more. Run folders: OUT/findings/SETTING-seed-S, shared by
+the findings of one setting (teachers-per-step and fixed-teachers share 10-iid's teachers and a store).
+`python -m bench figures findings` draws, from the run folders, each finding's accuracy over epochs
+(mean over seeds), the fresh-batch accuracies, class-wise bars and a confusion matrix for local-data,
+and grids per setting.
 """
 
 from __future__ import annotations
@@ -39,12 +34,11 @@ import dataclasses
 import functools
 import hashlib
 import json
-import sys
 import time
+import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import click
 import numpy as np
 
 from fedinv import __version__
@@ -61,8 +55,11 @@ from fedinv.store import read_rows
 from fedinv.train.resume import comparable
 from fedinv.viz import bar_chart, class_grid, confusion_plot, line_plot, rows_per_class
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench.records import emit  # noqa: E402
+from bench.setting import run_config, study_fields
+from bench.tables import Table
+
+QUESTION = "Do the one-shot report's findings hold in its own settings on Fashion-MNIST?"
+SEEDS = (0, 1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,23 +81,20 @@ SETTINGS = {
 }
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """What every row spends. FULL is scaled to the 2-core CPU (the report: CIFAR-10, 1,000
-    iterations, 650 batches of 256, 300 student epochs): 1,024 images at 100 iterations and a
-    60-epoch student; adaptive: a pool of 4 batches, then one new batch of 128 every epoch for
-    20 epochs (3,072 images). QUICK (--quick) checks the bench end to end on synthetic-tiny."""
+    """What every row spends (configs/base.toml; configs/quick.toml for the test suite's quick run)."""
 
-    dataset: str = "fashion-mnist"
-    teachers: TeacherConfig = TeacherConfig(epochs=10)
-    synthesis: SynthesisConfig = SynthesisConfig.of(num_images=1024, batch_size=128, iterations=100)
-    student: StudentConfig = StudentConfig(epochs=60, batch_size=128)
-    adaptive_images: int = 512
-    adaptive_epochs: int = 20
+    dataset: str
+    teachers: TeacherConfig
+    synthesis: SynthesisConfig
+    student: StudentConfig
+    adaptive_images: int
+    adaptive_epochs: int
 
 
-FULL = Budget()
-QUICK = Budget("synthetic-tiny", TeacherConfig(model="lenet5", epochs=1),
-               SynthesisConfig.of(num_images=16, batch_size=8, iterations=2),
-               StudentConfig(model="lenet5", epochs=2, batch_size=8), 8, 2)
+def budget_of(cfg: dict[str, Any], device: str) -> Budget:
+    rc, study = run_config(cfg, 0, device), study_fields(cfg)
+    return Budget(rc.data.dataset, rc.teachers, rc.synthesis, rc.student, study["adaptive_images"],
+                  study["adaptive_epochs"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +118,7 @@ FINDINGS = {
 
 
 def row_configs(finding: str, value: Any, seed: int, device: str,
-                budget: Budget = FULL) -> tuple[SynthesisConfig, StudentConfig]:
+                budget: Budget) -> tuple[SynthesisConfig, StudentConfig]:
     """The synthesis and student configs of one row."""
     syn = dataclasses.replace(budget.synthesis, seed=seed, device=device)
     student = dataclasses.replace(budget.student, seed=seed, device=device)
@@ -177,7 +171,7 @@ def prepare_setting(out: Path, setting: str, seed: int, train: ImageTensors, tes
 
 
 def run_row(out: Path, finding: str, setting: str, value: Any, seed: int, train: ImageTensors, test: ImageTensors,
-            device: str, budget: Budget = FULL) -> dict[str, Any]:
+            device: str, budget: Budget) -> dict[str, Any]:
     part, teachers, teacher_s = prepare_setting(out, setting, seed, train, test, device, budget)
     folder = setting_dir(out, setting, seed)
     syn, student_cfg = row_configs(finding, value, seed, device, budget)
@@ -276,7 +270,7 @@ def saved(picture: Any, path: Path) -> Path:
     return path
 
 
-def draw(out: Path, seeds: list[int], plots: Path, budget: Budget = FULL) -> list[Path]:
+def draw(out: Path, seeds: list[int], plots: Path, budget: Budget) -> list[Path]:
     """The findings' pictures from the finished rows under `out`: accuracy over epochs per finding,
     adaptive's fresh batches, local-data's class bars, halves and confusion matrix, the grids."""
     plots.mkdir(parents=True, exist_ok=True)
@@ -357,13 +351,11 @@ def draw_grids(out: Path, seed: int, plots: Path, budget: Budget) -> list[Path]:
     return written
 
 
-def table(lines: list[dict]) -> str:
-    """A markdown table of measured rows (JSON lines as printed; a row printed again on a resumed run
-    counts once): per finding, setting and switch value the student's accuracy as mean ± std over
-    seeds, its paired difference to the finding's first value, the ensemble, seconds, the report."""
-    rows = {(r["finding"], r["setting"], json.dumps(r["value"]), r["seed"]): r for r in lines}
-    out = ["| finding | setting | switch | seeds | student | vs first value (paired) | ensemble | seconds | report |",
-           "|---|---|---|---|---|---|---|---|---|"]
+def table(lines: list[dict]) -> Table:
+    """Per finding, setting and switch value the student's accuracy as mean ± std over seeds, its paired
+    difference to the finding's first value, the ensemble, seconds, the report's figure."""
+    rows = {(r["finding"], r["setting"], json.dumps(r["value"]), r["seed"]): r for r in lines if r.get("finding")}
+    out = []
 
     def pm(values: list[float], scale: float = 100.0) -> str:
         v = scale * np.array(values)
@@ -382,50 +374,42 @@ def table(lines: list[dict]) -> str:
                           for r in mine if r["seed"] in first]
                 diff = ("" if value == spec.values[0] or not paired
                         else f"{'+' if np.mean(paired) >= 0 else ''}{pm(paired)}")
-                out.append(f"| {finding} | {setting} | {spec.switch} = {value_name(value)} | {len(mine)} | "
-                           f"{pm([r['student_accuracy'] for r in mine])} | {diff} | "
-                           f"{pm([r['ensemble_accuracy'] for r in mine])} | "
-                           f"{np.mean([r['seconds'] for r in mine]):.0f} | "
-                           f"{spec.report if value == spec.values[0] else ''} |")
-    return "\n".join(out) + "\n"
+                out.append([finding, setting, f"{spec.switch} = {value_name(value)}", len(mine),
+                            pm([r["student_accuracy"] for r in mine]), diff,
+                            pm([r["ensemble_accuracy"] for r in mine]), f"{np.mean([r['seconds'] for r in mine]):.0f}",
+                            spec.report if value == spec.values[0] else ""])
+    return Table(["finding", "setting", "switch", "seeds", "student", "vs first value (paired)", "ensemble",
+                  "seconds", "report"], out)
 
 
-@click.command()
-@click.option("--rows", default="all", show_default=True,
-              help=f"comma-separated findings, or all: {', '.join(FINDINGS)}")
-@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds")
-@click.option("--out", default="runs/findings", show_default=True, help="run folders go here")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="also append each JSON line here")
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="draw the pictures of the finished rows into this folder (runs nothing)")
-@click.option("--table", "table_from", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="print the markdown table of the JSON lines in this file (runs nothing)")
-@click.option("--method", default="deepinversion", show_default=True, type=click.Choice(["deepinversion", "fast"]),
-              help="synthesis method of every row (use another --out per method)")
-@click.option("--quick", is_flag=True, help="tiny budgets on synthetic-tiny: checks the bench end to end in minutes")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-def main(rows: str, seeds: str, out: str, json_out: str | None, plots: Path | None, table_from: str | None,
-         method: str, quick: bool, device: str) -> None:
-    if table_from is not None:
-        click.echo(table([json.loads(line) for line in Path(table_from).read_text().splitlines() if line.strip()]),
-                   nl=False)
-        return
-    seed_list = [int(s) for s in seeds.split(",")]
-    budget = QUICK if quick else FULL
-    budget = dataclasses.replace(budget, synthesis=budget.synthesis.with_method(method))
-    if plots is not None:
-        for path in draw(Path(out), seed_list, plots, budget):
-            click.echo(path)
-        return
-    names = list(FINDINGS) if rows == "all" else rows.split(",")
-    unknown = [n for n in names if n not in FINDINGS]
-    if unknown:
-        raise click.BadParameter(f"unknown finding(s) {unknown}; known: {', '.join(FINDINGS)}", param_hint="--rows")
+def first_measurement(lines: list[dict]) -> Table:
+    """The first measurement (other settings, one seed: 5 Dirichlet or label-disjoint nodes), kept apart."""
+    rows = [[r["group"], f"{r['switch']} = {r['value']}", f"{100 * r['ensemble_accuracy']:.2f}",
+             f"{100 * r['fedavg_accuracy']:.2f}", f"{100 * r['student_accuracy']:.2f}", f"{r['seconds']:.0f}"]
+            for r in lines if r.get("row")]
+    return Table(["group", "switch", "ensemble", "one-shot FedAvg", "student", "seconds"], rows)
+
+
+TABLES = {"findings": table, "first-measurement": first_measurement}
+
+
+def headline(records: list[dict]) -> str:
+    agree = {"local-data", "head-mask"}
+    return ("of six findings, local data and head masking agree in direction; adaptive, teachers per step, "
+            "weighted CE and fixed teachers show no gain beyond the seeds' spread" if
+            agree <= {r.get("finding") for r in records} else "")
+
+
+def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
+    """The rows of the variant's finding for one seed. Settings live in the study's run folder,
+    OUT/findings/SETTING-seed-S, shared by every finding of that setting."""
+    budget, finding = budget_of(cfg, device), study_fields(cfg)["finding"]
     train, test = load_dataset(DataConfig(budget.dataset), "train"), load_dataset(DataConfig(budget.dataset), "test")
-    for seed in seed_list:
-        for finding, setting, value in all_rows(names):
-            emit(run_row(Path(out), finding, setting, value, seed, train, test, device, budget), json_out)
+    for f, setting, value in all_rows([finding]):
+        yield run_row(out.parent.parent, f, setting, value, seed, train, test, device, budget)
 
 
-if __name__ == "__main__":
-    main()
+def figures(runs: Path, seeds: list[int], folder: Path) -> list[Path]:
+    """The pictures of the finished rows under `runs` (OUT/findings)."""
+    return draw(runs, seeds, folder, budget_of(tomllib.loads((Path(__file__).parent / "configs" / "base.toml")
+                                                              .read_text()), "cpu"))
