@@ -87,9 +87,10 @@ class Study:
 
     @property
     def variants(self) -> list[str]:
-        """The variants: one per TOML in configs/ besides base and quick ('base' when there is none)."""
+        """The variants: one per TOML in configs/ besides base and quick; 'base' (base.toml alone) too where
+        there is no other or the study says BASE_VARIANT = True (a study comparing variants with its base)."""
         names = sorted(p.stem for p in (self.folder / "configs").glob("*.toml") if p.stem not in NOT_VARIANTS)
-        return names or ["base"]
+        return ["base", *names] if not names or getattr(self.module, "BASE_VARIANT", False) else names
 
     @property
     def seeds(self) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
 """Compare finished or running multi-round runs round by round, from their metrics.jsonl.
 
-    python bench/rounds_compare.py fedavg=runs/rounds-reference/gncnn/fedavg-seed-0 \\
+    python -m bench.compare fedavg=runs/rounds-reference/gncnn/fedavg-seed-0 \\
         ftg=runs/rounds-reference/gncnn/fedavg-ftg-seed-0 --plot docs/some.png
 
 The first run is the base. Per run, over the rounds every run has finished, prints JSON: the mean

@@ -1,6 +1,6 @@
 """Diagnosis: how FedFTG's server fine-tuning should treat the global model's BatchNorm.
 
-From the global model of a finished `bench/rounds.py` FedAvg run, runs one more round of local
+From the global model of a finished FedAvg run of the rounds study, runs one more round of local
 updates (round --round's participants), aggregates, and then distills the class-level ensemble of
 the round's local models into the aggregate on *real* training images, so that only the BN
 handling differs from one line to the next (no generator involved):
@@ -14,7 +14,7 @@ Prints JSON: test accuracy of the aggregate, of the class-level and mean ensembl
 model, and of the aggregate after --steps KD steps (SGD, --lr, T = 1, batch 64) per BN mode
 (null: it diverged).
 
-    python bench/ftg_bn.py --run runs/rounds/fedavg
+    python experiments/rounds/ftg_bn.py --run runs/experiments/rounds/base/seed-0/bncnn/fedavg
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Diagnosis: where FedFTG's fine-tuning loses accuracy on a model with BatchNorm.
 
-From a finished FedFTG run of bench/rounds.py (its checkpoint holds the trained generator), runs
+From a finished FedFTG run of the rounds study (its checkpoint holds the trained generator), runs
 one more round: the participants' local updates, aggregation, then the real server step (the run's
 generator, fidelity / hard-sample mining / diversity, then the fine-tuning) at each of --model-lrs,
 and evaluates the fine-tuned global model with three sets of BN running statistics:
@@ -12,7 +12,7 @@ and evaluates the fine-tuned global model with three sets of BN running statisti
 
 The weights are the same in all three; only the statistics differ. Prints JSON.
 
-    python bench/ftg_stats.py --run runs/rounds2/fedavg-ftg
+    python experiments/rounds/ftg_stats.py --run runs/rounds2/fedavg-ftg
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def real_statistics(fed: Federation, state: State, images: ImageTensors, batch: 
 
 @click.command()
 @click.option("--run", "run_dir", default="runs/rounds/fedavg-ftg", show_default=True,
-              help="a FedFTG run folder of bench/rounds.py (checkpoint.pt, config.json)")
+              help="a FedFTG run folder of the rounds study (checkpoint.pt, config.json)")
 @click.option("--model-lrs", default="0.1,0.03,0.01", show_default=True,
               help="comma-separated learning rates of the global model's fine-tuning")
 @click.option("--calibration", default=5000, show_default=True,
