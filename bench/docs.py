@@ -12,6 +12,7 @@ disagree.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -26,23 +27,24 @@ def pages() -> list[Path]:
     return [ROOT / "docs" / "results.md", EXPERIMENTS / "README.md", *(s.folder / "README.md" for s in all_studies())]
 
 
-def index() -> Table:
+def index(prefix: str = ".") -> Table:
+    """Question -> headline -> folder of every study; links relative to the page (`prefix`: experiments/)."""
     rows = []
     for study in all_studies():
         rows.append([getattr(study.module, "QUESTION", ""), study.headline(),
-                     f"[{study.name}]({study.name}/README.md)"])
+                     f"[{study.name}]({prefix}/{study.name}/README.md)"])
     return Table(["question", "headline", "study"], rows)
 
 
-def render(name: str) -> str:
+def render(name: str, page: Path) -> str:
     if name == "index":
-        return index().markdown()
+        return index(os.path.relpath(EXPERIMENTS, page.parent)).markdown()
     study, _, table = name.partition("/")
     return Study.find(study).table(table).markdown()
 
 
-def regenerate(text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), text)
+def regenerate(text: str, page: Path) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), page) + m.group(4), text)
 
 
 def stale_pages(write: bool) -> list[Path]:
@@ -52,7 +54,7 @@ def stale_pages(write: bool) -> list[Path]:
         if not page.is_file():
             continue
         text = page.read_text()
-        new = regenerate(text)
+        new = regenerate(text, page)
         if new != text:
             stale.append(page)
             if write:

@@ -16,7 +16,7 @@ must resume from the file as it is.
 
 Filters: gzip (deflate) is built into every HDF5 library, so h5dump, HDFView or MATLAB read a
 store as h5py does (stores of older fedinv versions used h5py's own LZF, which they cannot
-decode; h5py still reads those). bench/store_compression.py: gzip level 1 writes about half as
+decode; h5py still reads those). experiments/store-compression: gzip level 1 writes about half as
 fast as LZF (~50 MB/s, milliseconds per batch beside seconds of synthesis) and stores 8% smaller.
 """
 

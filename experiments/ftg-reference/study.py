@@ -6,6 +6,7 @@ of the round's ensemble, aggregate and global model (first 1,000 test images).""
 from __future__ import annotations
 
 from bench.federated import rounds_table, run_methods
+from bench.tables import Table
 
 QUESTION = "In FedFTG's own setting, does its server fine-tuning save rounds?"
 run = run_methods
@@ -21,4 +22,9 @@ def headline(records: list[dict]) -> str:
             f"FedAvg + FTG {100 * b['last5_accuracy']:.2f}%: the gain is not reproduced")
 
 
-TABLES = {"rounds": rounds_table}
+def base_table(records: list[dict]) -> Table:
+    """The plain setting only (variant base), seed 0."""
+    return rounds_table([r for r in records if r["variant"] == "base" and r["seed"] == 0])
+
+
+TABLES = {"rounds": rounds_table, "headline": base_table}

@@ -212,7 +212,7 @@ class FedFTG(GeneratorStep):
         # The global model is fine-tuned in train mode, as in the reference code: BN normalizes each
         # generated batch by its own statistics and its running statistics follow them. In eval
         # mode the gradients through BN scale with 1 / sqrt(running var): on the Fashion-MNIST
-        # benchmark the fine-tuning went to NaN in round 1 at lr 0.1 (bench/ftg_bn.py: so does KD
+        # benchmark the fine-tuning went to NaN in round 1 at lr 0.1 (experiments/rounds/ftg_bn.py: so does KD
         # on real images at lr 0.1); bn_stats="eval" does it (the aggregate's statistics normalize
         # and stay), for the smaller step of the label form. Putting the old running statistics
         # back afterwards leaves them stale once the weights have moved far (there, 82.9% -> 64.8%

@@ -6,7 +6,7 @@ stacked (`torch.func.stack_module_state`) and one `functional_call` is vmapped o
 dimension, which PyTorch lowers to grouped convolutions. It removes the per-teacher kernel
 launches that dominate on a GPU. Looped path: a Python loop over the teachers, in channels_last
 memory format; on a CPU, where the work is compute- and memory-bound rather than launch-bound,
-it measured 3x faster than the batched path (bench/synthesis.py), so `auto` picks it there.
+it measured 3x faster than the batched path (experiments/synthesis-speed), so `auto` picks it there.
 Both paths run the same per-teacher function and give the same losses.
 """
 

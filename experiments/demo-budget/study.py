@@ -1,0 +1,41 @@
+"""With the student's compute fixed (16,384 images x 12 epochs ~ 1,024 x 200), does the demo gain more
+from fast's many images or from deepinversion's few sharper ones? `fedinv run` of each demo config,
+the teachers at the config's seed, synthesis and student at the run's seed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench.study import ROOT
+from bench.tables import Table, mean_std
+from fedinv.oneshot.pipeline import RunConfig, run_pipeline
+
+QUESTION = "At the demo's budget, which synthesis method gives the better student?"
+SEEDS = (0, 1)
+
+
+def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
+    rc = RunConfig.from_toml(ROOT / cfg["study"]["config"])
+    rc = dataclasses.replace(rc, teachers=dataclasses.replace(rc.teachers, device=device),
+                             synthesis=dataclasses.replace(rc.synthesis, seed=seed, device=device),
+                             student=dataclasses.replace(rc.student, seed=seed, device=device))
+    summary = run_pipeline(rc, out, progress=False)
+    yield {"student_accuracy": summary["student_accuracy"], "ensemble_accuracy": summary["ensemble_accuracy"],
+           "fedavg_accuracy": summary["fedavg_accuracy"], "stage_seconds": summary.get("stage_seconds")}
+
+
+def students(records: list[dict]) -> Table:
+    rows = []
+    for variant in sorted({r["variant"] for r in records}):
+        rs = [r for r in records if r["variant"] == variant]
+        rows.append([variant, len(rs), mean_std(r["student_accuracy"] for r in rs)])
+    return Table(["config", "seeds", "student"], rows)
+
+
+TABLES = {"students": students}
+
+
+def headline(records: list[dict]) -> str:
+    return ""
