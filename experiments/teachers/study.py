@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.setting import run_config, teachers
-from bench.tables import Table, mean, mean_std, number, pct
+from bench.tables import Table, mean, mean_std, pct
 
 QUESTION = "How good are the teachers alone, as an ensemble, and averaged (one-shot FedAvg)?"
 SEEDS = (0, 1, 2)
