@@ -7,5 +7,6 @@
 
 The shared pieces: `records` (the one record format and the resume rule), `machine` (which machine
 measured), `tables` (the one table printer), `study` (a study's folder, configs and runner), `docs`
-(tables generated into Markdown pages), `oneshot` / `federated` (the settings studies share).
+(tables generated into Markdown pages), `setting` / `federated` (what the one-shot and the multi-round studies share), `compare` (multi-round
+run folders round by round).
 """

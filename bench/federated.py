@@ -15,8 +15,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.setting import splits
 from bench.tables import Table
-from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError
 from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
@@ -72,7 +72,7 @@ def run_methods(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Itera
         {**tables, "federate": {**tables.get("federate", {}), "algorithm": a, "server": s}},
         defaults=FederatedRunConfig()) for a, s in methods.values()}
     base = next(iter(bases.values()))
-    train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
+    train, test = splits(base.data)
     for model in study.get("models") or [base.federate.model]:
         reports = []
         for method, (algorithm, server) in methods.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from fedinv.config import DataConfig, PartitionConfig
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.oneshot.pipeline import SECTIONS, RunConfig, partition_stage
 from fedinv.oneshot.teachers import train_teachers
+from fedinv.train.resume import comparable
 
 
 def study_fields(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -40,24 +42,33 @@ def splits(data: DataConfig) -> tuple[ImageTensors, ImageTensors]:
     return load_dataset(data, "train"), load_dataset(data, "test")
 
 
-def teachers(rc: RunConfig, folder: Path) -> tuple[Path, dict[str, Any], float]:
-    """The partition and teachers of `rc` in folder/partition.json and folder/teachers (made once,
-    continued when interrupted): the teachers' folder, their report and the seconds spent now."""
-    train, test = splits(rc.data)
-    t0 = time.perf_counter()
-    part = partition_stage(rc, folder / "partition.json", train)
-    out = folder / "teachers"
-    if not (out / "report.json").is_file():
-        train_teachers(part, rc.teachers, out, progress=False, train=train, test=test)
-    return out, json.loads((out / "report.json").read_text()), time.perf_counter() - t0
+def shared(out: Path, name: str, *configs: Any) -> Path:
+    """A folder that every variant of a study shares for what `configs` alone decide (the teachers, the
+    audit's reference): OUT/STUDY/shared/NAME-KEY, KEY a hash of the configs less their run-time fields.
+    `out` is the run's own folder, OUT/STUDY/VARIANT/seed-S."""
+    key = hashlib.sha256(json.dumps([comparable(c) for c in configs], sort_keys=True, default=str).encode())
+    return out.parent.parent / "shared" / f"{name}-{key.hexdigest()[:12]}"
 
 
-def reference(rc: RunConfig, folder: Path, epochs: int) -> Path:
-    """The audit's reference: the teachers' model trained on all training images (one IID node)."""
-    if not (folder / "teachers" / "report.json").is_file():
-        ref = dataclasses.replace(rc, partition=PartitionConfig(scheme="iid", num_nodes=1),
-                                  teachers=dataclasses.replace(rc.teachers, epochs=epochs))
+def teachers(rc: RunConfig, out: Path) -> tuple[Path, dict[str, Any], float]:
+    """The partition and teachers of `rc`, made once for every variant that has them (continued when
+    interrupted): the teachers' folder, their report and the seconds spent on them now (0: read back)."""
+    folder = shared(out, "teachers", rc.data, rc.partition, rc.teachers)
+    teachers_dir = folder / "teachers"
+    seconds = 0.0
+    if not (teachers_dir / "report.json").is_file():
         train, test = splits(rc.data)
-        part = partition_stage(ref, folder / "partition.json", train)
-        train_teachers(part, ref.teachers, folder / "teachers", progress=False, train=train, test=test)
-    return folder / "teachers" / "node-0.pt"
+        t0 = time.perf_counter()
+        part = partition_stage(rc, folder / "partition.json", train)
+        train_teachers(part, rc.teachers, teachers_dir, progress=False, train=train, test=test)
+        seconds = time.perf_counter() - t0
+    return teachers_dir, json.loads((teachers_dir / "report.json").read_text()), seconds
+
+
+def reference(rc: RunConfig, out: Path, epochs: int) -> Path:
+    """The audit's reference, shared by the study's variants: the teachers' model trained for `epochs`
+    on all training images (one IID node)."""
+    ref = dataclasses.replace(rc, partition=PartitionConfig(scheme="iid", num_nodes=1),
+                              teachers=dataclasses.replace(rc.teachers, epochs=epochs))
+    folder, _, _ = teachers(ref, out)
+    return folder / "node-0.pt"

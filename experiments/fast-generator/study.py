@@ -33,7 +33,7 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
     _, test = splits(rc.data)
     student = finished_student(out / "student", rc.student) or train_student(
         store, out / "student", rc.student, teachers_dir=teachers_dir, test=test, progress=False)
-    ref = reference(rc, out.parent.parent / f"reference-seed-{seed}", study_fields(cfg)["reference_epochs"])
+    ref = reference(rc, out, study_fields(cfg)["reference_epochs"])
     params = rc.synthesis.params
     yield {"steps": params.steps, "lr_g": params.lr_g, "bn_momentum": params.bn_momentum,
            "generator_width": params.generator_width, "conditional": params.conditional,

@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.setting import splits
 from bench.tables import Table
-from fedinv.data.datasets import load_dataset
 from fedinv.errors import ConfigError
 from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.rounds import federate
@@ -33,7 +33,7 @@ def parse_rows(rows: list[str]) -> dict[int, list[int]]:
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
     wanted = parse_rows(cfg["study"]["rows"])
     base = FederatedRunConfig.from_dict({k: v for k, v in cfg.items() if k != "study"}, defaults=FederatedRunConfig())
-    train, test = load_dataset(base.data, "train"), load_dataset(base.data, "test")
+    train, test = splits(base.data)
     for e, ns in wanted.items():
         for algorithm in ("fedavg", "feddistill"):
             # evaluated only where the table reads (FedDistill's personal models cost a test pass each)

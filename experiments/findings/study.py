@@ -43,7 +43,7 @@ import numpy as np
 
 from fedinv import __version__
 from fedinv.config import DataConfig, PartitionConfig, to_dict
-from fedinv.data.datasets import ImageTensors, dataset_info, load_dataset
+from fedinv.data.datasets import ImageTensors, dataset_info
 from fedinv.data.partition import Partition, load_partition, make_partition, save_partition
 from fedinv.oneshot.student.config import StudentConfig
 from fedinv.oneshot.student.train import train_student
@@ -55,7 +55,7 @@ from fedinv.store import read_rows
 from fedinv.train.resume import comparable
 from fedinv.viz import bar_chart, class_grid, confusion_plot, line_plot, rows_per_class
 
-from bench.setting import run_config, study_fields
+from bench.setting import run_config, splits, study_fields
 from bench.tables import Table
 
 QUESTION = "Do the one-shot report's findings hold in its own settings on Fashion-MNIST?"
@@ -405,7 +405,7 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
     """The rows of the variant's finding for one seed. Settings live in the study's run folder,
     OUT/findings/SETTING-seed-S, shared by every finding of that setting."""
     budget, finding = budget_of(cfg, device), study_fields(cfg)["finding"]
-    train, test = load_dataset(DataConfig(budget.dataset), "train"), load_dataset(DataConfig(budget.dataset), "test")
+    train, test = splits(DataConfig(budget.dataset))
     for f, setting, value in all_rows([finding]):
         yield run_row(out.parent.parent, f, setting, value, seed, train, test, device, budget)
 

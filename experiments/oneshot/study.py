@@ -52,9 +52,8 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
     study = study_fields(cfg)
     base = run_config(cfg, seed, device)
     shared = read_seconds(out / "stage_seconds.json")
-    trained = (out / "teachers" / "report.json").is_file()
-    teachers_dir, t_report, spent = teachers(base, out)
-    if not trained:  # trained (or continued) now
+    teachers_dir, t_report, spent = teachers(base, out)  # shared with the study's other variants
+    if spent:  # trained (or continued) now
         shared["train_teachers"] = shared.get("train_teachers", 0.0) + spent
     save_json(shared, out / "stage_seconds.json")
     _, test = splits(base.data)

@@ -97,7 +97,7 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
     study, rc, dev = study_fields(cfg), run_config(cfg, seed, device), resolve_device(device)
     teachers_dir, _, _ = teachers(rc, out)
     result: dict[str, Any] = engine_rates(teachers_dir, rc, study, dev)
-    ref = reference(rc, out / "reference", study["reference_epochs"])
+    ref = reference(rc, out, study["reference_epochs"])
     for method in study["methods"]:
         own = {"iterations": study["method_iterations"]} if method == "deepinversion" else {}
         mcfg = dataclasses.replace(rc.synthesis.with_method(method, **own), num_images=study["method_images"])
