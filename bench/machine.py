@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from fedinv.runtime import resolve_device
+from fedinv.runtime import cpu_computes_bf16, resolve_device
 
 
 def cpu_name() -> str:
@@ -23,7 +23,8 @@ def cpu_name() -> str:
 
 
 def describe(device: str | torch.device) -> dict:
-    """The record's `machine` field: CPU, cores, threads torch uses, the device ("auto" resolved),
-    platform and torch."""
+    """The record's `machine` field: CPU, cores, threads torch uses, whether the CPU computes bf16
+    natively (what --precision auto chooses by), the device ("auto" resolved), platform and torch."""
     return {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "cpu_threads": torch.get_num_threads(),
+            "cpu_bf16": cpu_computes_bf16(),
             "device": str(resolve_device(device) if device == "auto" else device), "platform": platform.platform(), "torch": torch.__version__}

@@ -1,3 +1,3 @@
 """fedinv: one-shot, data-free federated learning by sampling DeepInversion."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

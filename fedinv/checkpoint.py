@@ -20,7 +20,7 @@ from torch import nn
 from . import __version__
 from .data.datasets import DatasetInfo
 from .errors import CheckpointError, ConfigError
-from .models import MODELS, build_model, is_factory
+from .models import MODELS, build_model, is_factory, place
 from .runtime import save_torch
 
 TEACHER = "fedinv.teacher"
@@ -60,7 +60,7 @@ class ModelCheckpoint:
         """The checkpoint of registry model `name` trained on dataset `info`: the weights go to the
         CPU, and `extra["dataset"]` records the dataset facts (normalization, class names) every
         reader of a checkpoint relies on."""
-        return cls(kind, model_spec(name, info), {k: v.detach().cpu() for k, v in state_dict.items()},
+        return cls(kind, model_spec(name, info), {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
                    extra={**(extra or {}), "dataset": asdict(info)}, **fields)
 
     @property
@@ -99,7 +99,7 @@ class ModelCheckpoint:
         m = self.model
         module = build_model(m["name"], m["in_channels"], m["num_classes"], m["image_size"], self.trust)
         load_weights(module, self.state_dict, f"weights do not fit model {m['name']!r}")
-        return module.to(device).eval()
+        return place(module, device).eval()
 
 
 def weight_misfit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:

@@ -40,7 +40,8 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None, runt
 
 def precision_option() -> Any:
     """The `precision` field of every stage that trains or synthesizes (one help text, one set of choices)."""
-    return option("auto", "mixed precision: auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+    return option("auto", "mixed precision: auto (fp16 on CUDA; bf16 on a CPU with AMX or AVX512-BF16, "
+                  "fp32 on other CPUs), fp32, bf16, fp16; what ran is recorded in every artifact",
                   choices=PRECISIONS)
 
 

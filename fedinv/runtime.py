@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hashlib
 import json
 import os
@@ -36,16 +37,56 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `name` on `device`, or None for full fp32.
 
-    'auto' means fp16 with a GradScaler on CUDA and fp32 on CPU (bf16 on CPU is opt-in: it is
-    not faster on every CPU).
+    'auto' means fp16 with a GradScaler on CUDA, bf16 on a CPU that computes it natively (AMX or
+    AVX-512 BF16: 1.5-3x faster than fp32 there) and fp32 on any other CPU (where bf16 is emulated
+    and measured 10x slower) or on MPS. Explicit choices run as asked (bf16 on CUDA too).
     """
     if name not in PRECISIONS:
         raise unknown("precision", name, PRECISIONS)
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_computes_bf16() else None
     if name == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The name of a resolved precision (what artifacts record): fp32, bf16 or fp16."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+
+
+def ran_on(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, str]:
+    """What every artifact records of how it was computed: the device and the precision that ran
+    (a config's 'auto' resolved on this machine)."""
+    return {"device": str(device), "precision": precision_name(amp_dtype)}
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AMX-BF16 or AVX512-BF16 instructions)?
+
+    Read from PyTorch's own CPU feature detection (the instructions oneDNN dispatches on), else
+    from /proc/cpuinfo's flags; unknown counts as no. Cached: the CPU does not change.
+    """
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    if caps is not None:
+        try:
+            found = caps()
+            return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
+        except Exception:  # noqa: BLE001 - a failed detection must not stop a run: read the flags
+            pass
+    try:
+        return bf16_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+def bf16_flags(cpuinfo: str) -> bool:
+    """Does a /proc/cpuinfo text list a native bf16 instruction set (amx_bf16 or avx512_bf16)?"""
+    flags = set(cpuinfo.split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 @enum.unique

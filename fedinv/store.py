@@ -118,6 +118,13 @@ class StoreWriter:
         self.file.flush()
         self._truncate(n)
 
+    def record_run(self, facts: dict[str, Any]) -> None:
+        """Record how this session computes the rows (`runtime.ran_on`: device, precision) as the root
+        attribute `ran_on`; not part of the metadata a resume compares (a store may be continued
+        on another machine: it then records the latest session's)."""
+        self.file.attrs["ran_on"] = json.dumps(facts, sort_keys=True)
+        self.file.flush()
+
     def _check_space(self, raw_bytes: int) -> None:
         """Refuse a batch the disk cannot hold: HDF5 that runs out of space mid-write leaves a cascade
         of errors and can crash the process. Needs the batch uncompressed plus 1 MiB of slack."""
@@ -199,7 +206,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             if meta.get("schema_version") != SCHEMA_VERSION:
                 raise ConfigError(f"{path}: schema_version {meta.get('schema_version')!r}, this fedinv reads "
                                   f"{SCHEMA_VERSION}")
-            for k in ("config", "teachers", "dataset"):
+            for k in ("config", "teachers", "dataset", "ran_on"):
                 if isinstance(meta.get(k), str):
                     meta[k] = json.loads(meta[k])
             meta["n_valid"] = check_rows(f, meta, path)

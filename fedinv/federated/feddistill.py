@@ -21,7 +21,7 @@ from ..config import at_least, option
 from ..data.batches import batches
 from ..data.datasets import ImageTensors
 from ..evaluate import accuracy, ensemble_probs, predict_logits
-from ..models import seeded_model
+from ..models import place, seeded_model
 from ..runtime import RoundStream
 from ..train import Stepper, train_epoch
 from ..train.objectives import classification_objective, kd_loss
@@ -52,7 +52,7 @@ class FedDistill(FedAvg):
         model = seeded_model(self.personal_name, self.info, self.cfg.seed, RoundStream.PERSONAL_INIT, node)
         if state is not None:
             model.load_state_dict(state)
-        return model.to(device)
+        return place(model, device)
 
     def local_update(self, ctx: LocalContext) -> LocalResult:
         personal = self.personal_model(ctx.node, ctx.node_state.get("personal"), ctx.device)

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from ..config import at_least, check_choice, option
 from ..errors import ConfigError
 from ..evaluate import class_level_logits, class_shares
+from ..models import place
 from ..models.generators import ImageGenerator, to_model_input
 from ..train import Stepper, round_decay
 from ..train.objectives import kd_loss
@@ -219,7 +220,7 @@ class FedFTG(GeneratorStep):
         # test accuracy at lr 0.1, against 82.5% when they follow). But statistics that follow
         # generated batches are not those of real data: bn_stats="aggregate" puts the aggregate's
         # back (worse over a run, in both benchmarks: docs/results.md).
-        model.to(device).train(p.bn_stats != "eval")
+        place(model, device).train(p.bn_stats != "eval")
         m_step = Stepper(torch.optim.SGD(model.parameters(), lr=round_decay(p.model_lr, gcfg.lr_decay, rnd.round)),
                          device, rnd.amp_dtype)
         server = self.server_models(results, device)

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data.batches import batches
 from ..data.datasets import ImageTensors
+from ..models import place
 from ..train import Stepper, train_epoch
 from ..train.core import Objective
 from .config import FederateConfig
@@ -64,7 +65,10 @@ class LocalResult:
 
 
 def cpu_state(model: nn.Module) -> State:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A copy of the model's weights and buffers on the CPU, in the plain (contiguous) layout whatever
+    the model's own (`models.place`), so that every state sent or aggregated has one layout."""
+    return {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+            for k, v in model.state_dict().items()}
 
 
 def bn_statistics(state: State) -> State:
@@ -105,7 +109,7 @@ def load_global(build: Callable[[], nn.Module], ctx: LocalContext) -> nn.Module:
     """A fresh model holding the global weights, on the node's device."""
     model = build()
     model.load_state_dict(ctx.global_state)
-    return model.to(ctx.device)
+    return place(model, ctx.device)
 
 
 def head_of(model: nn.Module) -> nn.Linear:

@@ -28,9 +28,9 @@ from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
-from ..models import seeded_model
-from ..runtime import (RoundStream, atomic_path, remove_stale_temporaries, resolve_device, resolve_precision, rng,
-                       save_json, save_torch)
+from ..models import place, seeded_model
+from ..runtime import (RoundStream, atomic_path, ran_on, remove_stale_temporaries, resolve_device, resolve_precision,
+                       rng, save_json, save_torch)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
@@ -170,7 +170,7 @@ class Federation:
     def logits(self, state: State, test: ImageTensors) -> torch.Tensor:
         model = self.algo.build()
         model.load_state_dict(state)
-        return predict_logits(model.to(self.device), test, self.device)
+        return predict_logits(place(model, self.device), test, self.device)
 
     def diagnose(self, results: Sequence[LocalResult], aggregate: State, new_state: State,
                  test: ImageTensors) -> dict[str, float]:
@@ -363,14 +363,16 @@ def finish(cfg: FederatedRunConfig, fed: Federation, global_state: State, histor
     done = len(history) == fc.rounds
     report = round_report(cfg, history, done)
     report["engine"] = engine_name
+    report["ran_on"] = ran_on(fed.device, fed.amp_dtype)
     if done:
         model = fed.algo.build()
         model.load_state_dict(global_state)
-        logits = predict_logits(model.to(fed.device), test, fed.device)
+        logits = predict_logits(place(model, fed.device), test, fed.device)
         report["per_class_accuracy"] = per_class_accuracy(logits, test.labels, info.num_classes)
         save_checkpoint(ModelCheckpoint.of(GLOBAL, fc.model, info, global_state, config=cfg.to_dict(), seed=fc.seed,
                                            metrics={"test_accuracy": report["final_accuracy"]},
-                                           extra={"rounds": fc.rounds, "partition_sha256": phash}),
+                                           extra={"rounds": fc.rounds, "partition_sha256": phash,
+                                                  "ran_on": report["ran_on"]}),
                         out / "global.pt")
         save_json(report, out / "report.json")
     return report

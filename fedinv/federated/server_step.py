@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import DatasetInfo
+from ..models import place
 from ..runtime import RoundStream, rng
 from ..train import round_decay
 from .config import FederateConfig, GeneratorConfig, NoParams
@@ -84,7 +85,7 @@ class GeneratorStep(ServerStep):
     def load_generator(self, state: dict[str, Any], device: torch.device) -> nn.Module:
         g = self.seeded_generator()
         g.load_state_dict(state["generator"])
-        return g.to(device)
+        return place(g, device)
 
     def generator_optimizer(self, g: nn.Module, state: dict[str, Any], rnd: int) -> torch.optim.Optimizer:
         """The generator's Adam with its saved state, at this round's learning rate."""
@@ -100,5 +101,5 @@ class GeneratorStep(ServerStep):
         for r in results:
             m = self.build()
             m.load_state_dict(r.state)
-            models.append(m.to(device).eval().requires_grad_(False))
+            models.append(place(m, device).eval().requires_grad_(False))
         return models

@@ -131,5 +131,20 @@ def seeded_model(name: str, info, seed: int, stream: int, *parts: int) -> nn.Mod
         return build_model_for(name, info)
 
 
+def place(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move `model` to `device`; on a CPU, its convolution weights go channels_last (in place).
+
+    channels_last is oneDNN's native layout: a convolution with channels_last weights runs in it
+    whatever its input's layout, with no reorder per call. On the 2-core CPUs of this project the
+    bncnn student's step is 1.5x faster in fp32 and 2.4x with bf16 autocast, the teachers'
+    forward 2-3x (experiments/speed). Values are unchanged; only the memory order differs (and
+    with it the summation order inside a convolution: seeded results move in the last bits).
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
 __all__ = ["MODELS", "ModelSpec", "batchnorm_models", "build_model", "build_model_for", "call_factory", "has_batchnorm",
-           "is_factory", "seeded_model"]
+           "is_factory", "place", "seeded_model"]

@@ -26,8 +26,8 @@ from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits, teacher_report
-from ..models import seeded_model
-from ..runtime import Stream, resolve_device, resolve_precision, rng, save_json
+from ..models import place, seeded_model
+from ..runtime import Stream, ran_on, resolve_device, resolve_precision, rng, save_json
 from ..train import SCHEDULES, Stepper, lr_at, train_epoch
 from ..train.objectives import classification_objective
 from ..train.resume import changes, load_progress, save_progress
@@ -76,9 +76,10 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
     final, partial = out_dir / f"node-{node}.pt", out_dir / "partial" / f"node-{node}.pt"
     device = resolve_device(cfg.device)
     info = split.info
-    model = initial_model(cfg, info, node).to(device)
+    model = place(initial_model(cfg, info, node), device)
+    amp_dtype = resolve_precision(cfg.precision, device)
     stepper = Stepper(torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay), device, resolve_precision(cfg.precision, device))
+                                      weight_decay=cfg.weight_decay), device, amp_dtype)
     steps_per_epoch = math.ceil(len(split) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     start_epoch, history, seconds = 0, [], 0.0
@@ -113,7 +114,8 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
         metrics={"test_accuracy": accuracy(logits, test.labels),
                  "per_class_accuracy": per_class_accuracy(logits, test.labels, info.num_classes),
                  "train_history": history, "train_seconds": seconds},
-        extra={"node": node, "num_samples": len(split), "partition_sha256": partition_hash})
+        extra={"node": node, "num_samples": len(split), "partition_sha256": partition_hash,
+               "ran_on": ran_on(device, amp_dtype)})
     save_checkpoint(ckpt, final)
     partial.unlink(missing_ok=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):

@@ -16,7 +16,7 @@ from ...config import to_dict
 from ...data.datasets import DatasetInfo, ImageTensors
 from ...errors import RunStateError
 from ...evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
-from ...runtime import save_json
+from ...runtime import ran_on, save_json
 from ...store import read_meta
 from ...train.resume import changes
 from ...viz import epoch_curves
@@ -40,6 +40,7 @@ def finished_student(out_dir: str | Path, cfg: StudentConfig) -> dict[str, Any] 
 
 def write_student(out_dir: Path, student: nn.Module, cfg: StudentConfig, info: DatasetInfo, *, store: Path,
                   history: list[dict], kd_source: str, world_size: int, device: torch.device,
+                  amp_dtype: torch.dtype | None,
                   test: ImageTensors | None, teachers_dir: str | Path | Teachers | None) -> dict[str, Any]:
     """Write a trained student's student.pt (recording the store and its teachers), report.json (with
     its test accuracy and the teachers' figures) and curves.png, and remove the epoch checkpoint;
@@ -47,7 +48,7 @@ def write_student(out_dir: Path, student: nn.Module, cfg: StudentConfig, info: D
     meta = read_meta(store)
     report: dict[str, Any] = {"fedinv_version": __version__, "config": to_dict(cfg), "seed": cfg.seed,
                               "store": str(store), "store_images": meta["n_valid"], "kd_source": kd_source,
-                              "world_size": world_size, "history": history}
+                              "world_size": world_size, "ran_on": ran_on(device, amp_dtype), "history": history}
     if test is not None:
         logits = predict_logits(student, test, device)
         report.update(test_accuracy=accuracy(logits, test.labels),
@@ -59,7 +60,7 @@ def write_student(out_dir: Path, student: nn.Module, cfg: StudentConfig, info: D
         report.update(ensemble_accuracy=t.get("ensemble_accuracy"), fedavg_accuracy=t.get("fedavg_accuracy"))
     ckpt = ModelCheckpoint.of(STUDENT, cfg.model, info, student.state_dict(), config=to_dict(cfg),
                               seed=cfg.seed, metrics={k: report[k] for k in ("test_accuracy",) if k in report},
-                              extra={"store": str(store), "teachers": meta["teachers"]})
+                              extra={"store": str(store), "teachers": meta["teachers"], "ran_on": report["ran_on"]})
     save_checkpoint(ckpt, out_dir / "student.pt")
     epoch_curves({"": history}, ("train_accuracy", "test_accuracy"), "student").save(out_dir / "curves.png")
     save_json(report, out_dir / "report.json")

@@ -24,7 +24,7 @@ from ...data.datasets import DatasetInfo, ImageTensors
 from ...distributed import World, process_group, rank_device, world_from_env
 from ...errors import ConfigError
 from ...evaluate import accuracy, predict_logits
-from ...models import seeded_model
+from ...models import place, seeded_model
 from ...runtime import Stream, resolve_device, resolve_precision
 from ...store import meta_info, read_meta
 from ...train import Stepper, lr_at_epoch, train_epoch
@@ -65,7 +65,8 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
         if world.rank != 0:
             return {}
         return write_student(Path(out_dir), run.student, cfg, run.info, store=run.store, history=history,
-                             kd_source=run.source, world_size=world.size, device=run.device, test=test,
+                             kd_source=run.source, world_size=world.size, device=run.device,
+                             amp_dtype=run.stepper.amp_dtype, test=test,
                              teachers_dir=teachers_dir)
 
 
@@ -108,7 +109,7 @@ class StudentRun:
         teachers = load_ensemble(teachers_dir, device, path, trust) if teachers_dir else None
         if teachers is not None and teachers.image_shape != info.image_shape:
             raise ConfigError(f"the teachers take {teachers.image_shape} images, the store holds {info.image_shape}")
-        student = seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT).to(device)
+        student = place(seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT), device)
         if teachers is not None:
             check_student(student, teachers, device)
         optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,

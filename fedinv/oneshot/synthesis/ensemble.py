@@ -83,6 +83,7 @@ class TeacherEnsemble:
         self.seen = self.counts > 0  # [N, K]
         self.shares = self.counts.float() / self.counts.sum(1, keepdim=True).clamp_min(1)  # eq. 5, [N, K]
         self.class_weights = class_shares(label_counts).float().to(device)  # [N, K], columns sum to 1
+        self.weighted = [i for i in range(len(self.models)) if bool(self.class_weights[i].any())]
         same_arch = len({_signature(m) for m in self.models}) == 1
         if batched and not same_arch:
             raise ValueError("the batched path needs teachers of one architecture")
@@ -146,8 +147,12 @@ class TeacherEnsemble:
     @torch.no_grad()
     def ensemble_probs(self, x: torch.Tensor) -> torch.Tensor:
         """FedFTG's class-level ensemble [B, K]: each teacher's softmax weighted per class by its
-        share of that class's samples, rows normalized (`evaluate.ensemble_probs`)."""
-        return ensemble_probs(list(self.logits(x)), self.class_weights)
+        share of that class's samples, rows normalized (`evaluate.ensemble_probs`). On the loop path
+        a teacher with weight 0 for every class (a node that reported no samples) is not run.
+        Under autocast the teachers compute in its dtype; the softmax and the mix are in fp32."""
+        if self.batched or len(self.weighted) == len(self.models):
+            return ensemble_probs(list(self.logits(x)), self.class_weights)
+        return ensemble_probs([self.models[i](x) for i in self.weighted], self.class_weights[self.weighted])
 
     def ensemble_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log of `ensemble_probs` [B, K] (floored at 1e-8): the store's soft labels and the student's KD targets."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from ...config import at_least, option
 from ...errors import ConfigError
+from ...models import place
 from ...models.generators import ImageGenerator, to_model_input
 from ...runtime import Stream, rng
 from ...train import Stepper
@@ -79,7 +80,7 @@ class GeneratorSynthesizer(SynthesisMethod):
             torch.manual_seed(rng(cfg.seed, Stream.SYNTHESIS_GENERATOR).initial_seed())
             self.generator = ImageGenerator(p.nz, info.num_classes, info.channels, info.image_size,
                                             width=p.generator_width, conditional=p.conditional)
-        self.generator.to(teachers.device).train()
+        place(self.generator, teachers.device).train()
         self.meta_optimizer = (torch.optim.Adam(self.generator.parameters(), lr=p.reptile_lr, betas=BETAS)
                                if self.reptile else None)
         self.momentum = BNMomentum(p.bn_momentum, len(teachers)) if p.bn_momentum else None

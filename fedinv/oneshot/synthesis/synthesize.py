@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from ...distributed import World, process_group, rank_device, shard_path, world_from_env
 from ...errors import ConfigError, RunStateError
-from ...runtime import resolve_device, resolve_precision
+from ...models import place
+from ...runtime import ran_on, resolve_device, resolve_precision
 from ...store import merge_shards, read_meta, store_meta
 from ...train.resume import changes, comparable
 from ..teacher_files import Teachers, as_teachers
@@ -84,7 +85,7 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
         log.info("%s: flips change labels here, so --flip is ignored", ensemble.info.name)
         cfg = dataclasses.replace(cfg, flip=False)
     if student is not None:
-        student = student.to(device).eval().requires_grad_(False)
+        student = place(student, device).eval().requires_grad_(False)
         check_student(student, ensemble, device)
     num_batches = math.ceil(cfg.num_images / cfg.batch_size)
     stats: dict[str, Any] = {"batches": 0, "images": 0, "seconds": 0.0, "last_losses": None}
@@ -92,7 +93,9 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
     sizes = [min(cfg.batch_size, cfg.num_images - b * cfg.batch_size) for b in mine]
     synth = make_synthesizer(ensemble, cfg, amp_dtype)
     meta = synthesis_meta(folder, cfg, Path(out) if resume else None)
+    stats["ran_on"] = ran_on(device, amp_dtype)
     with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
+        store.record_run(stats["ran_on"])
         n = store.n_valid
         ends = list(itertools.accumulate(sizes))
         if n and n not in ends:
