@@ -8,7 +8,8 @@ ensemble, one-shot FedAvg, student and final global accuracy. Then, in the same 
 stage's own loop on `ceiling_images` real training images (teachers: `train_node`, one epoch; student:
 `train_student`, one epoch of the store; local training: one FedAvg node update) against its bare
 ceiling: the same model's forward + backward + SGD step on in-memory tensors at the same precision and
-batch (the student's with the teachers' forward it needs), as images/s and their ratio; and the
+batch (the student's with the teachers' forward it needs), as images/s (each the best of 3 timings)
+and their ratio; and the
 teachers' share of a student step, now and in the layout of fedinv 0.2 (fp32, student not
 channels_last). Timed: run it alone, or two processes with one thread each (`threads` says which).
 """
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bench.setting import run_config, splits, study_fields, teachers
-from bench.tables import Table, mean, mean_std, pct
+from bench.tables import Table, mean, mean_std, number, pct
 from fedinv.checkpoint import load_checkpoint
 from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.rounds import Federation, federate
@@ -94,9 +95,28 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
            **ceilings(rc, fed_cfg, study, teachers_dir, store, out / "ceilings", train)}
 
 
+REPEATS = 3  # every speed below is the best of this many timings (this machine's speed varies by up to 30%)
+
+
+def repeat(fn: Callable[[], Any], times: int) -> None:
+    for _ in range(times):
+        fn()
+
+
+def best_seconds(fn: Callable[[], float | None]) -> float:
+    """The least of REPEATS timings of fn(); fn returns its own measured seconds, or None to be wall-timed."""
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        own = fn()
+        times.append(own if own is not None else time.perf_counter() - t0)
+    return min(times)
+
+
 def bare_rate(model: torch.nn.Module, objective: Callable[..., dict], batch: int, steps: int,
               amp: torch.dtype | None, dev: torch.device, image_shape: tuple[int, ...], classes: int) -> float:
-    """images/s of `steps` bare steps: objective(model, x, y) on fixed in-memory tensors, backward, SGD."""
+    """images/s of `steps` bare steps: objective(model, x, y) on fixed in-memory tensors, backward, SGD
+    (after 5 warm-up steps: the allocator and oneDNN settle)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *image_shape, generator=gen).to(dev)
     y = torch.randint(0, classes, (batch,), generator=gen).to(dev)
@@ -108,20 +128,13 @@ def bare_rate(model: torch.nn.Module, objective: Callable[..., dict], batch: int
         stepper.step(loss)
         loss.item()  # as the stage's loop reads it
 
-    for _ in range(2):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - t0)
+    repeat(step, 5)
+    return batch * steps / best_seconds(lambda: repeat(step, steps))
 
 
 def ms_per_call(fn: Callable[[], Any], calls: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return 1000 * (time.perf_counter() - t0) / calls
+    repeat(fn, 5)
+    return 1000 * best_seconds(lambda: repeat(fn, calls)) / calls
 
 
 def ceilings(rc, fed_cfg: FederatedRunConfig, study: dict[str, Any], teachers_dir: Path, store: Path, out: Path,
@@ -133,29 +146,39 @@ def ceilings(rc, fed_cfg: FederatedRunConfig, study: dict[str, Any], teachers_di
     data = train.subset(torch.arange(min(study["ceiling_images"], len(train))))
     out_ = {}
 
+    def rates(stage_seconds: Callable[[], float], images: int, model: torch.nn.Module, objective: Callable,
+              batch: int, amp: torch.dtype | None) -> dict[str, float]:
+        stage = images / best_seconds(stage_seconds)
+        ceiling = bare_rate(model, objective, batch, math.ceil(images / batch), amp, dev, info.image_shape, k)
+        return {"stage_images_per_s": stage, "ceiling_images_per_s": ceiling, "fraction": stage / ceiling}
+
     # teachers: one epoch of train_node (its loop: batches, augmentation, steps, progress saving)
     tcfg = dataclasses.replace(rc.teachers, epochs=1)
-    amp = resolve_precision(tcfg.precision, dev)
-    ckpt = train_node(0, data, data.subset(torch.arange(min(256, len(data)))), tcfg, out / "teacher", progress=False)
-    stage = len(data) / ckpt.metrics["train_seconds"]
-    ceiling = bare_rate(place(initial_model(tcfg, info, 0), dev), classification_objective, tcfg.batch_size,
-                        math.ceil(len(data) / tcfg.batch_size), amp, dev, info.image_shape, k)
-    out_["teachers"] = {"stage_images_per_s": stage, "ceiling_images_per_s": ceiling, "fraction": stage / ceiling}
+    probe = data.subset(torch.arange(min(256, len(data))))
+
+    def teacher_epoch() -> float:
+        shutil.rmtree(out / "teacher", ignore_errors=True)
+        return train_node(0, data, probe, tcfg, out / "teacher", progress=False).metrics["train_seconds"]
+
+    out_["teachers"] = rates(teacher_epoch, len(data), place(initial_model(tcfg, info, 0), dev),
+                             classification_objective, tcfg.batch_size, resolve_precision(tcfg.precision, dev))
 
     # student: one epoch of train_student on the store (HDF5 reads, augmentation, the teachers, KD)
     scfg = dataclasses.replace(rc.student, epochs=1)
     amp = resolve_precision(scfg.precision, dev)
-    report = train_student(store, out / "student", scfg, teachers_dir=teachers_dir, progress=False)
-    stage = report["history"][0]["store_images"] / report["history"][0]["seconds"]
     ensemble = load_ensemble(teachers_dir, dev)
+    store_images = int(json.loads((out.parent / "synthesis.json").read_text())["n_valid"])
+
+    def student_epoch() -> float:
+        shutil.rmtree(out / "student", ignore_errors=True)
+        return train_student(store, out / "student", scfg, teachers_dir=teachers_dir,
+                             progress=False)["history"][0]["seconds"]
 
     def with_teachers(model, x, y):
         return student_objective(model, x, y, ensemble.ensemble_log_probs(x), scfg)
 
     student = place(seeded_model(scfg.model, info, scfg.seed, Stream.STUDENT_INIT), dev)
-    ceiling = bare_rate(student, with_teachers, scfg.batch_size, math.ceil(len(data) / scfg.batch_size), amp, dev,
-                        info.image_shape, k)
-    out_["student"] = {"stage_images_per_s": stage, "ceiling_images_per_s": ceiling, "fraction": stage / ceiling}
+    out_["student"] = rates(student_epoch, store_images, student, with_teachers, scfg.batch_size, amp)
     out_["teachers_share"] = teachers_share(ensemble, student, scfg, amp, dev, info, study["share_batches"])
     legacy = seeded_model(scfg.model, info, scfg.seed, Stream.STUDENT_INIT).to(dev)  # fedinv 0.2: NCHW, fp32
     out_["teachers_share_fp32_nchw_student"] = teachers_share(ensemble, legacy, scfg, None, dev, info,
@@ -165,13 +188,10 @@ def ceilings(rc, fed_cfg: FederatedRunConfig, study: dict[str, Any], teachers_di
     fed = Federation(fed_cfg, info)
     global_state, _ = fed.initial_states()
     fc = fed_cfg.federate
-    t0 = time.perf_counter()
-    fed.node_update(0, 0, data, torch.tensor(data.label_counts()), global_state, {}, {})
-    stage = len(data) * fc.local_epochs / (time.perf_counter() - t0)
-    ceiling = bare_rate(place(fed.algo.build(), dev), classification_objective, fc.batch_size,
-                        math.ceil(len(data) / fc.batch_size), fed.amp_dtype, dev, info.image_shape, k)
-    out_["local_training"] = {"stage_images_per_s": stage, "ceiling_images_per_s": ceiling,
-                              "fraction": stage / ceiling}
+    counts = torch.tensor(data.label_counts())
+    out_["local_training"] = rates(lambda: repeat(lambda: fed.node_update(0, 0, data, counts, global_state, {}, {}), 1),
+                                   len(data) * fc.local_epochs, place(fed.algo.build(), dev),
+                                   classification_objective, fc.batch_size, fed.amp_dtype)
     shutil.rmtree(out, ignore_errors=True)
     return out_
 
@@ -262,7 +282,29 @@ def ceiling_table(records: list[dict]) -> Table:
                  "batch (the student's with the teachers' forward); mean over the seeds.")
 
 
-TABLES = {"pipeline": pipeline, "accuracy": accuracy, "ceilings": ceiling_table}
+def summary(records: list[dict]) -> Table:
+    """fp32 beside auto: stage seconds of the runs alone on the machine (2 threads), accuracy over every seed,
+    the teachers' share of a student step."""
+    fp32, auto = by_variant(records, "fp32"), by_variant(records, "auto")
+    alone = {v: [r for r in by_variant(records, v) if r["threads"] > 1] for v in ("fp32", "auto")}
+    ran = "/".join(sorted({p for r in auto for p in r["precision_ran"].values()})) or "-"
+    rows = []
+    for key, label in (*((k, f"{k.replace('_', ' ')}, s") for k in STAGES), ("total", "whole pipeline, s")):
+        a = mean(r["total_seconds"] if key == "total" else r["stage_seconds"][key] for r in alone["fp32"])
+        b = mean(r["total_seconds"] if key == "total" else r["stage_seconds"][key] for r in alone["auto"])
+        rows.append([label, number(a, 0), number(b, 0), f"{a / b:.2f}x" if a and b else "-"])
+    for key, label in (("ensemble_accuracy", "teachers' ensemble, %"), ("student_accuracy", "student, %"),
+                       ("federate_accuracy", "FedAvg after 10 rounds, %")):
+        rows.append([label, mean_std(r[key] for r in fp32), mean_std(r[key] for r in auto), ""])
+    share = [mean(r["teachers_share"]["share"] for r in rs) for rs in (fp32, auto)]
+    rows.append(["teachers' share of a student step", *(pct(s, 0) + "%" if s is not None else "-" for s in share), ""])
+    seeds = sorted({r["seed"] for r in fp32} & {r["seed"] for r in auto})
+    return Table(["", "fp32", f"auto ({ran} here)", "fp32 / auto"], rows,
+                 f"seconds: the runs alone on the machine (2 threads); accuracy: mean ± std over seeds "
+                 f"{', '.join(map(str, seeds))}.")
+
+
+TABLES = {"summary": summary, "pipeline": pipeline, "accuracy": accuracy, "ceilings": ceiling_table}
 
 
 def headline(records: list[dict]) -> str:
