@@ -348,6 +348,8 @@ def merge_shards(shards: list[Path], out: str | Path, batch_size: int) -> int:
         with atomic_path(out) as tmp:
             tmp.unlink()
             with StoreWriter(tmp, writer_meta(metas[0]), chunk_rows=batch_size) as writer:
+                if "ran_on" in metas[0]:
+                    writer.record_run(metas[0]["ran_on"])
                 b = 0
                 while writer.n_valid < total:
                     f, start = files[b % world], (b // world) * batch_size

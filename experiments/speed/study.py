@@ -4,7 +4,9 @@ each training stage to its bare ceiling?
 Per (variant, seed): `make demo`'s one-shot pipeline (partition + teachers, fast synthesis, student) and a
 multi-round FedAvg run, each stage wall-timed (stage_seconds; they resume, and a resumed stage adds the
 seconds of each piece); the precision every stage recorded that it ran (`ran_on`); the teachers'
-ensemble, one-shot FedAvg, student and final global accuracy. Then, in the same process, each training
+ensemble, one-shot FedAvg, student and final global accuracy; and a second student on the same store
+that learns from the soft labels the store holds (no teachers in its step: what the teachers' share
+costs in accuracy). Then, in the same process, each training
 stage's own loop on `ceiling_images` real training images (teachers: `train_node`, one epoch; student:
 `train_student`, one epoch of the store; local training: one FedAvg node update) against its bare
 ceiling: the same model's forward + backward + SGD step on in-memory tensors at the same precision and
@@ -26,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from bench.records import latest
 from bench.setting import run_config, splits, study_fields, teachers
 from bench.tables import Table, mean, mean_std, number, pct
 from fedinv.checkpoint import load_checkpoint
@@ -45,6 +48,8 @@ from fedinv.train.objectives import classification_objective
 QUESTION = "How much faster is --precision auto than fp32, at what accuracy, and how near its ceiling is each stage?"
 SEEDS = (0, 1, 2)
 STAGES = ("train_teachers", "synthesize", "train_student", "federate")
+STAGE_LABELS = {"train_teachers": "teachers", "synthesize": "synthesis (fast)", "train_student": "student",
+                "federate": "FedAvg, 10 rounds"}
 
 
 def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
@@ -79,11 +84,16 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
           lambda: train_student(store, out / "student", rc.student, teachers_dir=teachers_dir, test=test,
                                 progress=False))
     save_json(seconds, path)
+    soft = dataclasses.replace(rc.student, kd_source="soft-labels")  # the teachers out of the student's step
+    timed(seconds, "train_student_soft_labels", finished_student(out / "student-soft-labels", soft) is not None,
+          lambda: train_student(store, out / "student-soft-labels", soft, test=test, progress=False))
+    save_json(seconds, path)
     rounds = out / "rounds"
     timed(seconds, "federate", (rounds / "report.json").is_file(), lambda: federate(
         fed_cfg, rounds, resume=(rounds / "checkpoint.pt").exists(), progress=False, train=train, test=test))
     save_json(seconds, path)
     s_report = json.loads((out / "student" / "report.json").read_text())
+    soft_report = json.loads((out / "student-soft-labels" / "report.json").read_text())
     f_report = json.loads((rounds / "report.json").read_text())
     ran = {"train_teachers": load_checkpoint(teachers_dir / "node-0.pt").extra["ran_on"]["precision"],
            "synthesize": json.loads((out / "synthesis.json").read_text())["ran_on"]["precision"],
@@ -92,6 +102,8 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
            "stage_seconds": {k: seconds[k] for k in STAGES}, "total_seconds": sum(seconds[k] for k in STAGES),
            "ensemble_accuracy": t_report["ensemble_accuracy"], "fedavg_one_shot_accuracy": t_report["fedavg_accuracy"],
            "student_accuracy": s_report["test_accuracy"], "federate_accuracy": f_report["final_accuracy"],
+           "student_soft_labels_accuracy": soft_report["test_accuracy"],
+           "student_soft_labels_seconds": seconds["train_student_soft_labels"],
            **ceilings(rc, fed_cfg, study, teachers_dir, store, out / "ceilings", train)}
 
 
@@ -224,12 +236,13 @@ def teachers_share(ensemble, student: torch.nn.Module, scfg, amp: torch.dtype | 
 # --- tables -------------------------------------------------------------------------------------------
 
 def by_variant(records: list[dict], variant: str) -> list[dict]:
-    return sorted((r for r in records if r["variant"] == variant), key=lambda r: r["seed"])
+    """The variant's latest record per seed (a measurement made again replaces the one before), by seed."""
+    return sorted((r for r in latest(records) if r["variant"] == variant), key=lambda r: r["seed"])
 
 
 def pipeline(records: list[dict]) -> Table:
     """Per variant and seed: the stages' wall seconds and the precision they ran at; per seed, fp32 / auto."""
-    rows = []
+    rows, records = [], latest(records)
     for r in sorted(records, key=lambda r: (r["seed"], r["variant"] != "fp32")):
         s = r["stage_seconds"]
         ran = "/".join(sorted(set(r["precision_ran"].values())))
@@ -254,32 +267,36 @@ def accuracy(records: list[dict]) -> Table:
     for variant in ("fp32", "auto"):
         rs = by_variant(records, variant)
         if rs:
-            rows.append([variant, len(rs), *(mean_std(r[k] for r in rs) for k in
+            rows.append([variant, len(rs), *(mean_std(r.get(k) for r in rs) for k in
                                              ("ensemble_accuracy", "fedavg_one_shot_accuracy", "student_accuracy",
-                                              "federate_accuracy"))])
-    return Table(["variant", "seeds", "teachers' ensemble", "one-shot FedAvg", "student", "FedAvg, 10 rounds"], rows,
-                 "test accuracy %, mean ± std over the seeds.")
+                                              "student_soft_labels_accuracy", "federate_accuracy"))])
+    return Table(["variant", "seeds", "teachers' ensemble", "one-shot FedAvg", "student",
+                  "student on the soft labels", "FedAvg, 10 rounds"], rows,
+                 "test accuracy %, mean ± std over the seeds; the student on the soft labels: the same store, KD "
+                 "targets the ensemble's stored for each image (kd_source soft-labels), no teachers in its step.")
 
 
 def ceiling_table(records: list[dict]) -> Table:
+    """Per variant and thread count: each training stage's images/s against its ceiling, the teachers' share."""
     rows = []
     for variant in ("fp32", "auto"):
-        rs = by_variant(records, variant)
-        if not rs:
-            continue
-        cells = []
-        for stage in ("teachers", "student", "local_training"):
-            cells += [f"{mean(r[stage]['stage_images_per_s'] for r in rs):.0f} / "
-                      f"{mean(r[stage]['ceiling_images_per_s'] for r in rs):.0f}",
-                      f"{mean(r[stage]['fraction'] for r in rs):.2f}"]
-        rows.append([variant, *cells, pct(mean(r["teachers_share"]["share"] for r in rs), 0) + "%",
-                     pct(mean(r["teachers_share_fp32_nchw_student"]["share"] for r in rs), 0) + "%"])
-    return Table(["variant", "teachers img/s (stage / ceiling)", "fraction", "student img/s", "fraction",
-                  "local training img/s", "fraction", "teachers' share of a student step",
-                  "the same, fp32 and the student NCHW (fedinv 0.2)"], rows,
+        for threads in (2, 1):
+            rs = [r for r in by_variant(records, variant) if r["threads"] == threads]
+            if not rs:
+                continue
+            cells = []
+            for stage in ("teachers", "student", "local_training"):
+                cells += [f"{mean(r[stage]['stage_images_per_s'] for r in rs):.0f} / "
+                          f"{mean(r[stage]['ceiling_images_per_s'] for r in rs):.0f}",
+                          f"{mean(r[stage]['fraction'] for r in rs):.2f}"]
+            shares = (mean(r[key]["share"] for r in rs) for key in ("teachers_share", "teachers_share_fp32_nchw_student"))
+            rows.append([variant, threads, len(rs), *cells, *(pct(share, 0) + "%" for share in shares)])
+    return Table(["variant", "threads", "seeds", "teachers img/s (stage / ceiling)", "fraction", "student img/s",
+                  "fraction", "local training img/s", "fraction", "teachers' share of a student step",
+                  "the same, fp32, student NCHW (fedinv 0.2)"], rows,
                  "stage: the stage's own loop on 8,192 real images (student: one epoch of the 16,384-image store); "
                  "ceiling: the same model's forward + backward + SGD step on in-memory tensors, same precision and "
-                 "batch (the student's with the teachers' forward); mean over the seeds.")
+                 "batch (the student's with the teachers' forward); each the best of 3 timings; mean over the seeds.")
 
 
 def summary(records: list[dict]) -> Table:
@@ -289,13 +306,20 @@ def summary(records: list[dict]) -> Table:
     alone = {v: [r for r in by_variant(records, v) if r["threads"] > 1] for v in ("fp32", "auto")}
     ran = "/".join(sorted({p for r in auto for p in r["precision_ran"].values()})) or "-"
     rows = []
-    for key, label in (*((k, f"{k.replace('_', ' ')}, s") for k in STAGES), ("total", "whole pipeline, s")):
-        a = mean(r["total_seconds"] if key == "total" else r["stage_seconds"][key] for r in alone["fp32"])
-        b = mean(r["total_seconds"] if key == "total" else r["stage_seconds"][key] for r in alone["auto"])
+    oneshot = STAGES[:3]
+    parts = {**{k: (k,) for k in STAGES}, "oneshot": oneshot, "total": STAGES}
+    for key, label in (*((k, f"{STAGE_LABELS[k]}, s") for k in STAGES),
+                       ("oneshot", "one-shot pipeline (make demo's stages), s"), ("total", "all four stages, s")):
+        a, b = (mean(sum(r["stage_seconds"][k] for k in parts[key]) for r in alone[v]) for v in ("fp32", "auto"))
         rows.append([label, number(a, 0), number(b, 0), f"{a / b:.2f}x" if a and b else "-"])
     for key, label in (("ensemble_accuracy", "teachers' ensemble, %"), ("student_accuracy", "student, %"),
                        ("federate_accuracy", "FedAvg after 10 rounds, %")):
         rows.append([label, mean_std(r[key] for r in fp32), mean_std(r[key] for r in auto), ""])
+    cells = []
+    for v, rs in (("fp32", fp32), ("auto", auto)):
+        sec = mean(r.get("student_soft_labels_seconds") for r in alone[v])
+        cells.append(f"{mean_std(r.get('student_soft_labels_accuracy') for r in rs)} ({number(sec, 0)} s)")
+    rows.append(["student on the store's soft labels (no teachers in its step), % (s)", *cells, ""])
     share = [mean(r["teachers_share"]["share"] for r in rs) for rs in (fp32, auto)]
     rows.append(["teachers' share of a student step", *(pct(s, 0) + "%" if s is not None else "-" for s in share), ""])
     seeds = sorted({r["seed"] for r in fp32} & {r["seed"] for r in auto})
@@ -313,5 +337,6 @@ def headline(records: list[dict]) -> str:
         return ""
     ratios = [a["total_seconds"] / b["total_seconds"] for a, b in pairs]
     fp32, auto = by_variant(records, "fp32"), by_variant(records, "auto")
+    student = {v: mean_std(r["student_accuracy"] for r in rs) for v, rs in (("fp32", fp32), ("auto", auto))}
     return (f"--precision auto (bf16 here) runs the pipeline {mean(ratios):.2f}x as fast as fp32 ({len(pairs)} seeds); "
-            f"student {mean_std(r['student_accuracy'] for r in auto)}% vs {mean_std(r['student_accuracy'] for r in fp32)}%")
+            f"student {student['auto']}% vs {student['fp32']}%")

@@ -9,6 +9,7 @@ import torch
 
 from fedinv.errors import RunStateError
 from fedinv.federated.rounds import Federation, federate, mean_last_accuracy, rounds_to_target
+from fedinv.runtime import ran_on, resolve_precision
 from tests.helpers import tiny_run
 
 
@@ -36,6 +37,7 @@ def test_two_rounds_of_every_method(tmp_path, tiny_train, algorithm, server):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1, 2]
     assert (tmp_path / "global.pt").is_file() and (tmp_path / "report.json").is_file()
+    assert report["ran_on"] == ran_on(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")))
     if server in ("ftg", "feddf"):
         assert report["server_seconds_per_round"] > 0 and "server_distill" in report["history"][0]
     if algorithm == "feddistill":

@@ -8,12 +8,15 @@ import sys
 import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+from fedinv.checkpoint import STUDENT, load_checkpoint
 from fedinv.cli.main import cli
 from fedinv.errors import ConfigError, RunStateError
 from fedinv.oneshot.pipeline import RunConfig, run_pipeline
 from fedinv.oneshot.synthesis.store import state_path
+from fedinv.runtime import ran_on, resolve_precision
 from fedinv.store import read_meta
 from tests.helpers import REPO, TINY_TOML
 
@@ -56,6 +59,12 @@ def test_run_on_synthetic_tiny_end_to_end(tmp_path):
     assert summary["synthetic_images"] == 96 and 0 <= summary["student_accuracy"] <= 1
     assert set(summary["stage_seconds"]) == {"partition", "train_teachers", "synthesize", "train_student",
                                              "evaluate", "view"}
+    # every artifact records the precision that ran: the config's "auto" resolved on this machine
+    ran = ran_on(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")))
+    assert load_checkpoint(run / "teachers" / "node-0.pt").extra["ran_on"] == ran
+    assert read_meta(run / "synthetic.h5")["ran_on"] == ran
+    assert json.loads((run / "student" / "report.json").read_text())["ran_on"] == ran
+    assert load_checkpoint(run / "student" / "student.pt", kind=STUDENT).extra["ran_on"] == ran
     # a second run finds every stage complete
     stamp = (run / "student" / "student.pt").stat().st_mtime_ns
     again = run_pipeline(RunConfig.from_toml(TINY_TOML), run, progress=False)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ...config import from_dict
 from ...data.batches import normalize
 from ...data.datasets import DatasetInfo
-from ...runtime import resolve_precision
+from ...runtime import ran_on, resolve_precision
 from ...store import read_meta, read_rows, writer_meta
 from ..synthesis.config import SynthesisConfig
 from ..synthesis.ensemble import TeacherEnsemble
@@ -41,10 +41,12 @@ def adaptive_round(store: Path, syn: SynthesisConfig, teachers: TeacherEnsemble,
     meta = read_meta(store)
     if meta["n_valid"] >= until:
         return meta["n_valid"]
-    synth = make_synthesizer(teachers, syn, resolve_precision(syn.precision, device))
+    amp_dtype = resolve_precision(syn.precision, device)
+    synth = make_synthesizer(teachers, syn, amp_dtype)
     was_training = student.training
     student.eval().requires_grad_(False)  # the images get gradients, the student's weights none
     with open_synthesis_store(store, writer_meta(meta), synth, resume=True, chunk_rows=syn.batch_size) as writer:
+        writer.record_run(ran_on(device, amp_dtype))
         bar = tqdm(total=math.ceil((until - writer.n_valid) / syn.batch_size), desc=f"new batches ({syn.method})",
                    leave=False, disable=not progress)
         while writer.n_valid < until:
