@@ -289,7 +289,8 @@ def ceiling_table(records: list[dict]) -> Table:
                 cells += [f"{mean(r[stage]['stage_images_per_s'] for r in rs):.0f} / "
                           f"{mean(r[stage]['ceiling_images_per_s'] for r in rs):.0f}",
                           f"{mean(r[stage]['fraction'] for r in rs):.2f}"]
-            shares = (mean(r[key]["share"] for r in rs) for key in ("teachers_share", "teachers_share_fp32_nchw_student"))
+            shares = (mean(r[key]["share"] for r in rs)
+                      for key in ("teachers_share", "teachers_share_fp32_nchw_student"))
             rows.append([variant, threads, len(rs), *cells, *(pct(share, 0) + "%" for share in shares)])
     return Table(["variant", "threads", "seeds", "teachers img/s (stage / ceiling)", "fraction", "student img/s",
                   "fraction", "local training img/s", "fraction", "teachers' share of a student step",
