@@ -10,32 +10,95 @@ fills `--help`, and travels (as values) inside every artifact the stage writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, FieldError
 from .runtime import PRECISIONS
 
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Range:
+    """Where a numeric field's values may lie: from `low` to `high` (None: no bound), each end
+    closed unless marked open. Every float must also be finite (NaN and inf are never valid)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(x: float | None) -> str:
+    """1e9 for the large round bounds, else as Python writes the number."""
+    if isinstance(x, int) and abs(x) >= 10 ** 6:
+        mantissa, exponent = f"{x:.0e}".split("e+")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{x:g}"
+
+
+# The ranges most fields share (a field may declare its own).
+COUNT = Range(1, 10 ** 9)  # epochs, batch sizes, images, steps: at least one
+SIZE = Range(0, 10 ** 9)  # counts where 0 means none (or "off")
+POSITIVE = Range(0, low_open=True)  # learning rates, temperatures
+WEIGHT = Range(0)  # loss weights and penalties: 0 switches a term off
+MOMENTUM = Range(0, 1, high_open=True)  # SGD momentum, moving-average rates
+FRACTION = Range(0, 1, low_open=True)  # shares of the nodes, per-round decay factors
+SEED = Range(0, 10 ** 18)
+
+
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, runtime: bool = False,
-           before: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with help text (and optional valid choices) for the CLI and docs.
+           before: Any = dataclasses.MISSING, valid: Range | None = None) -> Any:
+    """A dataclass field with help text (and optional valid choices or range) for the CLI and docs.
 
     `runtime=True` marks a field that changes where or how fast a run computes, not what: a saved
     run may be continued with another value (`fedinv.train.resume.changes`). `before`: what a
     saved config without this field stands for, when the field was added with a default other
-    than the behaviour before it; a value, or a function of the saved dict (`from_dict` fills it in)."""
-    metadata = {"help": help, "choices": choices, "runtime": runtime}
+    than the behaviour before it; a value, or a function of the saved dict (`from_dict` fills it in).
+    `valid`: the range of a numeric field, checked by `check_fields` whichever way the config is
+    made (CLI, TOML, --set, Python) and shown in `--help`."""
+    metadata = {"help": help, "choices": choices, "runtime": runtime, "valid": valid}
     if before is not dataclasses.MISSING:
         metadata["before"] = before
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_fields(cfg: Any) -> None:
+    """Every field of `cfg` with declared choices or a declared range holds a valid value (a config's
+    `__post_init__` calls this first); the error names the field, the valid values and the value."""
+    for f in dataclasses.fields(cfg):
+        value, valid = getattr(cfg, f.name), f.metadata.get("valid")
+        if valid is not None and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise FieldError(f.name, f"must be a number {valid}, got {value!r}")
+            if value not in valid:
+                finite = "" if math.isfinite(value) else "a finite number "
+                raise FieldError(f.name, f"must be {finite}{valid}, got {value!r}")
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise FieldError(f.name, f"must be one of {', '.join(f.metadata['choices'])}; got {value!r}")
 
 
 def precision_option() -> Any:
@@ -50,19 +113,6 @@ def device_option() -> Any:
     return option("auto", "auto, cpu, cuda, cuda:N or mps", runtime=True)
 
 
-def at_least(cfg: Any, minimum: int, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) < minimum:
-            raise ConfigError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
-
-
-def check_choice(cfg: Any, name: str) -> None:
-    meta = next(f for f in dataclasses.fields(cfg) if f.name == name).metadata
-    value = getattr(cfg, name)
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(meta['choices'])}")
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, and where it lives."""
@@ -72,7 +122,10 @@ class DataConfig:
                           "synthetic-tiny (generated, for tests)")
     data_root: str = option("data", "folder where datasets are found or downloaded to")
     download: bool = option(False, "download the dataset through torchvision when it is not on disk")
-    image_size: int = option(0, "imagefolder only: resize images to this size (0 = 32)")
+    image_size: int = option(0, "imagefolder only: resize images to this size (0 = 32)", valid=Range(0, 4096))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -81,17 +134,14 @@ class PartitionConfig:
 
     scheme: str = option("dirichlet", "split scheme", choices=("iid", "dirichlet", "classes-per-node",
                                                                   "label-disjoint", "mixed"))
-    num_nodes: int = option(5, "number of nodes (clients)")
-    alpha: float = option(0.5, "dirichlet: concentration; smaller is more skewed")
-    min_size: int = option(10, "dirichlet: redraw until every node holds at least this many samples")
-    classes_per_node: int = option(2, "classes-per-node: labels each node holds")
-    seed: int = option(0, "random seed of the split")
+    num_nodes: int = option(5, "number of nodes (clients)", valid=Range(1, 10 ** 6))
+    alpha: float = option(0.5, "dirichlet: concentration; smaller is more skewed", valid=POSITIVE)
+    min_size: int = option(10, "dirichlet: redraw until every node holds at least this many samples", valid=COUNT)
+    classes_per_node: int = option(2, "classes-per-node: labels each node holds", valid=COUNT)
+    seed: int = option(0, "random seed of the split", valid=SEED)
 
     def __post_init__(self) -> None:
-        check_choice(self, "scheme")
-        at_least(self, 1, "num_nodes", "min_size", "classes_per_node")
-        if self.scheme == "dirichlet" and not self.alpha > 0:
-            raise ConfigError(f"dirichlet alpha must be > 0, got {self.alpha}")
+        check_fields(self)
 
 
 def field_key(cfg: Any, f: dataclasses.Field) -> str:
@@ -161,6 +211,11 @@ def check_type(cls: type, name: str, expected: Any, value: Any) -> None:
 _CLICK_TYPES: dict[Any, Any] = {int: int, float: float, str: str}
 
 
+def with_range(help_text: str, valid: Range | None) -> str:
+    """A field's help with its valid range, as `--help` shows it."""
+    return f"{help_text} ({valid})" if valid is not None else help_text
+
+
 def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """A decorator adding one click option per field of `cls` (`--field-name`), help from metadata.
 
@@ -176,7 +231,7 @@ def click_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable[[Callabl
             if f.name in exclude or "table_of" in f.metadata:
                 continue
             flag = "--" + f.name.replace("_", "-")
-            help_text = f.metadata.get("help", "")
+            help_text = with_range(f.metadata.get("help", ""), f.metadata.get("valid"))
             if hints[f.name] is bool:
                 fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=f.default,
                                   show_default=True, help=help_text)(fn)
@@ -213,7 +268,8 @@ def choice_options(choices: dict[str, Any], choice_flag: str) -> Callable[[Calla
             same = len({repr(v) for _, v in shown}) == 1
             defaults = str(shown[0][1]) if same else ", ".join(f"{name} {v}" for name, v in shown)
             help_text = (f"{', '.join(name for name, _, _ in takers)} ({choice_flag}): "
-                         f"{takers[0][1].metadata.get('help', '')} [default: {defaults}]")
+                         f"{with_range(takers[0][1].metadata.get('help', ''), takers[0][1].metadata.get('valid'))} "
+                         f"[default: {defaults}]")
             if kind is bool:
                 fn = click.option(f"{flag}/--no-{flag[2:]}", field_name, default=None, help=help_text)(fn)
             else:
@@ -234,7 +290,8 @@ def pick_choice_params(choices: dict[str, Any], chosen: str, values: dict[str, A
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(own))
         raise ConfigError(f"--{foreign[0].replace('_', '-')} does not apply to {choice_flag} {chosen}; "
                           f"its options: {flags}")
-    return choices[chosen].Params(**given)
+    with as_options():
+        return choices[chosen].Params(**given)
 
 
 def load_toml(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -277,6 +334,17 @@ def read_toml_tables(path: str | Path, defaults: dict[str, Any], overrides: Sequ
     return from_tables(load_toml(path, overrides), defaults, str(path))
 
 
+@contextlib.contextmanager
+def table(name: str) -> Iterator[None]:
+    """A config error raised while a TOML table is read names the table: `[teachers] momentum must be ...`."""
+    try:
+        yield
+    except ConfigError as e:
+        if str(e).startswith("["):  # a nested table named itself already
+            raise
+        raise ConfigError(f"[{name}] {e}") from e
+
+
 def from_tables(data: dict[str, Any], defaults: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Configs from tables named like the keys of `defaults` (config instances); each table
     overrides fields of its default, and unknown tables or fields are errors naming the known ones.
@@ -290,16 +358,28 @@ def from_tables(data: dict[str, Any], defaults: dict[str, Any], source: str = "c
         given = data.get(name, {})
         if not isinstance(given, dict):
             raise ConfigError(f"{source}: {name} must be a table ([{name}]), got {given!r}")
-        if "from_dict" in vars(type(d)):
-            out[name] = type(d).from_dict(given, strict=True) if given else d
-        else:
-            out[name] = from_dict(type(d), {**to_dict(d), **given})
+        with table(name):
+            if "from_dict" in vars(type(d)):
+                out[name] = type(d).from_dict(given, strict=True) if given else d
+            else:
+                out[name] = from_dict(type(d), {**to_dict(d), **given})
     return out
 
 
 def pick(cls: type[T], values: dict[str, Any]) -> T:
-    """Build `cls` from the entries of `values` that are its fields (the rest are ignored)."""
+    """Build `cls` from the entries of `values` that are its fields (the rest are ignored): a CLI
+    command's options, so an invalid field is named as its option (`--momentum must be ...`)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    with as_options():
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@contextlib.contextmanager
+def as_options() -> Iterator[None]:
+    """An invalid field of a config built from CLI options is named as its option."""
+    try:
+        yield
+    except FieldError as e:
+        raise ConfigError(f"--{e.field.replace('_', '-')} {e.problem}") from e
 
 

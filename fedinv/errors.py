@@ -9,6 +9,16 @@ class ConfigError(FedinvError, ValueError):
     """A parameter is out of range or names something unknown."""
 
 
+class FieldError(ConfigError):
+    """A config field holds a value outside its declared choices or range. `field` names it and
+    `problem` says what is wrong, so that the CLI can name the option (`--momentum ...`) and a
+    TOML reader the table (`[teachers] momentum ...`)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
 class RunStateError(FedinvError):
     """What is on disk does not fit the request: an output folder or store that holds another
     run, a store that cannot be continued with these settings. Not a problem of the config itself."""

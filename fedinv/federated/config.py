@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import (DataConfig, PartitionConfig, at_least, check_choice, device_option, from_dict, load_toml, option,
-                      precision_option, to_dict)
+from ..config import (COUNT, FRACTION, MOMENTUM, POSITIVE, SEED, SIZE, WEIGHT, DataConfig, PartitionConfig, Range,
+                      check_fields, device_option, from_dict, load_toml, option, precision_option, table, to_dict)
 from ..errors import ConfigError
 from .registry import ALGORITHMS, SERVER_STEPS, algorithm_class, server_step_class
 
@@ -31,34 +31,30 @@ class FederateConfig:
                          "with the nodes)")
     model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
     rounds: int = option(50, "communication rounds (a finished run resumed with more rounds is extended: "
-                                 "nothing in a round depends on the total)", runtime=True)
-    participation: float = option(0.5, "fraction of the nodes taking part in each round (at least one)")
-    local_epochs: int = option(1, "epochs over its split each participating node runs per round")
-    batch_size: int = option(50, "local minibatch size")
+                                 "nothing in a round depends on the total)", runtime=True, valid=COUNT)
+    participation: float = option(0.5, "fraction of the nodes taking part in each round (at least one)",
+                                  valid=FRACTION)
+    local_epochs: int = option(1, "epochs over its split each participating node runs per round", valid=COUNT)
+    batch_size: int = option(50, "local minibatch size", valid=COUNT)
     augment: bool = option(False, "random crop (and flip where the dataset allows) of the local batches")
-    lr: float = option(0.05, "local SGD learning rate")
-    lr_decay: float = option(0.998, "local learning rate multiplied by this every round")
-    momentum: float = option(0.0, "local SGD momentum (0: plain SGD, as SCAFFOLD and FedDyn assume)")
-    weight_decay: float = option(1e-3, "local SGD weight decay")
-    server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)")
-    eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True)
+    lr: float = option(0.05, "local SGD learning rate", valid=POSITIVE)
+    lr_decay: float = option(0.998, "local learning rate multiplied by this every round", valid=FRACTION)
+    momentum: float = option(0.0, "local SGD momentum (0: plain SGD, as SCAFFOLD and FedDyn assume)", valid=MOMENTUM)
+    weight_decay: float = option(1e-3, "local SGD weight decay", valid=WEIGHT)
+    server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)", valid=POSITIVE)
+    eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True,
+                             valid=COUNT)
     diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "
                                   "step and of the round's class-level ensemble of local models (is there anything "
-                                  "to distill?), on the first N test images; 0: off", runtime=True)
+                                  "to distill?), on the first N test images; 0: off", runtime=True, valid=SIZE)
     precision: str = precision_option()
     device: str = device_option()
-    seed: int = option(0, "random seed of initialization, node sampling and data order")
+    seed: int = option(0, "random seed of initialization, node sampling and data order", valid=SEED)
 
     def __post_init__(self) -> None:
         algorithm_class(self.algorithm)  # names the registered ones when unknown
         server_step_class(self.server)
-        check_choice(self, "precision")
-        at_least(self, 1, "rounds", "local_epochs", "batch_size", "eval_every")
-        at_least(self, 0, "diagnose_images")
-        if not 0 < self.participation <= 1:
-            raise ConfigError(f"participation must be in (0, 1], got {self.participation}")
-        if not self.lr > 0 or not self.server_lr > 0:
-            raise ConfigError(f"lr and server_lr must be > 0, got {self.lr}, {self.server_lr}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -68,18 +64,18 @@ class GeneratorConfig:
     reference code: 10 iterations per round of 1 generator step, generator Adam 0.01 decayed by
     0.998 per round."""
 
-    iterations: int = option(10, "server iterations per round")
-    generator_steps: int = option(1, "generator updates per iteration")
-    batch_size: int = option(64, "generated samples per step")
-    nz: int = option(100, "noise dimension")
-    generator_lr: float = option(0.01, "generator Adam learning rate")
-    lr_decay: float = option(0.998, "the server step's learning rates multiplied by this every round")
-    lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)")
+    iterations: int = option(10, "server iterations per round", valid=COUNT)
+    generator_steps: int = option(1, "generator updates per iteration", valid=COUNT)
+    batch_size: int = option(64, "generated samples per step", valid=COUNT)
+    nz: int = option(100, "noise dimension", valid=Range(1, 65536))
+    generator_lr: float = option(0.01, "generator Adam learning rate", valid=POSITIVE)
+    lr_decay: float = option(0.998, "the server step's learning rates multiplied by this every round",
+                             valid=FRACTION)
+    lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)",
+                               valid=WEIGHT)
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "iterations", "generator_steps", "batch_size", "nz")
-        if not self.generator_lr > 0:
-            raise ConfigError(f"generator_lr must be > 0, got {self.generator_lr}")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -134,7 +130,8 @@ class FederatedRunConfig:
                               f"{', '.join([*SECTIONS, *sorted(ALGORITHMS), *sorted(SERVER_STEPS)])}")
         for name, cls_ in [*ALGORITHMS.items(), *SERVER_STEPS.items()]:  # every table is checked, used or not
             if name in raw:
-                from_dict(cls_.Params, raw[name])
+                with table(name):
+                    from_dict(cls_.Params, raw[name])
         return cls.from_dict(raw, defaults=cls())
 
     @classmethod
@@ -152,7 +149,8 @@ class FederatedRunConfig:
             fields = {f.name: f for f in dataclasses.fields(SECTIONS[name])}
             under = {k: v for k, v in to_dict(getattr(base, name)).items()
                      if not (saved and k not in given and "before" in fields[k].metadata)}
-            return from_dict(SECTIONS[name], {**under, **given})
+            with table(name):
+                return from_dict(SECTIONS[name], {**under, **given})
 
         federate, generator = dict(raw.get("federate", {})), dict(raw.get("generator", {}))
         legacy = {k: federate.pop(k) for k in LEGACY_KEYS if k in federate}
@@ -164,14 +162,16 @@ class FederatedRunConfig:
         step = server_step_class(sections["federate"].server)
         values = legacy_values(algo, legacy, "federate", f"algorithm {algo.name}", strict=not saved)
         values.update(raw.get(algo.name) or {})
-        config = cls(**sections, params=from_dict(algo.Params, values))
+        with table(algo.name):
+            config = cls(**sections, params=from_dict(algo.Params, values))
         if step is None:
             legacy_values(None, legacy_step, "generator", "server none", strict=not saved)
             return config
         step_values = legacy_values(step, legacy_step, "generator", f"server step {step.name}", strict=not saved)
         given = {**step_values, **(raw.get(step.name) or {})}
         # a saved config stands for `before` where it lacks a field; a TOML's tables go over the defaults
-        params = from_dict(step.Params, given if saved else {**to_dict(step.Params()), **given})
+        with table(step.name):
+            params = from_dict(step.Params, given if saved else {**to_dict(step.Params()), **given})
         return dataclasses.replace(config, server_params=params)
 
     def to_dict(self) -> dict[str, Any]:

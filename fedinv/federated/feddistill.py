@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import at_least, option
+from ..config import COUNT, POSITIVE, WEIGHT, check_fields, option
 from ..data.batches import batches
 from ..data.datasets import ImageTensors
 from ..evaluate import accuracy, ensemble_probs, predict_logits
@@ -32,9 +32,12 @@ from .registry import register_algorithm
 
 @dataclass(frozen=True)
 class DistillParams:
-    temperature: float = option(3.0, "KD temperature of personal model -> global copy")
-    weight: float = option(1.0, "weight of the KD term beside CE")
+    temperature: float = option(3.0, "KD temperature of personal model -> global copy", valid=POSITIVE)
+    weight: float = option(1.0, "weight of the KD term beside CE", valid=WEIGHT)
     personal_model: str = option("", "the personal model's architecture (empty = the run's model)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @register_algorithm
@@ -89,12 +92,13 @@ class FedDistill(FedAvg):
 
 @dataclass(frozen=True)
 class QueryParams:
-    temperature: float = option(3.0, "KD temperature of the server's distillation")
-    validation_size: int = option(5000, "training samples held out for the server (not given to any node)")
-    server_epochs: int = option(2, "server distillation epochs over the validation set")
+    temperature: float = option(3.0, "KD temperature of the server's distillation", valid=POSITIVE)
+    validation_size: int = option(5000, "training samples held out for the server (not given to any node)",
+                                  valid=COUNT)
+    server_epochs: int = option(2, "server distillation epochs over the validation set", valid=COUNT)
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "server_epochs")
+        check_fields(self)
 
 
 @register_algorithm

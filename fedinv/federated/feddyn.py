@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from ..aggregate import feddyn_aggregate
-from ..config import option
-from ..errors import ConfigError
+from ..config import POSITIVE, check_fields, option
 from ..train.objectives import classification_objective
 from .fedavg import FedAvg
 from .fedprox import proximal_term
@@ -29,11 +28,10 @@ def linear_term(params: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> 
 
 @dataclass(frozen=True)
 class DynParams:
-    alpha: float = option(1e-2, "the dynamic regularizer's alpha (FedFTG's default)")
+    alpha: float = option(1e-2, "the dynamic regularizer's alpha (FedFTG's default)", valid=POSITIVE)
 
     def __post_init__(self) -> None:
-        if not self.alpha > 0:
-            raise ConfigError(f"feddyn alpha must be > 0, got {self.alpha}")
+        check_fields(self)
 
 
 @register_algorithm

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import option
-from ..errors import ConfigError
+from ..config import WEIGHT, check_fields, option
 from ..evaluate import class_level_logits, class_shares
 from ..models.generators import FeatureGenerator
 from ..train import Stepper
@@ -34,11 +33,10 @@ def feature_dim(model: nn.Module) -> int:
 class FedGenParams:
     """[fedgen]: how much the nodes learn from the generated features."""
 
-    weight: float = option(1.0, "weight of the nodes' CE on generated features")
+    weight: float = option(1.0, "weight of the nodes' CE on generated features", valid=WEIGHT)
 
     def __post_init__(self) -> None:
-        if not self.weight >= 0:
-            raise ConfigError(f"weight must be >= 0, got {self.weight}")
+        check_fields(self)
 
 
 @register_server_step

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ..config import option
+from ..config import WEIGHT, check_fields, option
 from ..train.objectives import classification_objective
 from .fedavg import FedAvg
 from .local import LocalContext
@@ -21,7 +21,10 @@ def proximal_term(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tenso
 
 @dataclass(frozen=True)
 class ProxParams:
-    mu: float = option(1e-4, "weight of the proximal term (mu/2)||w - w_global||^2 (FedFTG's default)")
+    mu: float = option(1e-4, "weight of the proximal term (mu/2)||w - w_global||^2 (FedFTG's default)", valid=WEIGHT)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @register_algorithm

@@ -33,8 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import at_least, check_choice, option
-from ..errors import ConfigError
+from ..config import MOMENTUM, POSITIVE, SIZE, WEIGHT, check_fields, option
 from ..evaluate import class_level_logits, class_shares
 from ..models import place
 from ..models.generators import ImageGenerator, to_model_input
@@ -51,11 +50,11 @@ class FedDFParams:
     ensemble (FedDF; FedFTG's reference defaults: 5 global-model steps per iteration, SGD 0.01 on
     fedinv's per-sample KL)."""
 
-    model_steps: int = option(5, "global-model updates per iteration")
+    model_steps: int = option(5, "global-model updates per iteration", valid=SIZE)
     model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
                              "on a loss averaged over the classes as well as the batch is 0.1 / K on ours: "
-                             "0.01 for 10 classes); decayed by [generator] lr_decay every round")
-    temperature: float = option(1.0, "KD temperature of the fine-tuning")
+                             "0.01 for 10 classes); decayed by [generator] lr_decay every round", valid=POSITIVE)
+    temperature: float = option(1.0, "KD temperature of the fine-tuning", valid=POSITIVE)
     per_model_steps: bool = option(False, "each generator update is one Adam step per local model on its part of "
                                           "the loss (its CE and hard-sample mining weighted by its share of each "
                                           "sample's label), as the reference code does, instead of one step on the "
@@ -68,17 +67,12 @@ class FedDFParams:
     generator_ema: float = option(0.0, "the fine-tuning draws its samples from an exponential moving average of "
                                        "the generator's weights, updated after every generator step with this "
                                        "decay and kept across rounds (DFRD's EMA generator); 0 = from the generator "
-                                       "itself, as the reference code")
+                                       "itself, as the reference code", valid=MOMENTUM)
     save_every: int = option(0, "append a batch of generated images (with the round's ensemble soft labels) to "
-                                "OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)")
+                                "OUT/generated.h5 every k rounds, for `fedinv view` (0 = never)", valid=SIZE)
 
     def __post_init__(self) -> None:
-        check_choice(self, "bn_stats")
-        at_least(self, 0, "model_steps", "save_every")
-        if not 0.0 <= self.generator_ema < 1.0:
-            raise ConfigError(f"generator_ema must be in [0, 1), got {self.generator_ema}")
-        if not self.model_lr > 0 or not self.temperature > 0:
-            raise ConfigError("model_lr and temperature must be > 0")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -90,11 +84,8 @@ class FTGParams(FedDFParams):
                            "fidelity the share-weighted sum of the models' own CEs, as the reference code) or "
                            "class (each model's logit for class k weighted by its share of class k)",
                            choices=("class", "label"), before="class")
-    lambda_md: float = option(1.0, "weight of hard-sample mining (maximize KL(ensemble || global))")
+    lambda_md: float = option(1.0, "weight of hard-sample mining (maximize KL(ensemble || global))", valid=WEIGHT)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice(self, "ensemble")
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import option
+from ..config import POSITIVE, WEIGHT, check_fields, option
 from .fedavg import FedAvg
 from .local import LocalContext, LocalResult, cpu_state, features_and_logits, load_global, local_sgd
 from .registry import register_algorithm
@@ -28,8 +28,11 @@ def contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tens
 
 @dataclass(frozen=True)
 class MoonParams:
-    mu: float = option(1.0, "weight of the model-contrastive term (the paper tunes it in 0.1, 1, 5)")
-    temperature: float = option(0.5, "temperature of the contrastive term")
+    mu: float = option(1.0, "weight of the model-contrastive term (the paper tunes it in 0.1, 1, 5)", valid=WEIGHT)
+    temperature: float = option(0.5, "temperature of the contrastive term", valid=POSITIVE)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @register_algorithm

@@ -20,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
-from ..config import at_least, check_choice, device_option, option, precision_option, to_dict
+from ..config import (COUNT, MOMENTUM, POSITIVE, SEED, WEIGHT, check_fields, device_option, option, precision_option,
+                      to_dict)
 from ..data.batches import batches
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition
@@ -42,25 +43,21 @@ class TeacherConfig:
     """How each node trains its teacher."""
 
     model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
-    epochs: int = option(15, "training epochs over the node's split")
-    batch_size: int = option(64, "minibatch size")
-    lr: float = option(0.05, "SGD learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay")
+    epochs: int = option(15, "training epochs over the node's split", valid=COUNT)
+    batch_size: int = option(64, "minibatch size", valid=COUNT)
+    lr: float = option(0.05, "SGD learning rate", valid=POSITIVE)
+    momentum: float = option(0.9, "SGD momentum", valid=MOMENTUM)
+    weight_decay: float = option(5e-4, "SGD weight decay", valid=WEIGHT)
     schedule: str = option("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)
     augment: bool = option(True, "light augmentation: random crop with padding, and horizontal flip "
                                  "where the dataset allows it")
     same_init: bool = option(True, "start every node from the same initialization (one-shot FedAvg baseline)")
     precision: str = precision_option()
     device: str = device_option()
-    seed: int = option(0, "random seed of initialization and data order")
+    seed: int = option(0, "random seed of initialization and data order", valid=SEED)
 
     def __post_init__(self) -> None:
-        for name in ("schedule", "precision"):
-            check_choice(self, name)
-        at_least(self, 1, "epochs", "batch_size")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_fields(self)
 
 
 def initial_model(cfg: TeacherConfig, info: DatasetInfo, node: int) -> nn.Module:

@@ -1,5 +1,7 @@
 """Tests of fedinv.config."""
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -42,5 +44,87 @@ def test_set_overrides_fields_of_the_toml_type_checked(tmp_path):
     fed = FederatedRunConfig.from_toml(tmp_path / "f.toml", ["fedprox.mu=0.25", "federate.rounds=3"])
     assert fed.params.mu == 0.25 and fed.federate.rounds == 3
     res = CliRunner().invoke(cli, ["run", str(TINY_TOML), "--out", str(tmp_path / "run"), "--set", "student.epochs=0"])
-    assert res.exit_code == 2 and "epochs must be >= 1" in res.output
+    assert res.exit_code == 2 and "[student] epochs must be in [1, 1e9], got 0" in res.output
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def numeric_fields():
+    """(config class, field, its declared range) of every numeric field of every config of both modes."""
+    import dataclasses
+    import typing
+
+    from fedinv.federated.config import FederatedRunConfig, GeneratorConfig
+    from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
+    from fedinv.oneshot.synthesis.registry import METHODS
+
+    classes = [*(c for c in typing.get_type_hints(RunConfig).values()), FederatedRunConfig().federate.__class__,
+               GeneratorConfig, *(m.Params for m in METHODS.values()), *(a.Params for a in ALGORITHMS.values()),
+               *(s.Params for s in SERVER_STEPS.values())]
+    out = []
+    for cls in dict.fromkeys(classes):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
+            if kind[0] in (int, float):
+                out.append((cls, f))
+    return out
+
+
+def test_every_numeric_field_declares_its_range_and_refuses_values_outside_it():
+    """Numbers without bounds reached torch and crashed there or went silently wrong (negative
+    learning rates, momentum 5, NaN loss weights): every numeric field has a range, checked however
+    the config is made."""
+    import math
+
+    fields = numeric_fields()
+    assert len(fields) > 60
+    missing = [f"{cls.__name__}.{f.name}" for cls, f in fields if f.metadata.get("valid") is None]
+    assert not missing, f"numeric fields without a declared range: {missing}"
+    for cls, f in fields:
+        valid = f.metadata["valid"]
+        bad = [math.nan, math.inf, -math.inf] if f.type in ("float", "float | None") else []
+        bad += [valid.low - 1] if valid.low is not None else []
+        bad += [valid.low] if valid.low is not None and valid.low_open else []
+        bad += [valid.high + 1] if valid.high is not None else []
+        for value in bad:
+            expected = rf"^{f.name} must be (a finite number )?{re.escape(str(valid))}, got {re.escape(repr(value))}$"
+            with pytest.raises(ConfigError, match=expected):
+                cls(**{f.name: value})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train-teachers", "--partition", "p.json", "--momentum", "5"], "--momentum must be in [0, 1), got 5.0"),
+    (["train-student", "--store", "s.h5", "--kd-weight", "-1"], "--kd-weight must be >= 0, got -1.0"),
+    (["synthesize", "--teachers", "t", "--a-bn", "nan"], "--a-bn must be a finite number >= 0, got nan"),
+    (["synthesize", "--teachers", "t", "--method", "fast", "--lr-g", "0"], "--lr-g must be > 0, got 0.0"),
+    (["synthesize", "--teachers", "t", "--num-images", "1000000000000"], "--num-images must be in [1, 1e9]"),
+])
+def test_out_of_range_options_name_the_option_and_write_nothing(tmp_path, args, message):
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and f"error: {message}" in res.output, res.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("toml,message", [
+    ("[teachers]\nmomentum = 5\n", "[teachers] momentum must be in [0, 1), got 5"),
+    ("[synthesis]\nnum_images = 100000000000000000000\n", "[synthesis] num_images must be in [1, 1e9]"),
+    ("[synthesis.fast]\nlr_g = -1.0\n", "[synthesis] lr_g must be > 0, got -1.0"),
+])
+def test_out_of_range_toml_fields_name_their_table(tmp_path, toml, message):
+    (tmp_path / "c.toml").write_text(toml)
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and f"error: {message}" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("toml,message", [
+    ("[federate]\nserver_lr = inf\n", "[federate] server_lr must be a finite number > 0, got inf"),
+    ('[federate]\nserver = "ftg"\n[ftg]\nlambda_md = nan\n', "[ftg] lambda_md must be a finite number >= 0, got nan"),
+    ('[federate]\nalgorithm = "fedprox"\n[fedprox]\nmu = -1.0\n', "[fedprox] mu must be >= 0, got -1.0"),
+    ("[generator]\nlr_decay = 0\n", "[generator] lr_decay must be in (0, 1], got 0"),
+])
+def test_out_of_range_fields_of_the_multi_round_mode_name_their_table(tmp_path, toml, message):
+    (tmp_path / "f.toml").write_text(toml)
+    res = CliRunner().invoke(cli, ["federate", str(tmp_path / "f.toml"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and f"error: {message}" in res.output, res.output
+    assert not (tmp_path / "run").exists()

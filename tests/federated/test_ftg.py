@@ -190,7 +190,7 @@ def test_ftg_with_the_label_weighted_ensemble_runs_and_differs_from_the_class_we
     assert all(r["complete"] and math.isfinite(r["history"][0]["server_distill"]) for r in runs)
     states = [torch.load(tmp_path / name / "global.pt", weights_only=True)["state_dict"] for name in ("class", "label")]
     assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])
-    with pytest.raises(ConfigError, match="ensemble='mean' is not valid; choose one of: class, label"):
+    with pytest.raises(ConfigError, match="ensemble must be one of class, label; got 'mean'"):
         FTGParams(ensemble="mean")
     per_model = with_step(label, per_model_steps=True)
     run = federate(per_model, tmp_path / "per-model", progress=False, train=tiny_train)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import at_least, check_choice, device_option, option, precision_option
+from ...config import (COUNT, MOMENTUM, POSITIVE, SEED, SIZE, WEIGHT, check_fields, device_option, option,
+                       precision_option)
 from ...errors import ConfigError
 from ...train import SCHEDULES
 
@@ -14,15 +15,15 @@ class StudentConfig:
     """How the student learns from the synthetic store (one-shot-dataset-distillation.txt §III-A)."""
 
     model: str = option("bncnn", "student model name from the registry")
-    epochs: int = option(30, "passes over the store")
-    batch_size: int = option(256, "minibatch size")
-    lr: float = option(0.1, "SGD learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(5e-4, "SGD weight decay")
+    epochs: int = option(30, "passes over the store", valid=COUNT)
+    batch_size: int = option(256, "minibatch size", valid=COUNT)
+    lr: float = option(0.1, "SGD learning rate", valid=POSITIVE)
+    momentum: float = option(0.9, "SGD momentum", valid=MOMENTUM)
+    weight_decay: float = option(5e-4, "SGD weight decay", valid=WEIGHT)
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
-    kd_weight: float = option(1.0, "weight of the KD loss against the teacher ensemble")
-    ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels")
-    temperature: float = option(4.0, "KD temperature (kd_form soft)")
+    kd_weight: float = option(1.0, "weight of the KD loss against the teacher ensemble", valid=WEIGHT)
+    ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels", valid=WEIGHT)
+    temperature: float = option(4.0, "KD temperature (kd_form soft)", valid=POSITIVE)
     kd_form: str = option("soft", "KD targets' form: soft (Hinton KD against the ensemble's probabilities at "
                           "temperature), hard (cross-entropy on the ensemble's label of each image)",
                           choices=("soft", "hard"))
@@ -32,24 +33,20 @@ class StudentConfig:
     mixup: bool = option(False, "mix each synthetic image with another of the batch (weight ~ U(0, 1)) before "
                                 "KD; the teachers label the mixed images, so the student is queried between "
                                 "the synthesized points (needs KD from the teachers and ce_weight 0)")
-    local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)")
+    local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)", valid=WEIGHT)
     adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student and "
-                                      "appended to the store every --adaptive-every epochs (0 = off)")
-    adaptive_every: int = option(1, "adaptive mode: epochs between rounds of new batches (first round at epoch 1)")
-    buffer_batches: int = option(16, "store reading: batches read and shuffled together (memory bound)")
+                                      "appended to the store every --adaptive-every epochs (0 = off)", valid=SIZE)
+    adaptive_every: int = option(1, "adaptive mode: epochs between rounds of new batches (first round at epoch 1)",
+                                 valid=COUNT)
+    buffer_batches: int = option(16, "store reading: batches read and shuffled together (memory bound)", valid=COUNT)
     precision: str = precision_option()
     device: str = device_option()
-    seed: int = option(0, "random seed of initialization and data order")
+    seed: int = option(0, "random seed of initialization and data order", valid=SEED)
 
     def __post_init__(self) -> None:
-        for name in ("schedule", "kd_form", "kd_source", "precision"):
-            check_choice(self, name)
-        at_least(self, 1, "epochs", "batch_size", "buffer_batches", "adaptive_every")
-        at_least(self, 0, "kd_weight", "ce_weight", "local_weight", "adaptive_batches")
+        check_fields(self)
         if self.kd_weight == 0 and self.ce_weight == 0 and self.local_weight == 0:
             raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.mixup and (self.ce_weight or self.kd_source == "soft-labels"):
             raise ConfigError("mixup needs KD targets from the teachers (kd_source auto or teachers) and ce_weight 0: "
                               "stored labels do not describe mixed images")

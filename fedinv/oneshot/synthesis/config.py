@@ -8,7 +8,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import at_least, check_choice, device_option, from_fields, option, option_table, precision_option
+from ...config import (COUNT, POSITIVE, SEED, SIZE, WEIGHT, Range, check_fields, device_option, from_fields, option,
+                       option_table, precision_option)
 from ...errors import ConfigError
 from .registry import METHODS, method_class
 
@@ -33,10 +34,10 @@ class SynthesisConfig:
                          "(Sampling DeepInversion); fast: a generator whose meta-learned start is refined for a few "
                          "steps per batch (Fast-Datafree); dense: one generator trained on, batch after batch "
                          "(DENSE); its own settings in table [synthesis.METHOD]")
-    num_images: int = option(2560, "how many images to synthesize in all")
-    batch_size: int = option(256, "images optimized together (one batch = one optimizer run)")
+    num_images: int = option(2560, "how many images to synthesize in all", valid=COUNT)
+    batch_size: int = option(256, "images optimized together (one batch = one optimizer run)", valid=COUNT)
     teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
-                                       "0 = all; 1 = cycling (batch b uses teacher b mod N throughout)")
+                                       "0 = all; 1 = cycling (batch b uses teacher b mod N throughout)", valid=SIZE)
     fixed_teachers: bool = option(False, "sample the teachers_per_step teachers once per batch and keep them for "
                                          "all its steps, instead of at every step (the report's open idea, §VI)")
     label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "
@@ -44,21 +45,22 @@ class SynthesisConfig:
                                 choices=("uniform", "proportional", "balanced"))
     head_mask: bool = option(True, "leave out each teacher's logits for labels it never saw")
     weighted_ce: bool = option(False, "weight each teacher's CE by the share of the label in its data (eq. 5)")
-    a_bn: float = option(10.0, "weight of the BN-statistic loss")
-    first_bn_multiplier: float = option(1.0, "extra factor on the first BN layer's term")
-    a_tv_l1: float = option(0.0, "weight of the l1 total variation prior")
-    a_tv_l2: float = option(1e-3, "weight of the l2 total variation prior")
-    a_l2: float = option(0.0, "weight of the image l2 prior")
-    a_comp: float = option(10.0, "weight of the Jensen-Shannon competition term (adaptive mode, with a student)")
-    comp_temperature: float = option(3.0, "temperature of the competition term")
-    jitter: int = option(2, "random roll of the images by up to this many pixels per step")
+    a_bn: float = option(10.0, "weight of the BN-statistic loss", valid=WEIGHT)
+    first_bn_multiplier: float = option(1.0, "extra factor on the first BN layer's term", valid=WEIGHT)
+    a_tv_l1: float = option(0.0, "weight of the l1 total variation prior", valid=WEIGHT)
+    a_tv_l2: float = option(1e-3, "weight of the l2 total variation prior", valid=WEIGHT)
+    a_l2: float = option(0.0, "weight of the image l2 prior", valid=WEIGHT)
+    a_comp: float = option(10.0, "weight of the Jensen-Shannon competition term (adaptive mode, with a student)",
+                           valid=WEIGHT)
+    comp_temperature: float = option(3.0, "temperature of the competition term", valid=POSITIVE)
+    jitter: int = option(2, "random roll of the images by up to this many pixels per step", valid=Range(0, 64))
     flip: bool = option(True, "random horizontal flip per step (off for datasets where flips change labels)")
     precision: str = precision_option()
     batched: str = option("auto", "multi-teacher path: batched (one vmapped call for teachers of one "
                           "architecture), loop (per teacher), auto (batched on CUDA, loop on CPU where it "
                           "measured faster)", choices=("auto", "batched", "loop"), runtime=True)
     device: str = device_option()
-    seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly")
+    seed: int = option(0, "random seed; batch b is drawn from (seed, b), so it can be regenerated exactly", valid=SEED)
     params: Any = option_table("method", "the method's own settings (its Params; None: their defaults)")
 
     def __post_init__(self) -> None:
@@ -68,10 +70,7 @@ class SynthesisConfig:
         if not isinstance(self.params, method.Params):
             raise ConfigError(f"--method {self.method} takes {method.Params.__name__}, not "
                               f"{type(self.params).__name__}")
-        for name in ("label_sampler", "precision", "batched"):
-            check_choice(self, name)
-        at_least(self, 1, "num_images", "batch_size")
-        at_least(self, 0, "teachers_per_step", "jitter")
+        check_fields(self)
         method.check(self)
 
     @property

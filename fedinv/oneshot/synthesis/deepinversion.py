@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...config import at_least, option
+from ...config import COUNT, POSITIVE, check_fields, option
 from ...data.datasets import DatasetInfo
-from ...errors import ConfigError
 from ...train import Stepper, lr_at
 from .ensemble import TeacherEnsemble
 from .method import Inverted, StepCallback
@@ -31,13 +30,11 @@ class DeepInversionParams:
     """[synthesis.deepinversion]: one Adam run on the pixels per batch (DeepInversion's reference
     code and the report: lr 0.1 with a cosine schedule)."""
 
-    iterations: int = option(1000, "gradient steps on the pixels per batch")
-    lr: float = option(0.1, "Adam learning rate of the pixels (cosine decay to 0)")
+    iterations: int = option(1000, "gradient steps on the pixels per batch", valid=COUNT)
+    lr: float = option(0.1, "Adam learning rate of the pixels (cosine decay to 0)", valid=POSITIVE)
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "iterations")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_fields(self)
 
 
 def pixel_bounds(info: DatasetInfo, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import option
+from ...config import COUNT, POSITIVE, option
 from .generator import GeneratorParams, GeneratorSynthesizer
 from .registry import register_method
 
@@ -14,8 +14,8 @@ from .registry import register_method
 class DenseParams(GeneratorParams):
     """[synthesis.dense]: DENSE's settings (30 steps at lr 1e-3; z and BN momentum as fast)."""
 
-    steps: int = option(30, "generator steps per batch")
-    lr_g: float = option(1e-3, "Adam learning rate of the generator within a batch")
+    steps: int = option(30, "generator steps per batch", valid=COUNT)
+    lr_g: float = option(1e-3, "Adam learning rate of the generator within a batch", valid=POSITIVE)
 
 
 @register_method

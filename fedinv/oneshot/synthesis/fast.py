@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import option
-from ...errors import ConfigError
+from ...config import COUNT, POSITIVE, option
 from .generator import GeneratorParams, GeneratorSynthesizer
 from .registry import register_method
 
@@ -19,15 +18,11 @@ class FastParams(GeneratorParams):
     """[synthesis.fast]: Fast-Datafree's settings (5 steps at lr 3e-3, z at 1e-2, meta lr = steps x
     lr_g unless set, BN momentum 0.9)."""
 
-    steps: int = option(5, "generator steps per batch")
-    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch")
+    steps: int = option(5, "generator steps per batch", valid=COUNT)
+    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch", valid=POSITIVE)
     meta_lr: float | None = option(None, "Adam learning rate of the Reptile step that moves the generator's start "
-                                          "towards each refined generator; not set: steps x lr_g, as Fast-Datafree")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.meta_lr is not None and not self.meta_lr > 0:
-            raise ConfigError(f"meta_lr must be > 0, got {self.meta_lr!r}")
+                                          "towards each refined generator; not set: steps x lr_g, as Fast-Datafree",
+                                   valid=POSITIVE)
 
     @property
     def reptile_lr(self) -> float:

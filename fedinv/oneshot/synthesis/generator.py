@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from ...config import at_least, option
+from ...config import COUNT, MOMENTUM, POSITIVE, WEIGHT, Range, check_fields, option
 from ...errors import ConfigError
 from ...models import place
 from ...models.generators import ImageGenerator, to_model_input
@@ -41,26 +41,21 @@ class GeneratorParams:
     """The settings every generator method takes (defaults from Fast-Datafree; each method sets its
     own steps and lr_g)."""
 
-    steps: int = option(5, "generator steps per batch")
-    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch")
-    lr_z: float = option(0.01, "Adam learning rate of the batch's latent codes (0 = codes fixed)")
+    steps: int = option(5, "generator steps per batch", valid=COUNT)
+    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch", valid=POSITIVE)
+    lr_z: float = option(0.01, "Adam learning rate of the batch's latent codes (0 = codes fixed)", valid=WEIGHT)
     bn_momentum: float = option(0.9, "BN statistics compared as (1 - m) x this batch's + m x a running average "
-                                     "over past batches (Fast-Datafree); 0 = each batch alone")
-    nz: int = option(100, "size of the generator's latent code")
+                                     "over past batches (Fast-Datafree); 0 = each batch alone", valid=MOMENTUM)
+    nz: int = option(100, "size of the generator's latent code", valid=Range(1, 65536))
     generator_width: int = option(64, "channels of the generator's first feature map (halved at the next), as "
-                                      "Fast-Datafree and DENSE; 128 costs 1.6x the time (docs/results.md)")
+                                      "Fast-Datafree and DENSE; 128 costs 1.6x the time (docs/results.md)",
+                                  valid=Range(1, 65536))
     conditional: bool = option(False, "the generator also takes the target label as an input (off: only the "
                                       "code z, as the references' generators; on, it collapsed to one image per "
                                       "class, docs/results.md)")
 
     def __post_init__(self) -> None:
-        at_least(self, 1, "steps", "nz", "generator_width")
-        if not self.lr_g > 0:
-            raise ConfigError(f"lr_g must be > 0, got {self.lr_g}")
-        if not self.lr_z >= 0:
-            raise ConfigError(f"lr_z must be >= 0, got {self.lr_z}")
-        if not 0 <= self.bn_momentum < 1:
-            raise ConfigError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        check_fields(self)
 
 
 class GeneratorSynthesizer(SynthesisMethod):

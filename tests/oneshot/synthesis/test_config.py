@@ -71,9 +71,10 @@ def test_a_setting_the_chosen_method_does_not_take_is_an_error_naming_it(tmp_pat
         in res.output
     assert not (tmp_path / "s.h5").exists()
     res = CliRunner().invoke(cli, ["synthesize", "--help"])
-    assert "deepinversion (--method): gradient steps on the pixels per batch [default: 1000]" \
+    assert "deepinversion (--method): gradient steps on the pixels per batch (in [1, 1e9]) [default: 1000]" \
         in " ".join(res.output.split())
-    assert "dense, fast (--method): generator steps per batch [default: dense 30, fast 5]" in " ".join(res.output.split())
+    assert ("dense, fast (--method): generator steps per batch (in [1, 1e9]) [default: dense 30, fast 5]"
+            in " ".join(res.output.split()))
 
 
 def test_a_new_method_is_one_class_registered_by_name(tmp_path, monkeypatch):
