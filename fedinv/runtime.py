@@ -7,6 +7,7 @@ import enum
 import functools
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -165,9 +166,26 @@ def remove_stale_temporaries(path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def finite(obj: Any) -> Any:
+    """`obj` (nested dicts, lists, tuples) with every NaN or infinite float replaced by None: JSON has
+    no such numbers, and `NaN` / `Infinity` in a file breaks every strict reader."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON of `obj`: non-finite floats written as null (`finite`)."""
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
+
+
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(to_json(obj, indent=2) + "\n")
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,7 +10,7 @@ from ..errors import ConfigError
 from ..federated.config import FederatedRunConfig
 from ..federated.report import compare, load_run
 from ..federated.rounds import federate
-from ..runtime import save_json
+from ..runtime import save_json, to_json
 from .engines import engine_option, flower_module
 
 
@@ -50,7 +49,7 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
         report = flower_module("simulation").federate_flower(cfg, out)
     else:
         report = federate(cfg, out, resume=resume, progress=progress)
-    click.echo(json.dumps({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
+    click.echo(to_json({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
 
 
 @click.command("federate-report")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..oneshot.pipeline import RunConfig, run_pipeline
+from ..runtime import to_json
 
 
 @click.command("run")
@@ -30,5 +30,5 @@ def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], progress
     """
     cfg = RunConfig.from_toml(config, overrides)
     summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress)
-    click.echo(json.dumps({k: v for k, v in summary.items() if k != "student_history"}, indent=2))
+    click.echo(to_json({k: v for k, v in summary.items() if k != "student_history"}, indent=2))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -15,7 +14,7 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_checkpoint
 from ..oneshot.student.config import StudentConfig
 from ..oneshot.student.train import train_student
-from ..runtime import resolve_device, save_json
+from ..runtime import resolve_device, save_json, to_json
 from ..store import read_meta
 from .parsing import trust_model_option
 
@@ -62,7 +61,7 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
     report = train_student(store, out, cfg, teachers_dir=teachers_dir, local=local, test=test_data,
                            eval_every=eval_every, progress=progress, trust=trust)
     keys = ("test_accuracy", "ensemble_accuracy", "fedavg_accuracy", "store_images")
-    click.echo(json.dumps({k: report.get(k) for k in keys}, indent=2))
+    click.echo(to_json({k: report.get(k) for k in keys}, indent=2))
 
 
 @click.command("evaluate")
@@ -86,4 +85,4 @@ def evaluate_cmd(checkpoint: Path, out: Path | None, device: str, dataset: str |
     if out is not None:
         save_json(report, out)
         picture.save(out.with_suffix(".png"))
-    click.echo(json.dumps({k: report[k] for k in ("accuracy", "per_class_accuracy")}, indent=2))
+    click.echo(to_json({k: report[k] for k in ("accuracy", "per_class_accuracy")}, indent=2))

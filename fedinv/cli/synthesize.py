@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -13,7 +12,7 @@ from ..distributed import rank_device, world_from_env
 from ..oneshot.synthesis.config import SynthesisConfig
 from ..oneshot.synthesis.registry import METHODS, method_class
 from ..oneshot.synthesis.synthesize import synthesize_distributed
-from ..runtime import resolve_device
+from ..runtime import resolve_device, to_json
 from .parsing import trust_model_option
 
 
@@ -58,4 +57,4 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
     stats = synthesize_distributed(teachers_dir, out, cfg, resume=resume, student=student, progress=progress,
                                    world=world, trust=trust)
     if world.rank == 0:
-        click.echo(json.dumps({"out": str(out), **stats}, indent=2))
+        click.echo(to_json({"out": str(out), **stats}, indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ from ..config import click_options, pick
 from ..data.partition import load_partition
 from ..errors import ConfigError
 from ..oneshot.teachers import TeacherConfig, train_teachers
+from ..runtime import to_json
 from .engines import engine_option, flower_module
 from .parsing import parse_numbers
 
@@ -44,4 +44,4 @@ def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engin
                                 progress=progress)
     summary = {k: report[k] for k in ("node_accuracy", "ensemble_accuracy", "ensemble_mean_accuracy",
                                       "fedavg_accuracy")}
-    click.echo(json.dumps(summary, indent=2))
+    click.echo(to_json(summary, indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -13,7 +12,7 @@ from ..data.datasets import load_dataset
 from ..errors import ConfigError
 from ..oneshot.audit import audit_store, nan_to_none
 from ..oneshot.synthesis.ensemble import load_ensemble
-from ..runtime import resolve_device, save_json
+from ..runtime import resolve_device, save_json, to_json
 from ..store import read_labels, read_meta, read_rows
 from ..viz import bar_chart, class_grid, rows_per_class
 from .parsing import parse_numbers, trust_model_option
@@ -90,4 +89,4 @@ def audit_cmd(store: Path, reference: Path, teachers_dir: Path | None, out: Path
                        "ensemble confidence": values("ensemble_confidence")},
                       title=f"{store.name}: {report['images']} images")
     chart.save(out.with_suffix(".png"))
-    click.echo(json.dumps({k: report[k] for k in ("images", "reference_agreement", "ensemble_confidence")}))
+    click.echo(to_json({k: report[k] for k in ("images", "reference_agreement", "ensemble_confidence")}))

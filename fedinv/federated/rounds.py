@@ -11,7 +11,6 @@ checkpoint ends with the same model as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
 from ..runtime import (RoundStream, atomic_path, ran_on, remove_stale_temporaries, resolve_device, resolve_precision,
-                       rng, save_json, save_torch)
+                       rng, save_json, save_torch, to_json)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
@@ -353,7 +352,7 @@ def save_samples(cfg: FederatedRunConfig, info: DatasetInfo, rows: tuple[torch.T
 def write_metrics(history: list[dict[str, Any]], out: Path) -> None:
     """metrics.jsonl: one line per finished round (rewritten whole, so a resume never duplicates)."""
     with atomic_path(out / "metrics.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+        tmp.write_text("".join(to_json(r) + "\n" for r in history))
 
 
 def finish(cfg: FederatedRunConfig, fed: Federation, global_state: State, history: list[dict[str, Any]],
