@@ -301,9 +301,15 @@ def load_toml(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]
     if not path.is_file():
         raise ConfigError(f"config {path} not found")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    scalars = [k for k, v in data.items() if not isinstance(v, dict)]
+    if scalars:
+        raise ConfigError(f"{path}: {scalars[0]} must be a table ([{scalars[0]}]), got "
+                          f"{data[scalars[0]]!r}; every setting belongs to a table")
     return apply_overrides(data, overrides)
 
 

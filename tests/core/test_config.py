@@ -128,3 +128,16 @@ def test_out_of_range_fields_of_the_multi_round_mode_name_their_table(tmp_path, 
     res = CliRunner().invoke(cli, ["federate", str(tmp_path / "f.toml"), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2 and f"error: {message}" in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command,text,message", [
+    ("run", b'[teachers]\nmodel = "\xff\xfe"\n', "not UTF-8 text (byte 21); TOML files are UTF-8"),
+    ("run", b"teachers = 3\n", "teachers must be a table ([teachers]), got 3"),
+    ("federate", b"federate = 3\n", "federate must be a table ([federate]), got 3"),
+    ("federate", b"fedprox = 3\n", "fedprox must be a table ([fedprox]), got 3"),
+])
+def test_a_toml_that_is_not_utf8_or_holds_a_scalar_for_a_table_is_named(tmp_path, command, text, message):
+    (tmp_path / "c.toml").write_bytes(text)
+    res = CliRunner().invoke(cli, [command, str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "run").exists()
