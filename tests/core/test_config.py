@@ -131,7 +131,7 @@ def test_out_of_range_fields_of_the_multi_round_mode_name_their_table(tmp_path, 
 
 
 @pytest.mark.parametrize("command,text,message", [
-    ("run", b'[teachers]\nmodel = "\xff\xfe"\n', "not UTF-8 text (byte 21); TOML files are UTF-8"),
+    ("run", b'[teachers]\nmodel = "\xff\xfe"\n', "not UTF-8 text (byte 20); TOML files are UTF-8"),
     ("run", b"teachers = 3\n", "teachers must be a table ([teachers]), got 3"),
     ("federate", b"federate = 3\n", "federate must be a table ([federate]), got 3"),
     ("federate", b"fedprox = 3\n", "fedprox must be a table ([fedprox]), got 3"),
