@@ -23,6 +23,7 @@ import numpy as np
 from fedinv.errors import ConfigError
 from fedinv.federated.report import load_run
 from fedinv.federated.rounds import mean_last_accuracy
+from fedinv.runtime import save_png
 from fedinv.viz import line_plot
 
 
@@ -73,7 +74,7 @@ def main(runs: tuple[str, ...], plot: Path | None, window: int, title: str) -> N
         curves = {name: [(float(r["round"]), mean_last_accuracy(h[:i + 1], window)) for i, r in enumerate(h)]
                   for name, h in histories.items()}
         plot.parent.mkdir(parents=True, exist_ok=True)
-        line_plot(curves, title=title or f"test accuracy, mean of the last {window} rounds").save(plot)
+        save_png(line_plot(curves, title=title or f"test accuracy, mean of the last {window} rounds"), plot)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.registry import ALGORITHMS, SERVER_STEPS
 from fedinv.federated.report import compare
 from fedinv.federated.rounds import federate, mean_last_accuracy, rounds_to_target
+from fedinv.runtime import save_png
 from fedinv.viz import line_plot
 
 TARGETS = (75, 80, 85)
@@ -86,10 +87,10 @@ def run_methods(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Itera
             yield {"model": model, "method": method, "rounds": cfg_m.federate.rounds, **summary(report)}
         rows, table, plot = compare(reports, tuple(t / 100 for t in TARGETS))
         (out / model / "table.md").write_text(table)
-        plot.save(out / model / "accuracy.png")
+        save_png(plot, out / model / "accuracy.png")
         picture = diagnose_plot(reports)
         if picture is not None:
-            picture.save(out / model / "diagnose.png")
+            save_png(picture, out / model / "diagnose.png")
 
 
 def base_of(method: str) -> str:

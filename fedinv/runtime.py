@@ -144,18 +144,30 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 
-    Nothing half-written is ever left under the final name.
+    Nothing half-written is ever left under the final name. One rule for every output: a symlink
+    at `path` is replaced (not followed), something that is not a regular file (a folder, a device
+    such as /dev/full, a pipe) is refused, and the file gets the mode the umask gives new files.
     """
     path = Path(path)
+    if path.exists() and not path.is_symlink() and not path.is_file():
+        raise ConfigError(f"{path} exists and is not a regular file (a folder, device or pipe); choose another "
+                          f"output path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # as any file this process creates, not mkstemp's 0600
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # a symlink at `path` is replaced, never followed
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> None:
@@ -191,3 +203,9 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def save_png(image: Any, path: str | os.PathLike) -> None:
+    """A PIL image to `path` as PNG, atomically (a failed write leaves no 0-byte picture behind)."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

@@ -51,6 +51,7 @@ from fedinv.oneshot.synthesis.config import SynthesisConfig
 from fedinv.oneshot.synthesis.store import copy_synthesis_store
 from fedinv.oneshot.synthesis.synthesize import synthesize
 from fedinv.oneshot.teachers import TeacherConfig, train_teachers
+from fedinv.runtime import save_png
 from fedinv.store import read_rows
 from fedinv.train.resume import comparable
 from fedinv.viz import bar_chart, class_grid, confusion_plot, line_plot, rows_per_class
@@ -266,7 +267,7 @@ def finished_rows(out: Path, finding: str, seeds: list[int]) -> dict[str, Row]:
 
 
 def saved(picture: Any, path: Path) -> Path:
-    picture.save(path)
+    save_png(picture, path)
     return path
 
 

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..federated.config import FederatedRunConfig
 from ..federated.report import compare, load_run
 from ..federated.rounds import federate
-from ..runtime import save_json, to_json
+from ..runtime import save_json, save_png, to_json
 from .engines import engine_option, flower_module
 
 
@@ -64,6 +64,6 @@ def federate_report_cmd(runs: tuple[Path, ...], out: Path, targets: tuple[float,
     rows, table, plot = compare([load_run(r) for r in runs], targets)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table)
-    plot.save(out / "accuracy.png")
+    save_png(plot, out / "accuracy.png")
     save_json({"runs": [str(r) for r in runs], "targets": list(targets), "rows": rows}, out / "summary.json")
     click.echo(table)

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..evaluate import evaluate_checkpoint
 from ..oneshot.student.config import StudentConfig
 from ..oneshot.student.train import train_student
-from ..runtime import resolve_device, save_json, to_json
+from ..runtime import resolve_device, save_json, save_png, to_json
 from ..store import read_meta
 from .parsing import trust_model_option
 
@@ -84,5 +84,5 @@ def evaluate_cmd(checkpoint: Path, out: Path | None, device: str, dataset: str |
     report["checkpoint"] = str(checkpoint)
     if out is not None:
         save_json(report, out)
-        picture.save(out.with_suffix(".png"))
+        save_png(picture, out.with_suffix(".png"))
     click.echo(to_json({k: report[k] for k in ("accuracy", "per_class_accuracy")}, indent=2))

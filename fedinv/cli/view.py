@@ -12,7 +12,7 @@ from ..data.datasets import load_dataset
 from ..errors import ConfigError
 from ..oneshot.audit import audit_store, nan_to_none
 from ..oneshot.synthesis.ensemble import load_ensemble
-from ..runtime import resolve_device, save_json, to_json
+from ..runtime import resolve_device, save_json, save_png, to_json
 from ..store import read_labels, read_meta, read_rows
 from ..viz import bar_chart, class_grid, rows_per_class
 from .parsing import parse_numbers, trust_model_option
@@ -57,7 +57,7 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
     if bad:
         raise ConfigError(f"classes {bad} out of range 0..{len(names) - 1}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    class_grid(images, labels_t, names, per_class, wanted, scale).save(out)
+    save_png(class_grid(images, labels_t, names, per_class, wanted, scale), out)
     click.echo(f"{out}: {len(wanted)} classes x up to {per_class} images")
 
 
@@ -88,5 +88,5 @@ def audit_cmd(store: Path, reference: Path, teachers_dir: Path | None, out: Path
                       {"reference agrees with label": values("reference_agreement"),
                        "ensemble confidence": values("ensemble_confidence")},
                       title=f"{store.name}: {report['images']} images")
-    chart.save(out.with_suffix(".png"))
+    save_png(chart, out.with_suffix(".png"))
     click.echo(to_json({k: report[k] for k in ("images", "reference_agreement", "ensemble_confidence")}))

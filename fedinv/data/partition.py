@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from ..config import DataConfig, PartitionConfig, from_dict, to_dict
 from ..errors import ConfigError
-from ..runtime import save_json
+from ..runtime import save_json, save_png
 from ..viz import label_count_plot
 
 Indices = list[np.ndarray]
@@ -185,7 +185,7 @@ def save_partition(part: Partition, labels: np.ndarray, path: str | Path,
     save_json(manifest, path)
     cfg = part.config
     title = f"{part.data.dataset}: {cfg.scheme}" + (f" alpha={cfg.alpha}" if cfg.scheme == "dirichlet" else "")
-    label_count_plot(counts, class_names, title).save(Path(path).with_suffix(".png"))
+    save_png(label_count_plot(counts, class_names, title), Path(path).with_suffix(".png"))
     return manifest
 
 

@@ -24,7 +24,7 @@ from ..data.partition import Partition, load_partition, make_partition, save_par
 from ..errors import RunStateError
 from ..evaluate import evaluate_checkpoint
 from ..models import build_model_for
-from ..runtime import resolve_device, save_json
+from ..runtime import resolve_device, save_json, save_png
 from ..store import read_labels, read_rows
 from ..train.resume import changes
 from ..viz import class_grid, rows_per_class
@@ -130,11 +130,11 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) 
     ckpt = load_checkpoint(run / "student" / "student.pt", kind=STUDENT)
     evaluation, picture = evaluate_checkpoint(ckpt, test, resolve_device(cfg.student.device))
     save_json(evaluation, run / "evaluation.json")
-    picture.save(run / "confusion.png")
+    save_png(picture, run / "confusion.png")
     lap("evaluate")
     labels = read_labels(run / "synthetic.h5").numpy()
     images, labels_t, _ = read_rows(run / "synthetic.h5", rows_per_class(labels, 8, range(train.info.num_classes)))
-    class_grid(images, labels_t, train.info.class_names, per_class=8, scale=3).save(run / "synthetic.png")
+    save_png(class_grid(images, labels_t, train.info.class_names, per_class=8, scale=3), run / "synthetic.png")
     lap("view")
 
     summary = {"fedavg_accuracy": teacher_report["fedavg_accuracy"],

@@ -28,7 +28,7 @@ from ..data.partition import Partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits, teacher_report
 from ..models import place, seeded_model
-from ..runtime import Stream, ran_on, resolve_device, resolve_precision, rng, save_json
+from ..runtime import Stream, ran_on, resolve_device, resolve_precision, rng, save_json, save_png
 from ..train import SCHEDULES, Stepper, lr_at, train_epoch
 from ..train.objectives import classification_objective
 from ..train.resume import changes, load_progress, save_progress
@@ -164,6 +164,6 @@ def write_teacher_report(out_dir: Path, test: ImageTensors, cfg: TeacherConfig, 
     report = teacher_report(ckpts, test, resolve_device(cfg.device))
     report.update(config=to_dict(cfg), seed=cfg.seed, partition_sha256=partition_hash, **extra)
     histories = {f"node {c.extra.get('node')} ": c.metrics.get("train_history", []) for c in ckpts}
-    epoch_curves(histories, ("accuracy",), "teachers: training accuracy and loss").save(out_dir / "curves.png")
+    save_png(epoch_curves(histories, ("accuracy",), "teachers: training accuracy and loss"), out_dir / "curves.png")
     save_json(report, out_dir / "report.json")
     return report

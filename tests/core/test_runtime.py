@@ -15,3 +15,42 @@ def test_json_outputs_are_strict_json_with_null_for_non_finite_numbers(tmp_path)
     strict = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     assert strict == {"loss": None, "history": [{"acc": 0.5, "grad": None}, [1.0, None]], "ok": 1}
     assert to_json({"x": float("nan")}) == '{"x": null}'
+
+
+def test_one_rule_for_every_output_path(tmp_path, monkeypatch):
+    """Outputs replace a symlink (never write through it), refuse what is not a regular file, and get
+    the mode the umask gives (not mkstemp's 0600); a PNG is written whole or not at all."""
+    import os
+    import stat
+
+    import pytest
+    from PIL import Image
+
+    from fedinv.errors import ConfigError
+    from fedinv.runtime import save_png, save_torch
+
+    target = tmp_path / "elsewhere.json"
+    target.write_text("keep")
+    (tmp_path / "link.json").symlink_to(target)
+    save_json({"a": 1}, tmp_path / "link.json")
+    assert target.read_text() == "keep" and not (tmp_path / "link.json").is_symlink()
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        save_torch({}, tmp_path / "folder.pt")
+    old = os.umask(0o022)
+    try:
+        for name, write in (("r.json", lambda p: save_json({}, p)), ("m.pt", lambda p: save_torch({}, p)),
+                            ("g.png", lambda p: save_png(Image.new("RGB", (2, 2)), p))):
+            write(tmp_path / name)
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)
+
+    class Broken:
+        def save(self, fp, format):
+            open(fp, "wb").write(b"half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_png(Broken(), tmp_path / "half.png")
+    assert [p.name for p in tmp_path.iterdir() if "half" in p.name] == []

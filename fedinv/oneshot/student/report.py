@@ -16,7 +16,7 @@ from ...config import to_dict
 from ...data.datasets import DatasetInfo, ImageTensors
 from ...errors import RunStateError
 from ...evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
-from ...runtime import ran_on, save_json
+from ...runtime import ran_on, save_json, save_png
 from ...store import read_meta
 from ...train.resume import changes
 from ...viz import epoch_curves
@@ -62,7 +62,7 @@ def write_student(out_dir: Path, student: nn.Module, cfg: StudentConfig, info: D
                               seed=cfg.seed, metrics={k: report[k] for k in ("test_accuracy",) if k in report},
                               extra={"store": str(store), "teachers": meta["teachers"], "ran_on": report["ran_on"]})
     save_checkpoint(ckpt, out_dir / "student.pt")
-    epoch_curves({"": history}, ("train_accuracy", "test_accuracy"), "student").save(out_dir / "curves.png")
+    save_png(epoch_curves({"": history}, ("train_accuracy", "test_accuracy"), "student"), out_dir / "curves.png")
     save_json(report, out_dir / "report.json")
     (out_dir / "partial.pt").unlink(missing_ok=True)
     return report
