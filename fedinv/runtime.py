@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import ConfigError, unknown
+from .errors import ConfigError, RunStateError, unknown
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -162,6 +162,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold FOLDER/.fedinv.lock while a command writes into `folder`: a second writer is refused,
+    naming the holder's pid (as a store refuses a second `synthesize`). An advisory `flock`, so a
+    killed holder releases it with its last breath; the file goes when the holder is done, and so
+    does the folder when this call made it and nothing was written into it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".fedinv.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunStateError(f"{folder} is being written by another fedinv process (pid {holder}); wait for it "
+                                f"to finish, or choose another output folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder before us removed the file as we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a command that failed before writing anything leaves no folder either
 
 
 def current_umask() -> int:

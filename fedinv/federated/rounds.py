@@ -28,8 +28,8 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
-from ..runtime import (RoundStream, atomic_path, ran_on, remove_stale_temporaries, resolve_device, resolve_precision,
-                       rng, save_json, save_torch, to_json)
+from ..runtime import (RoundStream, atomic_path, folder_lock, ran_on, remove_stale_temporaries, resolve_device,
+                       resolve_precision, rng, save_json, save_torch, to_json)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
@@ -282,7 +282,14 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
     test = test if test is not None else load_dataset(cfg.data, "test")
     data = node_data(cfg, train)
     fed = Federation(cfg, train.info, data.validation)
-    phash = data.partition.content_hash()
+    with folder_lock(out):  # a second run into `out` is refused
+        return _rounds(cfg, fed, data, out, train, test, resume, progress, stop_after, engine, engine_name)
+
+
+def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path, train: ImageTensors,
+            test: ImageTensors, resume: bool, progress: bool, stop_after: int | None, engine: EngineFactory,
+            engine_name: str) -> dict[str, Any]:
+    fc, phash = cfg.federate, data.partition.content_hash()
     start, history, (global_state, server_state), node_states = 0, [], fed.initial_states(), {}
     saved = load_run_checkpoint(out, cfg, phash, resume, engine_name)
     if saved is not None:

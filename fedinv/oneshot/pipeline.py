@@ -24,7 +24,7 @@ from ..data.partition import Partition, load_partition, make_partition, save_par
 from ..errors import RunStateError
 from ..evaluate import evaluate_checkpoint
 from ..models import build_model_for
-from ..runtime import resolve_device, save_json, save_png
+from ..runtime import folder_lock, resolve_device, save_json, save_png
 from ..store import read_labels, read_rows
 from ..train.resume import changes
 from ..viz import class_grid, rows_per_class
@@ -91,9 +91,13 @@ def student_stage(cfg: RunConfig, run: Path, test: ImageTensors, progress: bool)
 
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json)."""
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json). A second
+    process writing into `run_dir` is refused."""
+    with folder_lock(run_dir):
+        return _run_stages(cfg, Path(run_dir), progress)
+
+
+def _run_stages(cfg: RunConfig, run: Path, progress: bool) -> dict[str, Any]:
     saved = run / "config.json"
     diff = changes(json.loads(saved.read_text()), cfg) if saved.is_file() else []
     if diff:

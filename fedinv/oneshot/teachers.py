@@ -28,7 +28,7 @@ from ..data.partition import Partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits, teacher_report
 from ..models import place, seeded_model
-from ..runtime import Stream, ran_on, resolve_device, resolve_precision, rng, save_json, save_png
+from ..runtime import Stream, folder_lock, ran_on, resolve_device, resolve_precision, rng, save_json, save_png
 from ..train import SCHEDULES, Stepper, lr_at, train_epoch
 from ..train.objectives import classification_objective
 from ..train.resume import changes, load_progress, save_progress
@@ -139,6 +139,12 @@ def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path
     if partition.num_classes != train.info.num_classes or max(int(i.max()) for i in partition.indices) >= len(train):
         raise ConfigError(f"the partition ({partition.num_classes} classes) does not fit dataset "
                           f"{train.info.name!r} ({len(train)} samples, {train.info.num_classes} classes)")
+    with folder_lock(out_dir):
+        return _train_nodes(partition, cfg, out_dir, nodes, train, test, progress)
+
+
+def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes: list[int], train: ImageTensors,
+                 test: ImageTensors, progress: bool) -> dict[str, Any]:
     phash = partition.content_hash()
     for node in tqdm(nodes, desc="teachers", unit="node", disable=not progress):
         final = out_dir / f"node-{node}.pt"

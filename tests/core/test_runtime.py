@@ -54,3 +54,29 @@ def test_one_rule_for_every_output_path(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_png(Broken(), tmp_path / "half.png")
     assert [p.name for p in tmp_path.iterdir() if "half" in p.name] == []
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(tmp_path):
+    """Two runs into one folder used to mix their files, the last writer winning; now the second is refused."""
+    import os
+
+    import pytest
+    from click.testing import CliRunner
+
+    from fedinv.cli.main import cli
+    from fedinv.errors import RunStateError
+    from fedinv.runtime import folder_lock
+    from tests.helpers import TINY_TOML
+
+    with folder_lock(tmp_path / "run"):
+        assert (tmp_path / "run" / ".fedinv.lock").read_text() == str(os.getpid())
+        with pytest.raises(RunStateError, match=rf"being written by another fedinv process \(pid {os.getpid()}\)"):
+            with folder_lock(tmp_path / "run"):
+                pass
+        res = CliRunner().invoke(cli, ["-q", "run", str(TINY_TOML), "--out", str(tmp_path / "run"), "--no-progress"])
+        assert res.exit_code == 2 and "being written by another fedinv process" in res.output, res.output
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".fedinv.lock"]
+    assert not (tmp_path / "run").exists()  # made by the lock, empty: gone with it
+    with folder_lock(tmp_path / "kept"):
+        (tmp_path / "kept" / "x").write_text("1")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["x"]

@@ -9,6 +9,7 @@ synthesized against the current student every `adaptive_every`-th epoch and appe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ from ...distributed import World, process_group, rank_device, world_from_env
 from ...errors import ConfigError
 from ...evaluate import accuracy, predict_logits
 from ...models import place, seeded_model
-from ...runtime import Stream, resolve_device, resolve_precision
+from ...runtime import Stream, folder_lock, resolve_device, resolve_precision
 from ...store import meta_info, read_meta
 from ...train import Stepper, lr_at_epoch, train_epoch
 from ...train.resume import load_progress, save_progress
@@ -36,7 +37,7 @@ from .adaptive import AdaptiveRounds, store_synthesis
 from .batches import epoch_batches, local_batches
 from .config import StudentConfig
 from .objective import student_objective
-from .report import write_student
+from .report import finished_student, write_student
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                   teachers_dir: str | Path | Teachers | None = None, local: ImageTensors | None = None,
                   test: ImageTensors | None = None, eval_every: int = 10, progress: bool = True,
                   world: World | None = None, trust: Collection[str] = ()) -> dict[str, Any]:
-    """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable).
+    """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable). A finished
+    student of the same settings in `out_dir` is read back, not retrained; one of other settings is an
+    error; a second process writing into `out_dir` is refused.
 
     `teachers_dir`: a teachers folder or `TeacherModels` (KD targets, adaptive mode); `trust` as in
     `load_checkpoint`.
@@ -59,7 +62,12 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
     if world.is_distributed and (cfg.adaptive_batches or cfg.local_weight):
         raise ConfigError("adaptive mode and local data run in one process; drop torchrun, or set "
                           "adaptive_batches and local_weight to 0")
-    with process_group(world, rank_device(cfg.device, world)):
+    done = finished_student(out_dir, cfg)  # another student's settings there: an error
+    if done is not None:
+        log.info("student: %s is complete, skipped", out_dir)
+        return done if world.rank == 0 else {}
+    lock = folder_lock(out_dir) if world.rank == 0 else contextlib.nullcontext()  # rank 0 writes
+    with process_group(world, rank_device(cfg.device, world)), lock:
         run = StudentRun.open(Path(store), cfg, teachers_dir, local, world, trust)
         history = run.train(Path(out_dir), test, eval_every, progress and world.rank == 0)
         if world.rank != 0:
