@@ -271,7 +271,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         x = torch.from_numpy(f["images"][i])
         if self.normalize:
             x = (x.float() / 255 - self.mean) / self.std
-        return x, int(f["labels"][i]), torch.from_numpy(f["soft_labels"][i].astype(np.float32))
+        return x, int(f["labels"][i]), checked_soft(f["soft_labels"][i:i + 1], self.path, i)[0]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -290,7 +290,20 @@ def read_rows(path: str | Path, rows: np.ndarray | None = None) -> tuple[torch.T
             if len(sel) and (sel[0] < 0 or sel[-1] >= n):
                 raise IndexError(f"rows outside 0..{n - 1}")
         return (torch.from_numpy(f["images"][sel]), torch.from_numpy(f["labels"][sel]),
-                torch.from_numpy(f["soft_labels"][sel].astype(np.float32)))
+                checked_soft(f["soft_labels"][sel], path, 0 if rows is None else sel))
+
+
+def checked_soft(soft: np.ndarray, path: str | Path, rows: int | np.ndarray = 0) -> torch.Tensor:
+    """Soft labels read from a store, as float32, after checking that every entry is finite (a NaN
+    or inf would train or audit silently on garbage); `rows`: the store row of soft[0], or of each."""
+    out = torch.from_numpy(soft.astype(np.float32))
+    bad = ~torch.isfinite(out).all(1)
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        row = rows + first if isinstance(rows, int) else int(rows[first])
+        raise ConfigError(f"{path} is damaged: the soft labels of row {row} are not finite numbers "
+                          f"({int(bad.sum())} such rows here); synthesize the store again")
+    return out
 
 
 def read_labels(path: str | Path) -> torch.Tensor:
@@ -322,7 +335,7 @@ def iterate_store(path: str | Path, batch_size: int, gen: torch.Generator, buffe
             chunk = sorted(blocks[start:start + buffer_batches])
             parts = [(torch.from_numpy(images[b * batch_size:min(n, (b + 1) * batch_size)]),
                       torch.from_numpy(labels[b * batch_size:min(n, (b + 1) * batch_size)]),
-                      torch.from_numpy(soft[b * batch_size:min(n, (b + 1) * batch_size)].astype(np.float32)))
+                      checked_soft(soft[b * batch_size:min(n, (b + 1) * batch_size)], path, b * batch_size))
                      for b in chunk]
             x, y, s = (torch.cat(t) for t in zip(*(carry + parts)))
             order = torch.randperm(len(y), generator=gen)

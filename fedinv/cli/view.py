@@ -10,9 +10,9 @@ import torch
 from ..config import DataConfig, click_options, pick
 from ..data.datasets import load_dataset
 from ..errors import ConfigError
-from ..oneshot.audit import audit_store, nan_to_none
+from ..oneshot.audit import audit_store
 from ..oneshot.synthesis.ensemble import load_ensemble
-from ..runtime import resolve_device, save_json, save_png, to_json
+from ..runtime import finite, resolve_device, save_json, save_png, to_json
 from ..store import read_labels, read_meta, read_rows
 from ..viz import bar_chart, class_grid, rows_per_class
 from .parsing import parse_numbers, trust_model_option
@@ -78,7 +78,7 @@ def audit_cmd(store: Path, reference: Path, teachers_dir: Path | None, out: Path
     the teacher ensemble's confidence in it (FedFTG supplementary, Figure 2)."""
     dev = resolve_device(device)
     teachers = load_ensemble(teachers_dir, dev, trust=trust) if teachers_dir else None
-    report = nan_to_none(audit_store(store, reference, dev, teachers))
+    report = finite(audit_store(store, reference, dev, teachers))  # classes without images: null
     save_json(report, out)
     per = report["per_class"]
     def values(key: str) -> list[float]:

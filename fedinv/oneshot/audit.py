@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import __version__
@@ -58,14 +57,3 @@ def stored_probs(soft: torch.Tensor) -> torch.Tensor:
     stores written before that fix hold the logs of the unnormalized class-level ensemble. softmax
     reads both the same way (as KD does, which only sees differences within a row)."""
     return soft.float().softmax(-1)
-
-
-def nan_to_none(obj: Any) -> Any:
-    """JSON has no NaN: classes without images report null."""
-    if isinstance(obj, float) and np.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [nan_to_none(v) for v in obj]
-    return obj

@@ -165,3 +165,18 @@ def test_reader_with_two_dataloader_workers(tmp_path):
     assert torch.equal(y, labels) and torch.equal(torch.cat(softs), soft)
     mean, std = torch.tensor(INFO.mean).view(1, -1, 1, 1), torch.tensor(INFO.std).view(1, -1, 1, 1)
     torch.testing.assert_close(x, (images.float() / 255 - mean) / std)
+
+
+def test_soft_labels_that_are_not_finite_are_refused_naming_the_row(tmp_path):
+    """NaN soft labels used to train and audit silently."""
+    path = tmp_path / "s.h5"
+    real_store(path, n=100)
+    with h5py.File(path, "r+") as f:
+        f["soft_labels"][13] = np.nan
+    with pytest.raises(ConfigError, match="soft labels of row 13 are not finite"):
+        read_rows(path)
+    with pytest.raises(ConfigError, match="soft labels of row 13 are not finite"):
+        list(iterate_store(path, 4, torch.Generator().manual_seed(0)))
+    with pytest.raises(ConfigError, match="soft labels of row 13 are not finite"):
+        read_rows(path, np.array([2, 13]))
+    assert len(read_rows(path, np.array([2, 5]))[1]) == 2
