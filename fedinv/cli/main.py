@@ -8,6 +8,7 @@ import sys
 import click
 
 from .. import __version__
+from ..distributed import world_from_env
 from ..errors import FedinvError
 from .federate import federate_cmd, federate_report_cmd
 from .import_teacher import import_teacher_cmd
@@ -52,6 +53,8 @@ def cli(verbose: int, quiet: bool) -> None:
     `fedinv federate CONFIG.toml`.
     """
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if world_from_env().rank != 0:  # under torchrun, rank 0 speaks for the job
+        level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 

@@ -61,7 +61,8 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
     report = train_student(store, out, cfg, teachers_dir=teachers_dir, local=local, test=test_data,
                            eval_every=eval_every, progress=progress, trust=trust)
     keys = ("test_accuracy", "ensemble_accuracy", "fedavg_accuracy", "store_images")
-    click.echo(to_json({k: report.get(k) for k in keys}, indent=2))
+    if report:  # under torchrun, rank 0 alone reports (the other ranks return nothing)
+        click.echo(to_json({k: report.get(k) for k in keys}, indent=2))
 
 
 @click.command("evaluate")

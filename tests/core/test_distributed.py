@@ -56,6 +56,8 @@ def test_torchrun_synthesis_equals_one_process(tmp_path):
     assert not list(tmp_path.glob("two.rank-*")), "the shards are merged and removed"
     one, two = store_arrays(tmp_path / "one.h5"), store_arrays(tmp_path / "two.h5")
     assert len(two["labels"]) == 60
+    printed = json.loads(res.stdout)  # rank 0 alone prints, and reports the whole job
+    assert printed["images"] == printed["n_valid"] == 60 and printed["world_size"] == 2
     for k in one:
         assert np.array_equal(one[k], two[k]), k
     assert read_meta(tmp_path / "two.h5")["config"] == read_meta(tmp_path / "one.h5")["config"]
@@ -86,7 +88,9 @@ def test_torchrun_student_trains_with_ddp(tmp_path):
                           "--epochs", "2", "--batch-size", "32", "--ce-weight", "1", "--device", "cpu",
                           "--no-progress"], env=env_one_thread(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    printed = json.loads(res.stdout)  # one JSON object: rank 0's (rank 1 used to print one of nulls)
     report = json.loads((tmp_path / "st" / "report.json").read_text())
+    assert printed["store_images"] == report["store_images"] == 400
     assert len(report["history"]) == 2 and report["world_size"] == 2
     # 400 rows / 32 = 13 batches: each of the 2 ranks takes 6 (an effective batch of 64)
     assert report["history"][0]["steps_per_rank"] == 6

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Collection
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
@@ -155,4 +156,16 @@ def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg
             for s in shards:
                 s.unlink()
         dist.barrier()
-    return {**stats, "rank": world.rank, "world_size": world.size, "out": str(out)}
+        job = job_stats(stats)
+    n_valid = read_meta(out)["n_valid"] if world.rank == 0 else None
+    return {**stats, **job, "n_valid": n_valid, "world_size": world.size, "out": str(out)}
+
+
+def job_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """This rank's batches, images and seconds summed (seconds: the slowest rank's) over every rank:
+    what the whole job did, as rank 0 reports it."""
+    totals = torch.tensor([float(stats.get("batches", 0)), float(stats.get("images", 0))], dtype=torch.float64)
+    slowest = torch.tensor([float(stats.get("seconds", 0.0))], dtype=torch.float64)
+    dist.all_reduce(totals)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return {"batches": int(totals[0]), "images": int(totals[1]), "seconds": float(slowest[0])}
