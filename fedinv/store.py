@@ -210,6 +210,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
                 if isinstance(meta.get(k), str):
                     meta[k] = json.loads(meta[k])
             meta["n_valid"] = check_rows(f, meta, path)
+    except BlockingIOError as e:
+        raise RunStateError(f"{path} is being written by another process (a synthesis or an online student); wait "
+                            f"for it to finish, or look at a copy: cp {path} /tmp/copy.h5") from e
     except (OSError, KeyError, ValueError, TypeError) as e:
         if isinstance(e, ConfigError):
             raise

@@ -91,6 +91,10 @@ def test_a_second_writer_on_a_store_is_told_so(tmp_path):
         with pytest.raises(RunStateError, match="being written by another process"):
             StoreWriter(path, {k: meta[k] for k in ("num_classes", "image_shape", "mean", "std", "seed", "config",
                                                      "teachers", "dataset")}, resume=True)
+        # a reader (`fedinv view`, a student) is told the same, and how to look anyway (was: "[Errno 11]")
+        res = CliRunner().invoke(cli, ["view", str(path), "--out", str(tmp_path / "g.png")])
+        assert res.exit_code == 2 and "being written by another process" in res.output and "cp " in res.output
+        assert not (tmp_path / "g.png").exists()
     finally:
         holder.kill()
         holder.wait()
