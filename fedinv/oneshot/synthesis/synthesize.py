@@ -26,7 +26,7 @@ from ..teacher_files import Teachers, as_teachers
 from .config import SynthesisConfig
 from .ensemble import check_student, load_ensemble
 from .method import ensemble_path, make_synthesizer
-from .store import append_batch, open_synthesis_store
+from .store import append_batch, open_synthesis_store, state_path
 
 log = logging.getLogger(__name__)
 
@@ -95,35 +95,52 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
     synth = make_synthesizer(ensemble, cfg, amp_dtype)
     meta = synthesis_meta(folder, cfg, Path(out) if resume else None)
     stats["ran_on"] = ran_on(device, amp_dtype)
-    with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
-        store.record_run(stats["ran_on"])
-        n = store.n_valid
-        ends = list(itertools.accumulate(sizes))
-        if n and n not in ends:
-            raise RunStateError(f"{out} holds {n} images, not a whole number of this run's batches")
-        start = ends.index(n) + 1 if n else 0
-        if start:
-            log.info("resuming %s after %d of %d batches", out, start, len(mine))
-        bar = tqdm(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch",
-                   disable=not progress)
+    fresh = not Path(out).exists()
+    try:
+        with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
+            store.record_run(stats["ran_on"])
+            n = store.n_valid
+            ends = list(itertools.accumulate(sizes))
+            if n and n not in ends:
+                raise RunStateError(f"{out} holds {n} images, not a whole number of this run's batches")
+            start = ends.index(n) + 1 if n else 0
+            if start:
+                log.info("resuming %s after %d of %d batches", out, start, len(mine))
+            bar = tqdm(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch",
+                       disable=not progress)
 
-        def show(step: int, losses: dict[str, float]) -> None:
-            bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
+            def show(step: int, losses: dict[str, float]) -> None:
+                bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
 
-        for b, size in zip(mine[start:], sizes[start:]):
-            t0 = time.perf_counter()
-            inv = append_batch(store, synth, b, size, student=student, on_step=show if progress else None)
-            stats["batches"] += 1
-            stats["images"] += size
-            stats["seconds"] += time.perf_counter() - t0
-            stats["last_losses"] = inv.losses
-            bar.update(1)
-            bar.set_postfix(img_per_s=f"{stats['images'] / stats['seconds']:.2f}",
-                            **{k: f"{v:.3g}" for k, v in inv.losses.items()})
-            log.debug("batch %d: %s", b, inv.losses)
-        bar.close()
-        stats["n_valid"] = store.n_valid
+            for b, size in zip(mine[start:], sizes[start:]):
+                t0 = time.perf_counter()
+                inv = append_batch(store, synth, b, size, student=student, on_step=show if progress else None)
+                stats["batches"] += 1
+                stats["images"] += size
+                stats["seconds"] += time.perf_counter() - t0
+                stats["last_losses"] = inv.losses
+                bar.update(1)
+                bar.set_postfix(img_per_s=f"{stats['images'] / stats['seconds']:.2f}",
+                                **{k: f"{v:.3g}" for k, v in inv.losses.items()})
+                log.debug("batch %d: %s", b, inv.losses)
+            bar.close()
+            stats["n_valid"] = store.n_valid
+    except BaseException:
+        if fresh:
+            discard_if_empty(Path(out))  # a first batch that failed leaves nothing a rerun would refuse
+        raise
     return stats
+
+
+def discard_if_empty(store: Path) -> None:
+    """Remove a store (and its generator state) that holds no rows yet."""
+    try:
+        empty = read_meta(store)["n_valid"] == 0
+    except (ConfigError, RunStateError):
+        return
+    if empty:
+        store.unlink(missing_ok=True)
+        state_path(store).unlink(missing_ok=True)
 
 
 def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *,

@@ -181,3 +181,24 @@ def test_bad_teacher_directories_are_clear_errors(tmp_path):
                                     extra={"dataset": asdict(INFO)}), tmp_path / "shape" / "node-0.pt")
     with pytest.raises(ConfigError, match=r"model input \(1, 28, 28\) does not match its dataset"):
         load_teacher_folder(tmp_path / "shape")
+
+
+@pytest.mark.parametrize("method", ["deepinversion", "fast"])
+def test_a_synthesis_that_fails_on_its_first_batch_leaves_no_store(tmp_path, monkeypatch, method):
+    """It used to leave an empty store (and a generator state) that a plain rerun then refused."""
+    import fedinv.oneshot.synthesis.synthesize as synthesis
+
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    cfg = small_cfg(method=method, num_images=8, batch_size=4)
+
+    def fails(*args, **kwargs):
+        raise DivergedError("synthetic batch 0: the loss is not finite")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(synthesis, "append_batch", fails)
+        with pytest.raises(DivergedError):
+            synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+    stats = synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, progress=False)  # a plain rerun, no --resume
+    assert stats["n_valid"] == 8
