@@ -28,6 +28,13 @@ STUDENT = "fedinv.student"
 GLOBAL = "fedinv.global"  # the global model of a multi-round run
 MODEL_KINDS = (TEACHER, STUDENT, GLOBAL)
 SCHEMA_VERSION = 1
+MAX_LABEL_COUNT = 10 ** 12  # samples of one class on one node: far above any real dataset, far below overflow
+
+
+def is_label_count(c: Any) -> bool:
+    """A node's number of samples of one class: an integer in [0, MAX_LABEL_COUNT] (a claim of 10^30 used to
+    overflow the ensemble's weights)."""
+    return isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_LABEL_COUNT
 
 
 @dataclass(frozen=True)
@@ -236,7 +243,6 @@ def _check_fields(path: Path, raw: dict[str, Any],
         raise CheckpointError(f"{path}: non-finite weights (NaN or inf) in {', '.join(not_finite[:3])}: the model "
                               f"that wrote it diverged")
     counts = raw.get("label_counts")
-    if counts is not None and (not isinstance(counts, list) or
-                               not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
-        raise CheckpointError(f"{path}: label_counts must be a list of non-negative integers")
+    if counts is not None and (not isinstance(counts, list) or not all(is_label_count(c) for c in counts)):
+        raise CheckpointError(f"{path}: label_counts must be a list of integers in [0, 10^12]")
     return model, state

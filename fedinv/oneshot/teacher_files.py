@@ -11,8 +11,8 @@ from typing import Collection, Sequence, Union
 import torch
 from torch import nn
 
-from ..checkpoint import (TEACHER, ModelCheckpoint, load_checkpoint, load_weights, non_finite, read_weights,
-                          save_checkpoint)
+from ..checkpoint import (MAX_LABEL_COUNT, TEACHER, ModelCheckpoint, is_label_count, load_checkpoint, load_weights,
+                          non_finite, read_weights, save_checkpoint)
 from ..data.datasets import DatasetInfo
 from ..errors import ConfigError, RunStateError
 from ..models import build_model_for
@@ -83,9 +83,9 @@ def check_teacher_model(model: nn.Module, counts: Sequence[int], info: DatasetIn
     """A model fit to be a teacher on `info`'s images: finite weights, K non-negative label counts,
     and logits [B, K] for its inputs. (Synthesis also needs BatchNorm layers unless its BN term is
     off: `methods.make_synthesizer` says so.)"""
-    if len(counts) != info.num_classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
-                                                  for c in counts):
-        raise ConfigError(f"{name}: label counts must be {info.num_classes} non-negative integers, got {list(counts)}")
+    if len(counts) != info.num_classes or not all(is_label_count(c) for c in counts):
+        raise ConfigError(f"{name}: label counts must be {info.num_classes} integers in [0, 10^12], "
+                          f"got {list(counts)}")
     bad = non_finite(model.state_dict())
     if bad:
         raise ConfigError(f"{name}: non-finite weights (NaN or inf) in {', '.join(bad[:3])}")

@@ -57,7 +57,8 @@ def test_import_teacher_writes_a_teacher_that_synthesis_trusts_only_when_told(tm
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--label-counts", "1,2,3"], "label counts must be 10 non-negative integers"),
+    (["--label-counts", "1,2,3"], "label counts must be 10 integers in [0, 10^12]"),
+    (["--label-counts", ",".join(["1" + "0" * 30] * 10)], "label counts must be 10 integers in [0, 10^12]"),
     (["--dataset", "cifar10"], "does not take cifar10 images"),
     (["--model", "tests.byo_models:nothing"], "model factory 'tests.byo_models:nothing' not found"),
     (["--model", "lenet5"], "weights do not fit model 'lenet5'"),
