@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Collection
@@ -21,7 +20,7 @@ from . import __version__
 from .data.datasets import DatasetInfo
 from .errors import CheckpointError, ConfigError
 from .models import MODELS, build_model, is_factory, place
-from .runtime import save_torch
+from .runtime import read_torch, save_torch
 
 TEACHER = "fedinv.teacher"
 STUDENT = "fedinv.student"
@@ -198,22 +197,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read(path: Path) -> Any:
-    """torch.load with weights_only=True: tensors and plain values, never code."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():  # not a refusal: a damaged file
-            raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
-                                  f"fedinv): {str(e).strip()[:200]}") from e
-        raise CheckpointError(f"{path} is refused as untrusted: it holds Python objects that could run code "
-                              f"when loaded, and fedinv reads only checkpoints of tensors and plain values "
-                              f"(a file from a node is never unpickled in full)") from e
-    except Exception as e:  # corrupted zip, truncated file
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupted, truncated or not made by "
-                              f"fedinv): {type(e).__name__}: {first}") from e
+    return read_torch(path, "checkpoint")
 
 
 def _check_fields(path: Path, raw: dict[str, Any],

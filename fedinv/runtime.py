@@ -9,13 +9,14 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from .errors import ConfigError, RunStateError, unknown
+from .errors import CheckpointError, ConfigError, RunStateError, unknown
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -242,6 +243,39 @@ def to_json(obj: Any, **kwargs: Any) -> str:
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(to_json(obj, indent=2) + "\n")
+
+
+def read_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu",
+               keys: tuple[str, ...] = ()) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain values, never code; every way the file can
+    be wrong (missing, empty, not a PyTorch file, truncated, holding Python objects, or, with `keys`,
+    a dict without them) is a `CheckpointError` naming the file and `what` it should have been."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} not found")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip, or its legacy pickle
+        found = "an empty file" if not head else "no PyTorch file (neither torch.save's zip nor its pickle format)"
+        raise CheckpointError(f"{path} is not a readable {what}: {found}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # not a refusal: a damaged file
+            raise CheckpointError(f"{path} is not a readable {what} (corrupted, truncated or not made by "
+                                  f"fedinv): {str(e).strip()[:200]}") from e
+        raise CheckpointError(f"{path} is refused as untrusted: it holds Python objects that could run code "
+                              f"when loaded, and fedinv reads only files of tensors and plain values "
+                              f"(a file from a node is never unpickled in full)") from e
+    except Exception as e:  # corrupted zip, truncated file
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path} is not a readable {what} (corrupted, truncated or not made by "
+                              f"fedinv): {type(e).__name__}: {first}") from e
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} is not fedinv's {what} (no {', '.join(missing)}); delete it to start "
+                              f"over, or choose another output folder")
+    return obj
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

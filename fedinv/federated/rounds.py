@@ -28,8 +28,8 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
-from ..runtime import (RoundStream, atomic_path, folder_lock, ran_on, remove_stale_temporaries, resolve_device,
-                       resolve_precision, rng, save_json, save_torch, to_json)
+from ..runtime import (RoundStream, atomic_path, folder_lock, ran_on, read_torch, remove_stale_temporaries,
+                       resolve_device, resolve_precision, rng, save_json, save_torch, to_json)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
@@ -331,7 +331,8 @@ def load_run_checkpoint(out: Path, cfg: FederatedRunConfig, phash: str, resume: 
     if not resume:
         raise RunStateError(f"{out} already holds a run ({path}); pass --resume to continue it, "
                             f"or use another --out folder")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_torch(path, "run checkpoint", keys=("config", "partition_sha256", "round", "global", "server",
+                                                     "nodes", "history"))
     for written in (path, out / "metrics.jsonl"):  # a run killed while writing left these
         remove_stale_temporaries(written)
     diff = changes(saved["config"], cfg)

@@ -13,12 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import field_key, from_dict, to_dict
 from ..errors import ConfigError
-from ..runtime import remove_stale_temporaries, save_torch
+from ..runtime import read_torch, remove_stale_temporaries, save_torch
 from .core import Stepper
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def load_progress(path: str | Path, config: Any, *, model: nn.Module, stepper: S
     remove_stale_temporaries(path)  # of a run killed while writing this checkpoint
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch(path, f"epoch checkpoint of {what}", keys=("config", "model", "optimizer"))
     diff = changes(state["config"], config) + [k for k, v in expected.items() if state.get(k) != v]
     if diff:
         log.warning("%s: %s was made by another run (%s); starting over", what, path, ", ".join(diff))

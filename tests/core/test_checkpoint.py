@@ -104,3 +104,30 @@ def test_unknown_model_name(tmp_path):
     save_checkpoint(bad, tmp_path / "u.pt")
     with pytest.raises(CheckpointError, match="unknown model 'alexnet'; known: bncnn"):
         load_checkpoint(tmp_path / "u.pt")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "not a readable epoch checkpoint of node 0: an empty file"),
+    (bytes(range(7, 250)), "not a readable epoch checkpoint of node 0: no PyTorch file"),
+    ("foreign", "is not fedinv's epoch checkpoint of node 0 (no config, model, optimizer); delete it"),
+    ("pickled", "refused as untrusted"),
+])
+def test_a_resume_file_that_is_not_what_it_claims_is_a_clear_error(tmp_path, content, message):
+    """Foreign, empty or pickled partial.pt files used to end in a raw traceback or a bare "Aborted!"."""
+    import datetime
+
+    from click.testing import CliRunner
+
+    from fedinv.cli.main import cli
+    from tests.helpers import TINY_TOML
+
+    partial = tmp_path / "run" / "teachers" / "partial" / "node-0.pt"
+    partial.parent.mkdir(parents=True)
+    if content == "foreign":
+        torch.save({"a": torch.zeros(2)}, partial)
+    elif content == "pickled":
+        torch.save({"config": datetime.date(2026, 1, 1)}, partial)  # a Python object: never unpickled
+    else:
+        partial.write_bytes(content)
+    res = CliRunner().invoke(cli, ["-q", "run", str(TINY_TOML), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output

@@ -21,7 +21,7 @@ from ... import __version__
 from ...data.batches import denormalize
 from ...data.datasets import DatasetInfo
 from ...errors import DivergedError, RunStateError
-from ...runtime import Stream, atomic_path, remove_stale_temporaries, rng, save_torch
+from ...runtime import Stream, atomic_path, read_torch, remove_stale_temporaries, rng, save_torch
 from ...store import StoreWriter
 from .labels import sample_labels
 from .method import Inverted, StepCallback, Synthesizer
@@ -87,7 +87,7 @@ def open_synthesis_store(path: str | Path, meta: dict[str, Any], synth: Synthesi
             if writer.created:
                 sp.unlink(missing_ok=True)
             elif sp.is_file():
-                state = torch.load(sp, map_location=synth.teachers.device, weights_only=True)
+                state = read_torch(sp, "generator state", synth.teachers.device, keys=("rows", "synthesizer"))
                 if state["rows"] > writer.n_valid:
                     raise RunStateError(f"{sp} was saved at {state['rows']} rows, but {path} holds only "
                                         f"{writer.n_valid}; they belong to different runs")
