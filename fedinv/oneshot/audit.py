@@ -22,6 +22,10 @@ def audit_store(store: str | Path, reference: str | Path, device: torch.device, 
     labels)."""
     meta = read_meta(store)
     ref = load_checkpoint(reference, num_classes=meta["num_classes"], image_shape=tuple(meta["image_shape"]))
+    trained_on = ref.dataset_info.name if ref.dataset_info is not None else None
+    if trained_on is not None and trained_on != meta["dataset"]["name"]:
+        raise ConfigError(f"the reference {reference} was trained on {trained_on}, the store holds "
+                          f"{meta['dataset']['name']} images: an audit needs a reference of the store's dataset")
     model = ref.build(device)
     images, labels, soft = read_rows(store)
     if len(labels) == 0:

@@ -117,6 +117,9 @@ class StudentRun:
         teachers = load_ensemble(teachers_dir, device, path, trust) if teachers_dir else None
         if teachers is not None and teachers.image_shape != info.image_shape:
             raise ConfigError(f"the teachers take {teachers.image_shape} images, the store holds {info.image_shape}")
+        if teachers is not None and teachers.info.name != info.name:
+            raise ConfigError(f"the teachers were trained on {teachers.info.name}, the store holds {info.name} images: "
+                              f"give the teachers that made the store")
         student = place(seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT), device)
         if teachers is not None:
             check_student(student, teachers, device)

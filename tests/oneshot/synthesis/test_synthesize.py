@@ -202,3 +202,23 @@ def test_a_synthesis_that_fails_on_its_first_batch_leaves_no_store(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
     stats = synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, progress=False)  # a plain rerun, no --resume
     assert stats["n_valid"] == 8
+
+
+def test_teachers_or_a_reference_of_another_dataset_of_the_same_shape_are_refused(tmp_path):
+    """Shapes alone let a store be distilled from, or audited by, models of another dataset."""
+    from fedinv.oneshot.audit import audit_store
+    from fedinv.oneshot.student.config import StudentConfig
+    from fedinv.oneshot.student.train import train_student
+
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(num_images=8, batch_size=4), progress=False)
+    other = dataclasses.replace(INFO, name="other-16px")
+    write_teachers(tmp_path / "other", models, counts, info=other)
+    with pytest.raises(ConfigError, match="the teachers were trained on other-16px, the store holds synthetic-tiny"):
+        train_student(tmp_path / "s.h5", tmp_path / "st", StudentConfig(model="lenet5", epochs=1, device="cpu"),
+                      teachers_dir=tmp_path / "other", progress=False)
+    assert not (tmp_path / "st").exists()
+    with pytest.raises(ConfigError, match="trained on other-16px, the store holds synthetic-tiny images"):
+        audit_store(tmp_path / "s.h5", tmp_path / "other" / "node-0.pt", torch.device("cpu"))
+    assert audit_store(tmp_path / "s.h5", tmp_path / "t" / "node-0.pt", torch.device("cpu"))["images"] == 8
