@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import functools
 import hashlib
 import json
@@ -280,7 +281,13 @@ def read_torch(path: str | os.PathLike, what: str = "checkpoint", map_location: 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except (RuntimeError, OSError) as e:  # torch reports a full disk as a RuntimeError of its zip writer
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
+                raise RunStateError(f"the disk holding {path} is full; nothing was written under that name (what "
+                                    f"was saved before is intact): free space and run the command again") from e
+            raise
 
 
 def save_png(image: Any, path: str | os.PathLike) -> None:

@@ -80,3 +80,25 @@ def test_a_second_writer_of_a_run_folder_is_refused_naming_the_holder(tmp_path):
     with folder_lock(tmp_path / "kept"):
         (tmp_path / "kept" / "x").write_text("1")
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["x"]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from fedinv.errors import RunStateError
+    from fedinv.runtime import save_torch
+
+    save_torch({"epoch": 1}, tmp_path / "partial.pt")
+
+    def full(obj, f):
+        open(f, "wb").write(b"PK\x03\x04 half")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed (No space left on device)")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(RunStateError, match="the disk holding .*partial.pt is full"):
+        save_torch({"epoch": 2}, tmp_path / "partial.pt")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "partial.pt", weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["partial.pt"]
