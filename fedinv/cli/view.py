@@ -21,11 +21,9 @@ from .parsing import parse_numbers, trust_model_option
 @click.command("view")
 @click.argument("store", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write")
-@click.option("--per-class", default=8, show_default=True, type=click.IntRange(1, 1000),
-              help="images per class (one row per class), 1 to 1000")
+@click.option("--per-class", default=8, show_default=True, help="images per class (one row per class), in [1, 1000]")
 @click.option("--classes", default=None, help="only these classes, e.g. 0,3 or 0-4 (default: all)")
-@click.option("--scale", default=2, show_default=True, type=click.IntRange(1, 16),
-              help="pixel magnification (nearest neighbour), 1 to 16")
+@click.option("--scale", default=2, show_default=True, help="pixel magnification (nearest neighbour), in [1, 16]")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="with --dataset: which split to show")
 @click.option("--seed", default=0, show_default=True, help="which images: a seeded random pick per class")
@@ -36,6 +34,9 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
 
     Without STORE, images come from the dataset given by --dataset (and --data-root).
     """
+    for flag, value, high in (("--per-class", per_class, 1000), ("--scale", scale, 16)):
+        if not 1 <= value <= high:  # a scale of 100000 asked for a picture no memory holds
+            raise ConfigError(f"{flag} must be in [1, {high}], got {value}")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the grid is written as PNG; give a file name ending in .png")
     if store is not None:
