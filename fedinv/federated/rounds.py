@@ -277,7 +277,7 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
     tests and for splitting a long run over sessions. `engine` makes the node engine from the
     federation, the nodes' data and the node states of a resumed run.
     """
-    out, fc = Path(out_dir), cfg.federate
+    out = Path(out_dir)
     train = train if train is not None else load_dataset(cfg.data, "train")
     test = test if test is not None else load_dataset(cfg.data, "test")
     data = node_data(cfg, train)
