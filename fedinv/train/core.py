@@ -32,7 +32,9 @@ class Stepper:
     """An optimizer with its precision: `with stepper.autocast(): loss = ...; stepper.step(loss)`.
 
     amp_dtype None runs in fp32; bf16 needs no loss scaling; fp16 gets a GradScaler, whose state
-    travels with the optimizer's in `state_dict`.
+    travels with the optimizer's in `state_dict`. Autocast changes only the forward's compute: the
+    weights, their gradients and the optimizer's states (SGD momentum, the synthesis images' and
+    generators' Adam moments) stay fp32, as do BatchNorm's running statistics.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device, amp_dtype: torch.dtype | None = None):
