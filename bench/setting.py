@@ -13,13 +13,26 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fedinv.config import DataConfig, PartitionConfig
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.oneshot.pipeline import SECTIONS, RunConfig, partition_stage
 from fedinv.oneshot.teachers import train_teachers
 from fedinv.train.resume import comparable
+
+
+def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
+    """Run fn unless `done`; adds its wall time to seconds[stage] (the seconds of every resumed piece)."""
+    if not done:
+        t0 = time.perf_counter()
+        fn()
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def read_seconds(path: Path) -> dict[str, float]:
+    """The stage seconds a run folder saved so far ({} before any)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def study_fields(cfg: dict[str, Any]) -> dict[str, Any]:

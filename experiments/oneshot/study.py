@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from bench.records import latest
-from bench.setting import run_config, splits, study_fields, teachers
+from bench.setting import read_seconds, run_config, splits, study_fields, teachers, timed
 from bench.study import merged
 from bench.tables import Table, mean, mean_std
 from fedinv.config import to_dict
@@ -34,18 +33,6 @@ SEEDS = (0, 1, 2)
 # as re-run in the FedLPA paper (docs/references.md).
 PUBLISHED = {"DENSE": {0.1: 50.29, 0.3: 83.96, 0.5: 85.94}, "Co-Boosting": {0.1: 73.15, 0.3: 83.37, 0.5: 86.21}}
 STAGES = ("partition", "train_teachers", "synthesize", "train_student", "train_student_online")
-
-
-def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
-    """Run fn unless `done`; adds its wall time to seconds[stage] (the seconds of every resumed piece)."""
-    if not done:
-        t0 = time.perf_counter()
-        fn()
-        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
-
-
-def read_seconds(path: Path) -> dict[str, float]:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:

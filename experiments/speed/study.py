@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bench.records import latest
-from bench.setting import run_config, splits, study_fields, teachers
+from bench.setting import read_seconds, run_config, splits, study_fields, teachers, timed
 from bench.tables import Table, mean, mean_std, number, pct
 from fedinv.checkpoint import load_checkpoint
 from fedinv.federated.config import FederatedRunConfig
@@ -52,14 +52,6 @@ STAGE_LABELS = {"train_teachers": "teachers", "synthesize": "synthesis (fast)", 
                 "federate": "FedAvg, 10 rounds"}
 
 
-def timed(seconds: dict[str, float], stage: str, done: bool, fn: Callable[[], Any]) -> None:
-    """Run fn unless `done`; adds its wall time to seconds[stage]."""
-    if not done:
-        t0 = time.perf_counter()
-        fn()
-        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
-
-
 def rounds_config(cfg: dict[str, Any], seed: int, device: str) -> FederatedRunConfig:
     """The multi-round run: [study.rounds]'s tables over the study's [data] and [partition], at `seed`."""
     tables = {"data": cfg["data"], "partition": {**cfg["partition"], "seed": seed}, **study_fields(cfg)["rounds"]}
@@ -70,7 +62,7 @@ def rounds_config(cfg: dict[str, Any], seed: int, device: str) -> FederatedRunCo
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
     study, rc, fed_cfg = study_fields(cfg), run_config(cfg, seed, device), rounds_config(cfg, seed, device)
     path = out / "stage_seconds.json"
-    seconds = json.loads(path.read_text()) if path.is_file() else {}
+    seconds = read_seconds(path)
     teachers_dir, t_report, spent = teachers(rc, out)
     if spent:
         seconds["train_teachers"] = seconds.get("train_teachers", 0.0) + spent

@@ -20,12 +20,12 @@ from ...distributed import World, process_group, rank_device, shard_path, world_
 from ...errors import ConfigError, RunStateError
 from ...models import place
 from ...runtime import ran_on, resolve_device, resolve_precision
-from ...store import merge_shards, read_meta, store_meta
+from ...store import StoreWriter, merge_shards, read_meta, store_meta
 from ...train.resume import changes, comparable
 from ..teacher_files import Teachers, as_teachers
 from .config import SynthesisConfig
 from .ensemble import check_student, load_ensemble
-from .method import ensemble_path, make_synthesizer
+from .method import Synthesizer, ensemble_path, make_synthesizer
 from .store import append_batch, open_synthesis_store, state_path
 
 log = logging.getLogger(__name__)
@@ -99,37 +99,42 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
     try:
         with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
             store.record_run(stats["ran_on"])
-            n = store.n_valid
-            ends = list(itertools.accumulate(sizes))
-            if n and n not in ends:
-                raise RunStateError(f"{out} holds {n} images, not a whole number of this run's batches")
-            start = ends.index(n) + 1 if n else 0
-            if start:
-                log.info("resuming %s after %d of %d batches", out, start, len(mine))
-            bar = tqdm(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch",
-                       disable=not progress)
-
-            def show(step: int, losses: dict[str, float]) -> None:
-                bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
-
-            for b, size in zip(mine[start:], sizes[start:]):
-                t0 = time.perf_counter()
-                inv = append_batch(store, synth, b, size, student=student, on_step=show if progress else None)
-                stats["batches"] += 1
-                stats["images"] += size
-                stats["seconds"] += time.perf_counter() - t0
-                stats["last_losses"] = inv.losses
-                bar.update(1)
-                bar.set_postfix(img_per_s=f"{stats['images'] / stats['seconds']:.2f}",
-                                **{k: f"{v:.3g}" for k, v in inv.losses.items()})
-                log.debug("batch %d: %s", b, inv.losses)
-            bar.close()
-            stats["n_valid"] = store.n_valid
+            write_batches(store, synth, cfg, mine, sizes, stats, student, progress)
     except BaseException:
         if fresh:
             discard_if_empty(Path(out))  # a first batch that failed leaves nothing a rerun would refuse
         raise
     return stats
+
+
+def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, mine: list[int], sizes: list[int],
+                  stats: dict[str, Any], student: nn.Module | None, progress: bool) -> None:
+    """Append the batches `mine` (of `sizes` images) the store does not hold yet; counts into `stats`."""
+    n = store.n_valid
+    ends = list(itertools.accumulate(sizes))
+    if n and n not in ends:
+        raise RunStateError(f"{store.path} holds {n} images, not a whole number of this run's batches")
+    start = ends.index(n) + 1 if n else 0
+    if start:
+        log.info("resuming %s after %d of %d batches", store.path, start, len(mine))
+    bar = tqdm(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch", disable=not progress)
+
+    def show(step: int, losses: dict[str, float]) -> None:
+        bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
+
+    for b, size in zip(mine[start:], sizes[start:]):
+        t0 = time.perf_counter()
+        inv = append_batch(store, synth, b, size, student=student, on_step=show if progress else None)
+        stats["batches"] += 1
+        stats["images"] += size
+        stats["seconds"] += time.perf_counter() - t0
+        stats["last_losses"] = inv.losses
+        bar.update(1)
+        bar.set_postfix(img_per_s=f"{stats['images'] / stats['seconds']:.2f}",
+                        **{k: f"{v:.3g}" for k, v in inv.losses.items()})
+        log.debug("batch %d: %s", b, inv.losses)
+    bar.close()
+    stats["n_valid"] = store.n_valid
 
 
 def discard_if_empty(store: Path) -> None:
