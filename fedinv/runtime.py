@@ -13,7 +13,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import torch
 
@@ -167,11 +167,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, records: Collection[str] = ()) -> Iterator[None]:
     """Hold FOLDER/.fedinv.lock while a command writes into `folder`: a second writer is refused,
     naming the holder's pid (as a store refuses a second `synthesize`). An advisory `flock`, so a
     killed holder releases it with its last breath; the file goes when the holder is done, and so
-    does the folder when this call made it and nothing was written into it."""
+    does the folder when this call made it and nothing was written into it, or when the command
+    failed having written only `records` (files naming the run's settings, such as config.json,
+    which would make a corrected rerun into the folder be refused)."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
@@ -196,18 +198,36 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder before us removed the file as we opened it: lock the new one
+    failed = True
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
+        failed = False
     finally:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
         os.close(fd)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()  # a command that failed before writing anything leaves no folder either
+        if created:
+            remove_if_only(folder, records if failed else ())
+
+
+RUN_RECORDS = ("config.json", "partition.json", "partition.png")  # what a run folder gets before any work
+
+
+def remove_if_only(folder: Path, records: Collection[str]) -> None:
+    """Remove `folder` when it holds no file but those named `records` (at its top; empty
+    subfolders go too): a command that failed before it finished any work leaves no folder."""
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if any(p.parent != folder or p.name not in records for p in files):
+        return
+    for p in files:
+        p.unlink()
+    for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        d.rmdir()
+    folder.rmdir()
 
 
 def current_umask() -> int:

@@ -74,7 +74,7 @@ class StoreWriter:
         attrs = _encode(meta)
         if self.path.exists():
             if not resume:
-                raise RunStateError(f"{self.path} exists; pass --resume to continue it, or choose another --out")
+                raise RunStateError(f"{self.path} exists (resume=False asks for a fresh store); choose another --out")
             self.file = _open_for_append(self.path)
             mismatch = [k for k, v in attrs.items()
                         if k != "fedinv_version" and _attr(self.file, k) != _comparable(v)]
@@ -132,7 +132,7 @@ class StoreWriter:
         if free < raw_bytes + (1 << 20):
             raise RunStateError(f"the disk holding {self.path} is full ({free / 2 ** 20:.1f} MiB free, a batch needs "
                                 f"about {(raw_bytes + (1 << 20)) / 2 ** 20:.1f}); the store holds {self.n_valid} "
-                                f"images intact: free space and continue with --resume")
+                                f"images intact: free space and rerun the same command to continue")
 
     def _truncate(self, n: int) -> None:
         for name in ("images", "labels", "soft_labels", "source"):

@@ -67,6 +67,8 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
 
 LABELS = {"real-8192x40": "real training images", "real-32768x10": "real training images",
           "real-8192x40-t1": "real training images, KD T = 1",
+          "real-8192x40-t2": "real training images, KD T = 2",
+          "real-8192x40-confidence": "real training images, KD by confidence (p x hard + (1 - p) x soft at T = 4)",
           "real-8192x40-hard": "real training images, hard labels (CE on the ensemble's argmax, no KD)"}
 SYNTHETIC = {("alpha-0.5", "deepinversion"): "deepinversion, 100 iterations", ("alpha-0.5", "fast"): "fast, 5 steps",
              ("alpha-0.5-fast-steps-10", "fast"): "fast, 10 steps"}

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError
 from ..federated.config import FederatedRunConfig
 from ..federated.report import compare, load_run
 from ..federated.rounds import federate
@@ -18,9 +17,8 @@ from .engines import engine_option, flower_module
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last finished round "
-              "(in-process engine); a finished run resumed with a larger `rounds` is extended")
-@engine_option("the same code as a Flower app on Flower's simulation engine (no --resume)")
+@click.option("--resume", is_flag=True, hidden=True, help="accepted for old scripts; continuing is the rule")
+@engine_option("the same code as a Flower app on Flower's simulation engine (starts fresh runs only)")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
               help="override one field of the TOML, e.g. --set federate.rounds=100 (repeatable; the value in "
                    "TOML syntax; the run folder records the effective config)")
@@ -39,16 +37,16 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
     ensemble, lambda_md; [fedgen] weight). Every field and its default: fedinv/federated/config.py,
     the algorithm's and the server step's file, and assets/configs/fmnist-rounds.toml. Writes
     OUT/metrics.jsonl (a line per round), OUT/checkpoint.pt (every round), and at the end
-    OUT/global.pt and OUT/report.json.
+    OUT/global.pt and OUT/report.json. Rerunning the same command continues the run in OUT from
+    its last finished round (in-process engine; a finished run rerun with a larger `rounds` is
+    extended); a run of another config there is refused.
     """
     cfg = FederatedRunConfig.from_toml(config, overrides)
     out = out or Path("runs") / config.stem
     if engine == "flower":
-        if resume:
-            raise ConfigError("--resume works with the in-process engine only")
         report = flower_module("simulation").federate_flower(cfg, out)
     else:
-        report = federate(cfg, out, resume=resume, progress=progress)
+        report = federate(cfg, out, progress=progress)
     click.echo(to_json({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
 
 

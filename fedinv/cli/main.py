@@ -35,8 +35,7 @@ class _Group(click.Group):
                        f"(files are written under a temporary name first)", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: what was finished is saved; rerun the same command to continue "
-                       "(with --resume for synthesize and federate)", err=True)
+            click.echo("interrupted: what was finished is saved; rerun the same command to continue", err=True)
             sys.exit(130)
 
 

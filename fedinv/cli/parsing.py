@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..config import Range
 from ..errors import ConfigError
 
 
@@ -37,3 +38,9 @@ trust_model_option = click.option(
     help="a model that teacher files name as Python code (`fedinv import-teacher --model MODULE:FACTORY`): "
          "building it imports and runs that code, so fedinv does it only for the factories named here "
          "(repeat for several)")
+
+
+def check_option(flag: str, value: float, valid: Range) -> None:
+    """A command's own numeric option (one no config declares) in its range, as a one-line error."""
+    if value not in valid:
+        raise ConfigError(f"{flag} must be {valid}, got {value}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..checkpoint import MODEL_KINDS, load_checkpoint
-from ..config import DataConfig, click_options, pick
+from ..config import COUNT, DataConfig, click_options, pick
 from ..data.datasets import load_dataset
 from ..data.partition import load_partition
 from ..errors import ConfigError
@@ -16,7 +16,7 @@ from ..oneshot.student.config import StudentConfig
 from ..oneshot.student.train import train_student
 from ..runtime import resolve_device, save_json, save_png, to_json
 from ..store import read_meta
-from .parsing import trust_model_option
+from .parsing import check_option, trust_model_option
 
 
 @click.command("train-student")
@@ -30,7 +30,7 @@ from .parsing import trust_model_option
 @click.option("--data-root", default="data", show_default=True, help="where the test set (and local data) live")
 @click.option("--test/--no-test", default=True, show_default=True,
               help="evaluate on the dataset's test split during and after training")
-@click.option("--eval-every", default=10, show_default=True, help="test accuracy every N epochs (and after the last)")
+@click.option("--eval-every", default=10, show_default=True, help="test accuracy every N epochs (and after the last), N >= 1")
 @click.option("--local-partition", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="partition manifest, to mix in one node's real data (with --local-node, --local-weight)")
 @click.option("--local-node", type=int, default=None, help="the node whose real data the student holds")
@@ -47,6 +47,7 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
     batches are synthesized against the current student every epoch and appended to the store.
     """
     cfg = pick(StudentConfig, kwargs)
+    check_option("--eval-every", eval_every, COUNT)
     meta = read_meta(store)
     data_cfg = DataConfig(dataset=meta["dataset"]["name"], data_root=data_root, image_size=meta["image_shape"][1])
     local = None

@@ -21,8 +21,7 @@ from .parsing import trust_model_option
               help="folder of node-K.pt teacher checkpoints (from `fedinv train-teachers`)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="HDF5 store to write (appended batch by batch)")
-@click.option("--resume", is_flag=True, help="continue an interrupted run into the existing --out (same "
-              "settings and teachers); the result equals an uninterrupted run")
+@click.option("--resume", is_flag=True, hidden=True, help="accepted for old scripts; continuing is the rule")
 @click.option("--student", "student_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="adaptive mode: a model checkpoint to compete with (the --a-comp Jensen-Shannon term)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar")
@@ -41,7 +40,9 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
     each step --teachers-per-step of the N teachers are sampled and their losses averaged.
     Images, target labels, the teacher ensemble's soft labels and provenance go to the HDF5 store
     OUT, flushed per batch; fast and dense keep their generator in OUT.state.pt beside it (copy
-    both to move a store that will be continued).
+    both to move a store that will be continued). Rerunning the same command continues an
+    interrupted OUT (same settings and teachers; the result equals an uninterrupted run) and
+    refuses an OUT made with other settings.
 
     Several processes (deepinversion): `torchrun --nproc-per-node K -m fedinv synthesize ...`
     splits the batches over K ranks (gloo on CPU, one GPU each on CUDA); rank 0 merges their
@@ -54,7 +55,7 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
     if student_path is not None:
         student = load_checkpoint(student_path, kind=MODEL_KINDS).build(
             resolve_device(rank_device(cfg.device, world)))
-    stats = synthesize_distributed(teachers_dir, out, cfg, resume=resume, student=student, progress=progress,
+    stats = synthesize_distributed(teachers_dir, out, cfg, student=student, progress=progress,
                                    world=world, trust=trust)
     if world.rank == 0:
         click.echo(to_json({"out": str(out), **stats}, indent=2))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from ..config import DataConfig, click_options, pick
+from ..config import SEED, DataConfig, Range, click_options, pick
 from ..data.datasets import load_dataset
 from ..errors import ConfigError
 from ..oneshot.audit import audit_store
@@ -15,7 +15,7 @@ from ..oneshot.synthesis.ensemble import load_ensemble
 from ..runtime import finite, resolve_device, save_json, save_png, to_json
 from ..store import read_labels, read_meta, read_rows
 from ..viz import bar_chart, class_grid, rows_per_class
-from .parsing import parse_numbers, trust_model_option
+from .parsing import check_option, parse_numbers, trust_model_option
 
 
 @click.command("view")
@@ -34,22 +34,23 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
 
     Without STORE, images come from the dataset given by --dataset (and --data-root).
     """
-    for flag, value, high in (("--per-class", per_class, 1000), ("--scale", scale, 16)):
-        if not 1 <= value <= high:  # a scale of 100000 asked for a picture no memory holds
-            raise ConfigError(f"{flag} must be in [1, {high}], got {value}")
+    check_option("--per-class", per_class, Range(1, 1000))
+    check_option("--scale", scale, Range(1, 16))  # a scale of 100000 asked for a picture no memory holds
+    check_option("--seed", seed, SEED)
+    data_cfg = pick(DataConfig, kwargs)  # checked even when a STORE makes it unused
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the grid is written as PNG; give a file name ending in .png")
     if store is not None:
         meta = read_meta(store)
         if meta["n_valid"] == 0:
             raise ConfigError(f"{store} holds no images yet (a synthesis stopped before its first batch); "
-                              f"continue it with `fedinv synthesize --resume`")
+                              f"continue it by rerunning its `fedinv synthesize` command")
         names = meta["dataset"]["class_names"]
         labels = read_labels(store).numpy()
         wanted = parse_numbers(classes, "--classes") or list(range(len(names)))
         images, labels_t, _ = read_rows(store, rows_per_class(labels, per_class, wanted, seed))
     else:
-        data = load_dataset(pick(DataConfig, kwargs), split)
+        data = load_dataset(data_cfg, split)
         names = data.info.class_names
         wanted = parse_numbers(classes, "--classes") or list(range(len(names)))
         rows = torch.as_tensor(rows_per_class(data.labels.numpy(), per_class, wanted, seed))

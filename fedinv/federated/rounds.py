@@ -28,7 +28,7 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
-from ..runtime import (RoundStream, atomic_path, folder_lock, ran_on, read_torch, remove_stale_temporaries,
+from ..runtime import (RUN_RECORDS, RoundStream, atomic_path, folder_lock, ran_on, read_torch, remove_stale_temporaries,
                        resolve_device, resolve_precision, rng, save_json, save_torch, to_json)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
@@ -267,11 +267,12 @@ def run_round(fed: Federation, rnd: int, num_nodes: int, global_state: State, se
 EngineFactory = Callable[[Federation, NodeData, dict[int, dict[str, Any]]], NodeEngine]
 
 
-def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
              train: ImageTensors | None = None, test: ImageTensors | None = None,
              stop_after: int | None = None, engine: EngineFactory = InProcessNodes,
              engine_name: str = "in-process") -> dict[str, Any]:
-    """Run (or with `resume`, continue) a multi-round run in `out_dir`; returns the report.
+    """Run a multi-round run in `out_dir`, continuing the one there (same config and partition) from
+    its last finished round; returns the report. `resume=False` refuses a folder that holds a run.
 
     `stop_after` ends the call after that many rounds in all (the run can be resumed), for
     tests and for splitting a long run over sessions. `engine` makes the node engine from the
@@ -282,7 +283,7 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Fal
     test = test if test is not None else load_dataset(cfg.data, "test")
     data = node_data(cfg, train)
     fed = Federation(cfg, train.info, data.validation)
-    with folder_lock(out):  # a second run into `out` is refused
+    with folder_lock(out, RUN_RECORDS):  # a second run into `out` is refused
         return _rounds(cfg, fed, data, out, train, test, resume, progress, stop_after, engine, engine_name)
 
 
@@ -329,8 +330,8 @@ def load_run_checkpoint(out: Path, cfg: FederatedRunConfig, phash: str, resume: 
     if not path.exists():
         return None
     if not resume:
-        raise RunStateError(f"{out} already holds a run ({path}); pass --resume to continue it, "
-                            f"or use another --out folder")
+        raise RunStateError(f"{out} already holds a run ({path}) and resume=False asks for a fresh one; "
+                            f"use another --out folder")
     saved = read_torch(path, "run checkpoint", keys=("config", "partition_sha256", "round", "global", "server",
                                                      "nodes", "history"))
     for written in (path, out / "metrics.jsonl"):  # a run killed while writing left these

@@ -21,10 +21,10 @@ from ..checkpoint import STUDENT, load_checkpoint
 from ..config import DataConfig, PartitionConfig, from_tables, read_toml_tables, to_dict
 from ..data.datasets import ImageTensors, load_dataset
 from ..data.partition import Partition, load_partition, make_partition, save_partition
-from ..errors import RunStateError
+from ..errors import ConfigError, RunStateError
 from ..evaluate import evaluate_checkpoint
 from ..models import build_model_for
-from ..runtime import folder_lock, resolve_device, save_json, save_png
+from ..runtime import RUN_RECORDS, folder_lock, resolve_device, save_json, save_png
 from ..store import read_labels, read_rows
 from ..train.resume import changes
 from ..viz import class_grid, rows_per_class
@@ -53,6 +53,12 @@ class RunConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
 
+    def __post_init__(self) -> None:
+        if self.student.local_weight:  # checked before any stage runs, not when the student starts
+            raise ConfigError("[student] local_weight needs a node's real data, which `fedinv run` does not give; "
+                              "set it to 0, or train the student with `fedinv train-student --local-partition "
+                              "--local-node`")
+
     @classmethod
     def from_toml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "RunConfig":
         """From a TOML file, with "table.field=value" `overrides` on top."""
@@ -65,6 +71,17 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}
+
+
+STAGE_OUTPUTS = {"data": ("partition.json",), "partition": ("partition.json",), "teachers": ("teachers/node-*.pt",),
+                 "synthesis": ("synthetic.h5",), "student": ("student/student.pt", "student/partial.pt")}
+
+
+def has_work(run: Path, section: str) -> bool:
+    """Whether the stage of TOML table `section` has left work in `run`. A run folder may take a
+    changed table whose stage has done nothing yet (a student that diverged in its first epoch
+    is rerun with a lower learning rate); a stage with work refuses other settings itself too."""
+    return any(any(run.glob(pattern)) for pattern in STAGE_OUTPUTS[section])
 
 
 def partition_stage(cfg: RunConfig, manifest: Path, train: ImageTensors) -> Partition:
@@ -93,15 +110,16 @@ def student_stage(cfg: RunConfig, run: Path, test: ImageTensors, progress: bool)
 def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json). A second
     process writing into `run_dir` is refused."""
-    with folder_lock(run_dir):
+    with folder_lock(run_dir, RUN_RECORDS):
         return _run_stages(cfg, Path(run_dir), progress)
 
 
 def _run_stages(cfg: RunConfig, run: Path, progress: bool) -> dict[str, Any]:
     saved = run / "config.json"
     diff = changes(json.loads(saved.read_text()), cfg) if saved.is_file() else []
-    if diff:
-        raise RunStateError(f"{run} holds a run with another config ({saved}: {', '.join(diff)}); "
+    held = [k for k in diff if has_work(run, k.split(".")[0])]
+    if held:
+        raise RunStateError(f"{run} holds a run with another config ({saved}: {', '.join(held)}); "
                             f"use another run folder")
     train = load_dataset(cfg.data, "train")  # what can fail before any stage runs fails before anything
     test = load_dataset(cfg.data, "test")  # is written: the data, the devices, the model names

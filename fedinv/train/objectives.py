@@ -25,6 +25,19 @@ def hard_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     return F.cross_entropy(student_logits.float(), teacher_logits.argmax(1))
 
 
+def confidence_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+                       ) -> torch.Tensor:
+    """Per image, the teacher's confidence p (its top probability) decides the target's form:
+    p x CE on its hard label + (1 - p) x Hinton's KD at `temperature`, mean over the batch. Where
+    the ensemble is sure the student learns its decision; where it is not, its doubt."""
+    t = teacher_logits.float()
+    p, label = F.softmax(t, dim=1).max(1)
+    ce = F.cross_entropy(student_logits.float(), label, reduction="none")
+    kd = F.kl_div(F.log_softmax(student_logits.float() / temperature, dim=1), F.log_softmax(t / temperature, dim=1),
+                  reduction="none", log_target=True).sum(1) * temperature ** 2
+    return (p * ce + (1 - p) * kd).mean()
+
+
 def classification_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Cross-entropy on a batch x [B, C, H, W], y [B]; returns {"loss", "correct", "logits"}."""
     logits = model(x)

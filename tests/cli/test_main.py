@@ -22,7 +22,7 @@ def test_an_interrupted_command_says_how_to_continue(tmp_path, monkeypatch):
     write_teachers(tmp_path / "t", models, counts)
     res = CliRunner().invoke(cli, ["synthesize", "--teachers", str(tmp_path / "t"), "--out", str(tmp_path / "s.h5"),
                                    "--device", "cpu"])
-    assert res.exit_code == 130 and "--resume" in res.output
+    assert res.exit_code == 130 and "rerun the same command" in res.output
 
 
 def test_a_run_that_cannot_start_writes_nothing_and_device_is_no_change(tmp_path):
@@ -40,3 +40,45 @@ def test_a_run_that_cannot_start_writes_nothing_and_device_is_no_change(tmp_path
         dataclasses.replace(cfg, teachers=dataclasses.replace(cfg.teachers, device="cuda")).to_dict()))
     from fedinv.train.resume import changes
     assert changes(__import__("json").loads((tmp_path / "run" / "config.json").read_text()), cfg) == []
+
+
+def test_a_run_that_fails_before_any_work_leaves_no_folder_a_corrected_rerun_would_refuse(tmp_path):
+    """Class 3 of the bad-input sweep: a diverging first epoch left config.json, and the rerun with a sane
+    learning rate was then refused as "another config"."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["-q", "run", str(TINY_TOML), "--out", str(out), "--no-progress",
+                                   "--set", "teachers.lr=1e20"])
+    assert res.exit_code == 2 and "the loss is nan" in res.output, res.output
+    assert not out.exists()
+    res = CliRunner().invoke(cli, ["-q", "run", str(TINY_TOML), "--out", str(out), "--no-progress",
+                                   "--set", "student.local_weight=1"])  # run gives no local data: refused up front
+    assert res.exit_code == 2 and "local_weight needs a node's real data" in res.output and not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["view", "STORE", "--out", "OUT/v.png", "--seed", "-1"], "--seed must be in [0, 1e18], got -1"),
+    (["view", "STORE", "--out", "OUT/v.png", "--image-size", "-1"], "--image-size must be in [0, 4096], got -1"),
+    (["train-student", "--store", "STORE", "--out", "OUT", "--eval-every", "0"], "--eval-every must be in [1, 1e9]"),
+])
+def test_a_command_own_numeric_options_are_checked_too(tmp_path, args, message):
+    from tests.helpers import real_store
+    store = tmp_path / "s.h5"
+    real_store(store, n=100)
+    args = [a.replace("STORE", str(store)).replace("OUT", str(tmp_path / "out")) for a in args]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_that_failed_before_any_work_takes_corrected_settings_in_the_same_run_folder(tmp_path):
+    """A student that diverges in its first epoch leaves the teachers and the store (work worth keeping)
+    and no student: the rerun with a sane learning rate continues the folder instead of refusing it."""
+    out = tmp_path / "run"
+    base = ["-q", "run", str(TINY_TOML), "--out", str(out), "--no-progress"]
+    res = CliRunner().invoke(cli, [*base, "--set", "student.lr=1e20"])
+    assert res.exit_code == 2 and "student epoch 1: the loss is nan" in res.output, res.output
+    assert (out / "synthetic.h5").exists() and not (out / "student" / "student.pt").exists()
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*base, "--set", "student.lr=0.05"])  # a finished student: other settings refused
+    assert res.exit_code == 2 and "student.lr" in res.output, res.output

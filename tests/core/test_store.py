@@ -137,10 +137,10 @@ def test_a_full_disk_stops_synthesis_with_the_store_intact(tmp_path, monkeypatch
 
     monkeypatch.setattr(store_module.shutil, "disk_usage", nearly_full)
     res = CliRunner().invoke(cli, args)
-    assert res.exit_code == 2 and "is full" in res.output and "--resume" in res.output, res.output
+    assert res.exit_code == 2 and "is full" in res.output and "rerun the same command" in res.output, res.output
     assert read_meta(tmp_path / "s.h5")["n_valid"] == 4
     monkeypatch.undo()
-    res = CliRunner().invoke(cli, [*args, "--resume"])
+    res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert read_meta(tmp_path / "s.h5")["n_valid"] == 8
 

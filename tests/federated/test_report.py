@@ -16,7 +16,10 @@ def test_federate_cli_and_report(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["rounds"] == 2
     res = CliRunner().invoke(cli, ["-q", "federate", str(cfg), "--out", str(tmp_path / "a"), "--no-progress"])
-    assert res.exit_code == 2 and "--resume" in res.output
+    assert res.exit_code == 0 and json.loads(res.output)["rounds"] == 2, res.output  # finished: read back
+    res = CliRunner().invoke(cli, ["-q", "federate", str(cfg), "--out", str(tmp_path / "a"), "--no-progress",
+                                   "--set", "federate.rounds=1"])
+    assert res.exit_code == 2 and "already run 2 rounds" in res.output, res.output
     res = CliRunner().invoke(cli, ["-q", "federate-report", str(tmp_path / "a"), "--out", str(tmp_path / "cmp"),
                                    "--target", "0.1"])
     assert res.exit_code == 0, res.output

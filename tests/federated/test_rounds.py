@@ -68,9 +68,9 @@ def test_resume_after_a_stop_gives_the_same_model(tmp_path, tiny_train, algorith
     whole = federate(cfg, tmp_path / "whole", progress=False, train=tiny_train)
     part = federate(cfg, tmp_path / "split", progress=False, train=tiny_train, stop_after=1)
     assert not part["complete"] and not (tmp_path / "split" / "report.json").exists()
-    with pytest.raises(RunStateError, match="--resume"):
-        federate(cfg, tmp_path / "split", progress=False, train=tiny_train)
-    resumed = federate(cfg, tmp_path / "split", resume=True, progress=False, train=tiny_train)
+    with pytest.raises(RunStateError, match="resume=False"):
+        federate(cfg, tmp_path / "split", resume=False, progress=False, train=tiny_train)
+    resumed = federate(cfg, tmp_path / "split", progress=False, train=tiny_train)  # continuing is the rule
     a = torch.load(tmp_path / "whole" / "global.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "split" / "global.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -135,7 +135,7 @@ def test_killed_federate_resumes_to_the_same_model(tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "killed" / "report.json").exists()
-    subprocess.run(cmd + [str(tmp_path / "killed"), "--resume"], env=env, check=True, capture_output=True)
+    subprocess.run(cmd + [str(tmp_path / "killed")], env=env, check=True, capture_output=True)
     subprocess.run(cmd + [str(tmp_path / "straight")], env=env, check=True, capture_output=True)
     a = torch.load(tmp_path / "killed" / "global.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "straight" / "global.pt", weights_only=True)["state_dict"]

@@ -25,8 +25,9 @@ class StudentConfig:
     ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels", valid=WEIGHT)
     temperature: float = option(4.0, "KD temperature (kd_form soft)", valid=POSITIVE)
     kd_form: str = option("soft", "KD targets' form: soft (Hinton KD against the ensemble's probabilities at "
-                          "temperature), hard (cross-entropy on the ensemble's label of each image)",
-                          choices=("soft", "hard"))
+                          "temperature), hard (cross-entropy on the ensemble's label of each image), confidence "
+                          "(per image, p x hard + (1 - p) x soft, p the ensemble's top probability)",
+                          choices=("soft", "hard", "confidence"))
     kd_source: str = option("auto", "KD targets: teachers (ensemble on the augmented batch), soft-labels (stored "
                             "in the store), auto (teachers when given)", choices=("auto", "teachers", "soft-labels"))
     augment: bool = option(True, "random crop and (where the dataset allows) flip of the synthetic images")

@@ -6,19 +6,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...train.objectives import hard_kd_loss, kd_loss
+from ...train.objectives import confidence_kd_loss, hard_kd_loss, kd_loss
 from .config import StudentConfig
+
+KD_FORMS = {"soft": kd_loss, "hard": lambda s, t, _temperature: hard_kd_loss(s, t), "confidence": confidence_kd_loss}
 
 
 def student_objective(student: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
                       cfg: StudentConfig) -> dict[str, torch.Tensor]:
-    """KD (against `targets`, teacher logits or log-probabilities [B, K]; soft or hard as `cfg.kd_form`)
-    and CE on y, weighted."""
+    """KD (against `targets`, teacher logits or log-probabilities [B, K]; soft, hard or by confidence as
+    `cfg.kd_form`) and CE on y, weighted."""
     logits = student(x)
     out = {"loss": torch.zeros((), device=x.device), "correct": (logits.argmax(1) == y).sum()}
     if cfg.kd_weight and targets is not None:
-        hard = cfg.kd_form == "hard"
-        out["kd"] = hard_kd_loss(logits, targets) if hard else kd_loss(logits, targets, cfg.temperature)
+        out["kd"] = KD_FORMS[cfg.kd_form](logits, targets, cfg.temperature)
         out["loss"] = out["loss"] + cfg.kd_weight * out["kd"]
     if cfg.ce_weight:
         out["ce"] = nn.functional.cross_entropy(logits.float(), y)

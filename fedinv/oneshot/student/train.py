@@ -102,7 +102,7 @@ class StudentRun:
         meta = read_meta(store)
         if meta["n_valid"] == 0 and not cfg.adaptive_batches:
             raise ConfigError(f"{store} holds no images yet (a synthesis stopped before its first batch); "
-                              f"continue it with `fedinv synthesize --resume`")
+                              f"continue it by rerunning its `fedinv synthesize` command")
         info = meta_info(meta)
         device = resolve_device(rank_device(cfg.device, world))
         source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")

@@ -53,6 +53,14 @@ def synthesis_meta(folder: Teachers, cfg: SynthesisConfig, existing: Path | None
     return store_meta(folder.info, seed=cfg.seed, config=config, teachers=teachers)
 
 
+def check_teachers_per_step(cfg: SynthesisConfig, num_teachers: int) -> None:
+    """More teachers per step than there are is an error, but for the default (3: all when fewer)."""
+    default = next(f.default for f in dataclasses.fields(cfg) if f.name == "teachers_per_step")
+    if cfg.teachers_per_step > num_teachers and cfg.teachers_per_step != default:
+        raise ConfigError(f"--teachers-per-step must be in [0, {num_teachers}] with {num_teachers} teachers "
+                          f"(0 = all), got {cfg.teachers_per_step}")
+
+
 def check_shardable(cfg: SynthesisConfig) -> None:
     """Only deepinversion's batches can be split over processes (the generator methods carry state)."""
     if not cfg.per_batch:
@@ -60,7 +68,7 @@ def check_shardable(cfg: SynthesisConfig) -> None:
                           f"process; drop torchrun, or use --method deepinversion")
 
 
-def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *, resume: bool = False,
+def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *, resume: bool = True,
                student: nn.Module | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1),
                trust: Collection[str] = ()) -> dict[str, Any]:
     """Synthesize `cfg.num_images` images from `teachers` into the store `out`.
@@ -70,7 +78,8 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
 
     Batch b is drawn from random stream (seed, b) and, for the generator methods, the state they
     carry (saved beside the store after every batch): a resumed run continues at the first batch
-    not in the store and writes exactly what an uninterrupted run would. `shard=(r, W)` writes only
+    not in the store and writes exactly what an uninterrupted run would (an existing store of the same
+    settings and teachers is continued; `resume=False` refuses it). `shard=(r, W)` writes only
     the batches b with b mod W == r (one rank of `synthesize_distributed`; deepinversion only).
     """
     rank, world = shard
@@ -82,6 +91,7 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
     amp_dtype = resolve_precision(cfg.precision, device)
     folder = as_teachers(teachers, trust)
     ensemble = load_ensemble(folder, device, ensemble_path(cfg))
+    check_teachers_per_step(cfg, len(ensemble))
     if not ensemble.info.hflip and cfg.flip:
         log.info("%s: flips change labels here, so --flip is ignored", ensemble.info.name)
         cfg = dataclasses.replace(cfg, flip=False)
@@ -149,7 +159,7 @@ def discard_if_empty(store: Path) -> None:
 
 
 def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *,
-                           resume: bool = False, progress: bool = True, world: World | None = None,
+                           resume: bool = True, progress: bool = True, world: World | None = None,
                            **kwargs: Any) -> dict[str, Any]:
     """`synthesize` split over the ranks of `world` (default: from torchrun's environment).
 
@@ -164,7 +174,7 @@ def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg
     check_shardable(cfg)
     out = Path(out)
     if out.exists() and not resume:
-        raise RunStateError(f"{out} exists; pass --resume to continue it, or choose another --out")
+        raise RunStateError(f"{out} exists (resume=False asks for a fresh store); choose another --out")
     cfg = dataclasses.replace(cfg, device=rank_device(cfg.device, world))
     with process_group(world, cfg.device):
         stats: dict[str, Any] = {}

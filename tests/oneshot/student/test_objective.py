@@ -8,7 +8,7 @@ import torch
 from fedinv.errors import ConfigError
 from fedinv.oneshot.student.config import StudentConfig
 from fedinv.oneshot.student.objective import student_objective
-from fedinv.train.objectives import hard_kd_loss, kd_loss
+from fedinv.train.objectives import confidence_kd_loss, hard_kd_loss, kd_loss
 
 
 def test_kd_loss_by_hand():
@@ -40,3 +40,16 @@ def test_hard_kd_is_cross_entropy_on_the_teachers_label():
     assert soft["kd"].item() == pytest.approx(kd_loss(model(x), targets, 7.0).item())
     with pytest.raises(ConfigError, match="soft, hard"):
         StudentConfig(kd_form="argmax")
+
+
+def test_confidence_kd_is_hard_where_the_teacher_is_sure_and_soft_where_it_is_not():
+    torch.manual_seed(0)
+    s = torch.randn(4, 3)
+    sure = torch.tensor([[0.0, 60.0, 0.0]] * 4)  # p = 1: CE on label 1
+    assert confidence_kd_loss(s, sure, 4.0).item() == pytest.approx(hard_kd_loss(s, sure).item(), rel=1e-5)
+    doubt = torch.zeros(4, 3)  # p = 1/3, argmax 0: one third CE, two thirds KD
+    mixed = (hard_kd_loss(s, doubt) + 2 * kd_loss(s, doubt, 4.0)) / 3
+    assert confidence_kd_loss(s, doubt, 4.0).item() == pytest.approx(mixed.item(), rel=1e-5)
+    model, x = torch.nn.Linear(3, 3), torch.randn(4, 3)
+    out = student_objective(model, x, torch.zeros(4, dtype=torch.long), doubt, StudentConfig(kd_form="confidence"))
+    assert out["kd"].item() == pytest.approx(confidence_kd_loss(model(x), doubt, 4.0).item())

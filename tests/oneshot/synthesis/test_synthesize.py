@@ -120,10 +120,12 @@ def test_store_layout_and_provenance(tmp_path):
     with h5py.File(tmp_path / "s.h5") as f:
         source = f["source"][:]
     assert source[:, 0].tolist() == sorted([b for b in range(5) for _ in range(12)])[:50]
-    with pytest.raises(RunStateError, match="exists; pass --resume"):
-        synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(), progress=False)
+    with pytest.raises(RunStateError, match="resume=False"):
+        synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(), resume=False, progress=False)
+    again = synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(), progress=False)  # complete: nothing to add
+    assert again["batches"] == 0 and read_meta(tmp_path / "s.h5")["n_valid"] == 50
     with pytest.raises(RunStateError, match="other settings"):
-        synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(iterations=5), resume=True, progress=False)
+        synthesize(tmp_path / "t", tmp_path / "s.h5", small_cfg(iterations=5), progress=False)
 
 
 def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, monkeypatch):
@@ -222,3 +224,15 @@ def test_teachers_or_a_reference_of_another_dataset_of_the_same_shape_are_refuse
     with pytest.raises(ConfigError, match="trained on other-16px, the store holds synthetic-tiny images"):
         audit_store(tmp_path / "s.h5", tmp_path / "other" / "node-0.pt", torch.device("cpu"))
     assert audit_store(tmp_path / "s.h5", tmp_path / "t" / "node-0.pt", torch.device("cpu"))["images"] == 8
+
+
+def test_more_teachers_per_step_than_teachers_is_refused_before_any_file(tmp_path):
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    args = ["synthesize", "--teachers", str(tmp_path / "t"), "--num-images", "4", "--batch-size", "4",
+            "--iterations", "1", "--device", "cpu", "--no-progress"]
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a.h5"), "--teachers-per-step", "5"])
+    assert res.exit_code == 2 and "--teachers-per-step must be in [0, 2]" in res.output, res.output
+    assert not (tmp_path / "a.h5").exists()
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b.h5")])  # the default 3: all of them
+    assert res.exit_code == 0, res.output
