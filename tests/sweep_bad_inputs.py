@@ -133,7 +133,8 @@ def cases(f: dict[str, Path], scratch: Path):
                     out = scratch / f"c{n}" / "out"
                     out.parent.mkdir(parents=True)
                     n += 1
-                    yield command, f"--set {field}={value}", base_args(command, f, out) + ["--set", f"{field}={value}"], out
+                    args = base_args(command, f, out) + ["--set", f"{field}={value}"]
+                    yield command, f"--set {field}={value}", args, out
     # files that are not what they claim, outputs that are not files
     junk = scratch / "junk"
     junk.mkdir()

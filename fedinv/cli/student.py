@@ -30,7 +30,8 @@ from .parsing import check_option, trust_model_option
 @click.option("--data-root", default="data", show_default=True, help="where the test set (and local data) live")
 @click.option("--test/--no-test", default=True, show_default=True,
               help="evaluate on the dataset's test split during and after training")
-@click.option("--eval-every", default=10, show_default=True, help="test accuracy every N epochs (and after the last), N >= 1")
+@click.option("--eval-every", default=10, show_default=True,
+              help="test accuracy every N epochs (and after the last), N >= 1")
 @click.option("--local-partition", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="partition manifest, to mix in one node's real data (with --local-node, --local-weight)")
 @click.option("--local-node", type=int, default=None, help="the node whose real data the student holds")

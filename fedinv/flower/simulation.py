@@ -23,7 +23,8 @@ def federate_flower(cfg: FederatedRunConfig, out_dir: str | Path, *, num_cpus: i
 
     out = Path(out_dir)
     if (out / "checkpoint.pt").exists() or (out / "report.json").exists():
-        raise ConfigError(f"{out} already holds a run; the Flower engine starts fresh runs only (it cannot continue one): "
+        raise ConfigError(f"{out} already holds a run; the Flower engine starts fresh runs only (it cannot "
+                          f"continue one): "
                           f"use another --out folder")
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)

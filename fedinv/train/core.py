@@ -80,8 +80,8 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple], objective: Objective
                 on_batch: Callable[[int, dict[str, float]], None] | None = None, what: str = "training"
                 ) -> dict[str, float]:
     """One pass of `objective(model, *batch)` over `batches` (each a tuple whose first item is the
-    images [B, ...]); returns the mean loss, the accuracy (when the objective counts "correct")
-    and the number of steps.
+    images [B, ...]); returns the mean loss, the accuracy (when the objective counts "correct"),
+    the number of steps and of samples seen.
 
     `lr(i)` gives the learning rate of the i-th step of this pass; `on_batch(i, running)` sees the
     running means after each step (progress bars). A loss that is not finite stops the pass
@@ -106,4 +106,4 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple], objective: Objective
         seen += n
         if on_batch is not None:
             on_batch(steps, {"loss": loss_sum / seen, "accuracy": correct / seen})
-    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": steps}
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1), "steps": steps, "samples": int(seen)}

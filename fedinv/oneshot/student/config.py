@@ -17,6 +17,9 @@ class StudentConfig:
     model: str = option("bncnn", "student model name from the registry")
     epochs: int = option(30, "passes over the store", valid=COUNT)
     batch_size: int = option(256, "minibatch size", valid=COUNT)
+    steps_per_epoch: int = option(0, "steps per epoch, drawn from a fresh shuffle of the whole pool (0 = one pass "
+                                     "over it): with a growing pool (adaptive mode), an epoch's cost stays fixed",
+                                  valid=SIZE)
     lr: float = option(0.1, "SGD learning rate", valid=POSITIVE)
     momentum: float = option(0.9, "SGD momentum", valid=MOMENTUM)
     weight_decay: float = option(5e-4, "SGD weight decay", valid=WEIGHT)

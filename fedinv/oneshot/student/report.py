@@ -48,7 +48,11 @@ def write_student(out_dir: Path, student: nn.Module, cfg: StudentConfig, info: D
     meta = read_meta(store)
     report: dict[str, Any] = {"fedinv_version": __version__, "config": to_dict(cfg), "seed": cfg.seed,
                               "store": str(store), "store_images": meta["n_valid"], "kd_source": kd_source,
-                              "world_size": world_size, "ran_on": ran_on(device, amp_dtype), "history": history}
+                              "world_size": world_size, "ran_on": ran_on(device, amp_dtype),
+                              # the budget spent: images the student passed over, and the process's CPU time
+                              # (this rank's; adaptive rounds' synthesis included); older records lack them
+                              "sample_passes": sum(h.get("sample_passes", 0) for h in history),
+                              "cpu_seconds": sum(h.get("cpu_seconds", 0.0) for h in history), "history": history}
     if test is not None:
         logits = predict_logits(student, test, device)
         report.update(test_accuracy=accuracy(logits, test.labels),

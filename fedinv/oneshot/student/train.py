@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..synthesis.ensemble import TeacherEnsemble, check_student, load_ensemble
 from ..synthesis.method import ensemble_path
 from ..teacher_files import Teachers
 from .adaptive import AdaptiveRounds, store_synthesis
-from .batches import epoch_batches, local_batches
+from .batches import epoch_batches, epoch_steps, local_batches
 from .config import StudentConfig
 from .objective import student_objective
 from .report import finished_student, write_student
@@ -153,23 +152,28 @@ class StudentRun:
         if cfg.adaptive_batches and start == 0:
             save(0)  # records the pool size, so a resumed run knows which rounds were appended
         for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             fresh = {}
             if self.adaptive is not None and self.adaptive.due(epoch):
                 fresh = self.adaptive.run(epoch, pool, self.student, progress)
+            fresh_cpu = time.process_time() - cpu0  # the new batches' synthesis, counted in the epoch's CPU time
             n = read_meta(self.store)["n_valid"]
-            steps = math.ceil(n / cfg.batch_size)
+            steps = epoch_steps(n, cfg)
             batches = epoch_batches(self.store, n, epoch, cfg, self.info, self.world, self.device)
             bar = tqdm(batches, total=steps // self.world.size, leave=False, unit="batch",
                        desc=f"student epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
             w, r = self.world.size, self.world.rank
+            cpu0 = time.process_time()
             metrics = train_epoch(net, bar, self.objective(), self.stepper,
-                                  lr=lambda j: lr_at_epoch(epoch + (j * w + r) / steps, cfg.epochs, cfg.lr, cfg.schedule),
+                                  lr=lambda j: lr_at_epoch(epoch + (j * w + r) / steps, cfg.epochs, cfg.lr,
+                                                           cfg.schedule),
                                   on_batch=lambda j, m: bar.set_postfix(loss=f"{m['loss']:.3f}"),
                                   what=f"student epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "store_images": n, "loss": metrics["loss"],
                       "train_accuracy": metrics["accuracy"], "steps_per_rank": metrics["steps"],
-                      "seconds": time.perf_counter() - t0, **fresh}
+                      "sample_passes": metrics["samples"] * self.world.size,
+                      "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0 + fresh_cpu,
+                      **fresh}
             if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
                 record["test_accuracy"] = accuracy(predict_logits(self.student, test, self.device), test.labels)
             history.append(record)

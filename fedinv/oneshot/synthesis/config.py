@@ -37,8 +37,9 @@ class SynthesisConfig:
     num_images: int = option(2560, "how many images to synthesize in all", valid=COUNT)
     batch_size: int = option(256, "images optimized together (one batch = one optimizer run)", valid=COUNT)
     teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
-                                       "0 = all; 1 = cycling (batch b uses teacher b mod N throughout); more than the N teachers is "
-                                       "an error, except the default 3, which means all when N < 3", valid=SIZE)
+                                       "0 = all; 1 = cycling (batch b uses teacher b mod N throughout); more than "
+                                       "the N teachers is an error, except the default 3 (all when N < 3)",
+                                   valid=SIZE)
     fixed_teachers: bool = option(False, "sample the teachers_per_step teachers once per batch and keep them for "
                                          "all its steps, instead of at every step (the report's open idea, §VI)")
     label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "

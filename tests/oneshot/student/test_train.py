@@ -22,6 +22,7 @@ def test_student_learns_a_tiny_task_above_chance(tmp_path):
     report = train_student(tmp_path / "s.h5", tmp_path / "st", cfg, test=test, progress=False)
     assert report["test_accuracy"] > 0.5, report["history"]
     assert len(report["history"]) == 4 and (tmp_path / "st" / "student.pt").exists()
+    assert report["sample_passes"] == 4 * 1000 and report["cpu_seconds"] > 0  # the budget it spent
     assert not (tmp_path / "st" / "partial.pt").exists()
     res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "st" / "student.pt"), "--out",
                                    str(tmp_path / "e.json"), "--device", "cpu"])
@@ -29,6 +30,16 @@ def test_student_learns_a_tiny_task_above_chance(tmp_path):
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["accuracy"] == pytest.approx(report["test_accuracy"])
     assert sum(map(sum, ev["confusion_matrix"])) == 200 and (tmp_path / "e.png").exists()
+
+
+def test_steps_per_epoch_fixes_an_epoch_cost_over_passes_of_the_pool(tmp_path):
+    real_store(tmp_path / "s.h5", n=100)
+    cfg = StudentConfig(model="lenet5", epochs=2, batch_size=32, steps_per_epoch=7, device="cpu", ce_weight=1.0,
+                        kd_weight=0.0)
+    report = train_student(tmp_path / "s.h5", tmp_path / "st", cfg, progress=False)
+    # 7 steps over a pool of 100 rows in batches of 32 (32, 32, 32, 4 a pass) span two passes
+    assert [h["steps_per_rank"] for h in report["history"]] == [7, 7]
+    assert [h["sample_passes"] for h in report["history"]] == [3 * 32 + 4 + 3 * 32, 3 * 32 + 4 + 3 * 32]
 
 
 def test_student_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
