@@ -1,0 +1,128 @@
+"""How far does a patient student go? The one-shot benchmark's setting with a student that trains
+long and online: an initial pool synthesized by the variant's method, then one new batch per epoch
+synthesized against the current student and appended to the pool, and a fixed number of steps per
+epoch drawn from the whole pool. Per (variant, seed) one record: the final accuracy against the
+teachers' ensemble, the budget spent (the student's sample passes, the CPU minutes of the initial
+synthesis and of the online student with its new batches) and the curve of test accuracy against
+those CPU minutes (every `eval_every` epochs).
+
+Runs are long (about half an hour on one core at the base budget): every piece resumes, the teachers
+are shared with the study's other variants, and two seeds or variants can run side by side with
+`--threads 1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from bench.records import latest
+from bench.setting import run_config, splits, study_fields, teachers
+from bench.tables import Table, mean_std
+from fedinv.config import to_dict
+from fedinv.oneshot.student.report import finished_student
+from fedinv.oneshot.student.train import train_student
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.runtime import save_json
+from fedinv.viz import line_plot
+
+QUESTION = "How far does a patient online student go, and what does each CPU minute buy?"
+SEEDS = (0, 1, 2)
+# The figures to beat (Fashion-MNIST, 5 clients; experiments/oneshot's PUBLISHED): alpha -> accuracy %
+TARGET = {0.1: 73.2, 0.3: 84.0, 0.5: 86.3}
+
+
+def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
+    study = study_fields(cfg)
+    rc = run_config(cfg, seed, device)
+    student_cfg = rc.student
+    teachers_dir, t_report, _ = teachers(rc, out)
+    _, test = splits(rc.data)
+    store = out / "synthetic.h5"
+    synthesis_file = out / "synthesis.json"
+    if not synthesis_file.is_file():  # the initial pool; its CPU time (this process's) is part of the budget
+        cpu = time.process_time()
+        stats = synthesize(teachers_dir, store, rc.synthesis, progress=False)
+        save_json({**stats, "cpu_seconds": time.process_time() - cpu}, synthesis_file)
+    synthesis = json.loads(synthesis_file.read_text())
+    report = finished_student(out / "student", student_cfg) or train_student(
+        store, out / "student", student_cfg, teachers_dir=teachers_dir, test=test, eval_every=study["eval_every"],
+        progress=False)
+    start = synthesis["cpu_seconds"]
+    curve, spent = [], start
+    for h in report["history"]:
+        spent += h["cpu_seconds"]
+        if "test_accuracy" in h:
+            curve.append([h["epoch"], round(spent / 60, 3), h["test_accuracy"]])
+    yield {"method": rc.synthesis.method, "kd_form": student_cfg.kd_form, "alpha": rc.partition.alpha,
+           "num_nodes": rc.partition.num_nodes, "ensemble_accuracy": t_report["ensemble_accuracy"],
+           "fedavg_accuracy": t_report["fedavg_accuracy"], "student_accuracy": report["test_accuracy"],
+           "initial_images": synthesis["n_valid"], "final_images": report["store_images"],
+           "sample_passes": report["sample_passes"], "synthesis_cpu_minutes": start / 60,
+           "student_cpu_minutes": report["cpu_seconds"] / 60, "cpu_minutes": spent / 60,
+           "curve": curve, "configs": {"synthesis": to_dict(rc.synthesis), "student": to_dict(student_cfg)}}
+
+
+def groups(records: list[dict]) -> dict[tuple, list[dict]]:
+    """(alpha, variant) -> its records, one per seed (the last line of a seed counts)."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in sorted(latest(records), key=lambda r: r["seed"]):
+        out[(r["alpha"], r["variant"])].append(r)
+    return dict(sorted(out.items()))
+
+
+def summary(records: list[dict]) -> Table:
+    """Per alpha and variant: the student, its share of the ensemble, and the budget it spent."""
+    rows = []
+    for (alpha, variant), rs in groups(records).items():
+        rows.append([alpha, variant, len(rs), mean_std(r["student_accuracy"] for r in rs),
+                     mean_std((r["student_accuracy"] / r["ensemble_accuracy"] for r in rs), scale=1, digits=3),
+                     mean_std(r["ensemble_accuracy"] for r in rs), TARGET.get(alpha, "-"),
+                     f"{sum(r['sample_passes'] for r in rs) / len(rs) / 1e6:.2f}M",
+                     f"{sum(r['cpu_minutes'] for r in rs) / len(rs):.0f}"])
+    return Table(["alpha", "variant", "seeds", "student %", "student / ensemble", "ensemble %", "to beat %",
+                  "sample passes", "CPU min"], rows,
+                 "CPU minutes: the initial synthesis and the online student with its new batches, one process "
+                 "(the teachers, shared by every variant, not counted); mean ± std over the seeds.")
+
+
+def curve(records: list[dict]) -> Table:
+    """Test accuracy at each evaluation against the CPU minutes spent so far (seed 0 of each variant)."""
+    rows = []
+    for (alpha, variant), rs in groups(records).items():
+        first = rs[0]
+        points = ", ".join(f"{m:.0f} min {a * 100:.1f}" for _, m, a in first["curve"])
+        rows.append([alpha, variant, first["seed"], points])
+    return Table(["alpha", "variant", "seed", "test accuracy % after CPU minutes"], rows)
+
+
+TABLES = {"summary": summary, "curve": curve}
+
+
+def headline(records: list[dict]) -> str:
+    best = max(groups(records).items(), key=lambda kv: sum(r["student_accuracy"] for r in kv[1]) / len(kv[1]),
+               default=None)
+    if best is None:
+        return ""
+    (alpha, variant), rs = best
+    acc = sum(r["student_accuracy"] for r in rs) / len(rs)
+    ratio = sum(r["student_accuracy"] / r["ensemble_accuracy"] for r in rs) / len(rs)
+    return (f"α = {alpha}, {variant}: {acc * 100:.2f}% ({ratio:.3f} of its ensemble, {len(rs)} seed"
+            f"{'s' if len(rs) > 1 else ''}; to beat: {TARGET.get(alpha, '-')})")
+
+
+def figures(runs: Path, seeds: list[int], folder: Path) -> list[Path]:
+    """accuracy-vs-cpu.png: each variant's test accuracy against the CPU minutes spent (from the records)."""
+    from bench.study import Study
+
+    curves = {f"{variant} (α {alpha}, seed {r['seed']})": [(m, a) for _, m, a in r["curve"]]
+              for (alpha, variant), rs in groups(Study.find("patient").records()).items()
+              for r in rs if r["seed"] in seeds}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "accuracy-vs-cpu.png"
+    line_plot(curves, "test accuracy against CPU minutes", x_label="CPU minutes").save(path)
+    return [path]
