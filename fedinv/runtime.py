@@ -109,6 +109,8 @@ class Stream(enum.IntEnum):
     SYNTHESIS_FIXED_TEACHERS = 8  # (seed, batch): the one teacher sample of a batch with fixed_teachers
     STUDENT_RANK_AUGMENT = 9  # (seed, epoch, rank): augmentation of one rank under torchrun (6 before
     # fedinv 0.2, shared with STUDENT_INIT; students trained under torchrun draw other augmentations since)
+    SYNTHESIS_BATCH_GENERATOR = 10  # (seed, batch): the fresh generator of one coboost batch
+    STUDENT_ODS = 11  # (seed, epoch): the random directions of a student epoch's ODS perturbations
 
 
 @enum.unique

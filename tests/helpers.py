@@ -78,7 +78,7 @@ def small_cfg(**kw):
 def gen_cfg(method="fast", **kw):
     """A small config of a generator method (or of deepinversion), 50 images in batches of 12."""
     base = dict(method=method, num_images=50, batch_size=12, teachers_per_step=2, device="cpu")
-    if method in ("fast", "dense"):
+    if method in ("fast", "dense", "coboost"):
         base["steps"] = 2
     base.update(kw)
     return SynthesisConfig.of(**base)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import (COUNT, MOMENTUM, POSITIVE, SEED, SIZE, WEIGHT, check_fields, device_option, option,
+from ...config import (COUNT, MOMENTUM, POSITIVE, SEED, SIZE, WEIGHT, Range, check_fields, device_option, option,
                        precision_option)
 from ...errors import ConfigError
 from ...train import SCHEDULES
@@ -37,6 +37,10 @@ class StudentConfig:
     mixup: bool = option(False, "mix each synthetic image with another of the batch (weight ~ U(0, 1)) before "
                                 "KD; the teachers label the mixed images, so the student is queried between "
                                 "the synthesized points (needs KD from the teachers and ce_weight 0)")
+    ods_eta: float = option(0.0, "output-diversified sampling (Co-Boosting's KD step): each batch is moved by "
+                                 "ods_eta x the sign of the gradient of the ensemble's output along a random "
+                                 "direction before KD (in pixel units: Co-Boosting's 8/255 = 0.0314; 0 = off; "
+                                 "needs KD from the teachers)", valid=Range(0, 1))
     local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)", valid=WEIGHT)
     adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student and "
                                       "appended to the store every --adaptive-every epochs (0 = off)", valid=SIZE)
@@ -51,6 +55,9 @@ class StudentConfig:
         check_fields(self)
         if self.kd_weight == 0 and self.ce_weight == 0 and self.local_weight == 0:
             raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
+        if self.ods_eta and self.kd_source == "soft-labels":
+            raise ConfigError("ods_eta perturbs the images, which stored soft labels do not describe: use KD from the "
+                              "teachers (kd_source auto or teachers), or ods_eta 0")
         if self.mixup and (self.ce_weight or self.kd_source == "soft-labels"):
             raise ConfigError("mixup needs KD targets from the teachers (kd_source auto or teachers) and ce_weight 0: "
                               "stored labels do not describe mixed images")

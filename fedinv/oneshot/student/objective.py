@@ -1,12 +1,16 @@
 """The student's loss on one batch: KD against the teachers' targets and CE on the stored labels
-(and mixup, which makes the batch the teachers then label)."""
+(and mixup and ODS, which make the batch the teachers then label)."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from ...evaluate import ensemble_probs
 from ...train.objectives import confidence_kd_loss, hard_kd_loss, kd_loss
+from ..synthesis.ensemble import TeacherEnsemble
 from .config import StudentConfig
 
 KD_FORMS = {"soft": kd_loss, "hard": lambda s, t, _temperature: hard_kd_loss(s, t), "confidence": confidence_kd_loss}
@@ -25,6 +29,21 @@ def student_objective(student: nn.Module, x: torch.Tensor, y: torch.Tensor, targ
         out["ce"] = nn.functional.cross_entropy(logits.float(), y)
         out["loss"] = out["loss"] + cfg.ce_weight * out["ce"]
     return out
+
+
+def ods_perturb(teachers: TeacherEnsemble, x: torch.Tensor, eta: float, std: Sequence[float],
+                gen: torch.Generator) -> torch.Tensor:
+    """Output-diversified sampling (Co-Boosting's KD step, after Tashiro et al. 2020): move the
+    normalized images x [B, C, H, W] by eta pixel units (eta / std per channel) along the sign of the
+    gradient of w . p(x), p the teachers' ensemble probabilities [B, K] and w ~ U(-1, 1) a random
+    direction per image from `gen`; the teachers then label the moved images."""
+    w = (torch.rand(len(x), teachers.num_classes, generator=gen) * 2 - 1).to(x.device)
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        probs = ensemble_probs([m(x) for m in teachers.models], teachers.class_weights)
+        (grad,) = torch.autograd.grad((w * probs).sum(), x)
+    step = eta / torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x + step * grad.sign()).detach()
 
 
 def mix_pairs(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

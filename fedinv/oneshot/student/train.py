@@ -25,7 +25,7 @@ from ...distributed import World, process_group, rank_device, world_from_env
 from ...errors import ConfigError
 from ...evaluate import accuracy, predict_logits
 from ...models import place, seeded_model
-from ...runtime import Stream, folder_lock, resolve_device, resolve_precision
+from ...runtime import Stream, folder_lock, resolve_device, resolve_precision, rng
 from ...store import meta_info, read_meta
 from ...train import Stepper, lr_at_epoch, train_epoch
 from ...train.resume import load_progress, save_progress
@@ -35,7 +35,7 @@ from ..teacher_files import Teachers
 from .adaptive import AdaptiveRounds, store_synthesis
 from .batches import epoch_batches, epoch_steps, local_batches
 from .config import StudentConfig
-from .objective import student_objective
+from .objective import ods_perturb, student_objective
 from .report import finished_student, write_student
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class StudentRun:
     stepper: Stepper
     local_batches: Iterator[tuple] | None
     adaptive: AdaptiveRounds | None
+    ods_gen: torch.Generator | None = None  # this epoch's ODS directions (seed, epoch)
 
     @classmethod
     def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | Teachers | None,
@@ -107,8 +108,8 @@ class StudentRun:
         source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")
         if (source == "teachers" or cfg.adaptive_batches) and teachers_dir is None:
             raise ConfigError("KD from the teachers and adaptive mode need --teachers")
-        if cfg.mixup and source != "teachers":
-            raise ConfigError("mixup needs KD from the teachers: give --teachers")
+        if (cfg.mixup or cfg.ods_eta) and source != "teachers":
+            raise ConfigError("mixup and ods_eta need KD from the teachers: give --teachers")
         if cfg.local_weight and local is None:
             raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
         synthesis = store_synthesis(meta, device) if cfg.adaptive_batches else None
@@ -152,6 +153,7 @@ class StudentRun:
         if cfg.adaptive_batches and start == 0:
             save(0)  # records the pool size, so a resumed run knows which rounds were appended
         for epoch in range(start, cfg.epochs):
+            self.ods_gen = rng(cfg.seed, Stream.STUDENT_ODS, epoch)
             t0, cpu0 = time.perf_counter(), time.process_time()
             fresh = {}
             if self.adaptive is not None and self.adaptive.due(epoch):
@@ -187,6 +189,8 @@ class StudentRun:
         cfg, student = self.cfg, self.student
 
         def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor) -> dict:
+            if cfg.ods_eta:
+                x = ods_perturb(self.teachers, x, cfg.ods_eta, self.info.std, self.ods_gen)
             if self.source == "teachers":
                 targets = self.teachers.ensemble_log_probs(x)
             else:

@@ -3,4 +3,4 @@ labels.py, ensemble.py) descended by one of the registered methods (registry.py:
 fast.py, dense.py), batch by batch into the HDF5 store (store.py, synthesize.py). Importing the
 package registers every method."""
 
-from . import deepinversion, dense, fast  # noqa: F401  (registration)
+from . import coboost, deepinversion, dense, fast  # noqa: F401  (registration)

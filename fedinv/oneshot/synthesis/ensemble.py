@@ -37,6 +37,7 @@ class TermWeights:
 
     first_bn_multiplier: float = 1.0
     comp_temperature: float = 3.0
+    hard: float = 0.0  # hard-sample exponent of the CE (masked_cross_entropy)
 
 
 def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStatistics, x: torch.Tensor,
@@ -52,7 +53,7 @@ def teacher_terms(forward: Callable[[torch.Tensor], torch.Tensor], stats: BNStat
     """
     with stats as layers:
         logits = forward(x)
-    ce = masked_cross_entropy(logits, y, seen, weight)
+    ce = masked_cross_entropy(logits, y, seen, weight, tw.hard)
     means, variances = [s.mean for s in layers], [s.var for s in layers]
     if blend is not None:
         means, variances = blend(means, variances)

@@ -12,6 +12,7 @@ batch's own stream; the state carried between batches (generator, meta optimizer
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -65,6 +66,7 @@ class GeneratorSynthesizer(SynthesisMethod):
 
     carries_state = True
     reptile: ClassVar[bool] = False
+    keep_best: ClassVar[bool] = False  # return the images of the step with the lowest loss, not the last
     legacy = {k: k for k in ("steps", "lr_g", "lr_z", "bn_momentum", "nz", "generator_width", "conditional")}
 
     def __init__(self, teachers: TeacherEnsemble, cfg: "SynthesisConfig", amp_dtype: torch.dtype | None):
@@ -109,29 +111,42 @@ class GeneratorSynthesizer(SynthesisMethod):
         cfg, p, device = self.cfg, self.params, self.teachers.device
         y = y.to(device)
         z = torch.randn(len(y), p.nz, generator=gen).to(device).requires_grad_(p.lr_z > 0)
-        g = copy.deepcopy(self.generator) if self.meta_optimizer is not None else self.generator
+        g = self.batch_generator(batch_index)
         groups: list[dict[str, Any]] = [{"params": list(g.parameters())}]
         if p.lr_z > 0:
             groups.append({"params": [z], "lr": p.lr_z})
         stepper = Stepper(torch.optim.Adam(groups, lr=p.lr_g, betas=BETAS), device, self.amp_dtype)
-        objective = InversionObjective(self.teachers, cfg, student, self.momentum)
+        objective = InversionObjective(self.teachers, cfg, student, self.momentum, hard=self.hard_samples)
         used: set[int] = set()
+        best, best_x = math.inf, None
         for step in range(p.steps):
             with stepper.autocast():
                 x = to_model_input(g(z, y), self.teachers.info)
             out = objective(x, y, batch_index, gen, stepper.autocast)
             used.update(out.teachers)
+            if self.keep_best and out.loss.item() < best:
+                best, best_x = out.loss.item(), x.detach().float()
             stepper.step(out.loss)
             if on_step is not None and (step % log_every == 0 or step == p.steps - 1):
                 on_step(step, out.parts())
         with torch.no_grad():
-            x = to_model_input(g(z, y).float(), self.teachers.info)
+            x = best_x if best_x is not None else to_model_input(g(z, y).float(), self.teachers.info)
         if self.momentum is not None:
             for i in sorted(used):
                 self.momentum.update(i, self.teachers.last_bn_statistics(i))
         if self.meta_optimizer is not None:
             self._reptile_step(g)
         return Inverted(x, y, out.parts(), sum(1 << i for i in used))
+
+    @property
+    def hard_samples(self) -> float:
+        """The CE's hard-sample exponent (coboost's setting; 0: plain CE)."""
+        return 0.0
+
+    def batch_generator(self, batch_index: int) -> nn.Module:
+        """The generator a batch refines: a copy of the meta-learned start (fast), or the generator
+        itself, trained on from batch to batch (dense)."""
+        return copy.deepcopy(self.generator) if self.meta_optimizer is not None else self.generator
 
     def _reptile_step(self, refined: nn.Module) -> None:
         """Move the generator's start towards `refined`: gradient = start - refined, one Adam step."""

@@ -15,7 +15,7 @@ NEG = -1e4  # a logit that softmax maps to ~0, finite in fp16 (no inf - inf = na
 
 
 def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, seen: torch.Tensor | None = None,
-                         weight: torch.Tensor | None = None) -> torch.Tensor:
+                         weight: torch.Tensor | None = None, hard: float = 0.0) -> torch.Tensor:
     """Cross-entropy of a teacher on target labels y, with head masking and label weights.
 
     seen [K] bool: the labels this teacher's data held. With it, the logits of unseen labels are
@@ -23,6 +23,9 @@ def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, seen: torch.Tens
     target the teacher never saw carry no loss (the teacher knows nothing about them).
     weight [K] float: per-label weights w_y (eq. 5: the share of label y in the teacher's data);
     each sample's CE is multiplied by w_{y_i}.
+    hard h > 0: each sample's CE is also multiplied by (1 - p)^h, p the teacher's probability of its
+    target (detached): images the teacher already finds easy weigh less (Co-Boosting's hard-sample
+    mining, its `hs`).
     Returns the mean over the batch (a sum over samples divided by B, so masked-out samples count
     as zero and the scale does not depend on how many were masked).
     """
@@ -34,6 +37,9 @@ def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, seen: torch.Tens
     if weight is not None:
         per_sample_w = per_sample_w * weight[y].to(logits.dtype)
     ce = F.cross_entropy(logits, y, reduction="none")
+    if hard:
+        p = torch.exp(-ce.detach())  # the probability of the target
+        per_sample_w = per_sample_w * (1 - p).clamp_min(0) ** hard
     return (ce * per_sample_w).sum() / len(y)
 
 

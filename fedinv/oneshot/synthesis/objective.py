@@ -73,15 +73,15 @@ class InversionObjective:
 
     `student`: the competition term's opponent (adaptive mode); `bn_momentum`: the teachers' BN
     targets are compared with a running blend of batch statistics (BNMomentum), or with each
-    batch's own when None. All randomness (teacher sampling, jitter, flip) comes from `gen`.
+    batch's own when None; `hard`: the CE's hard-sample exponent (coboost). All randomness (teacher sampling, jitter, flip) comes from `gen`.
     """
 
     def __init__(self, teachers: TeacherEnsemble, cfg: SynthesisConfig, student: nn.Module | None = None,
-                 bn_momentum: BNMomentum | None = None):
+                 bn_momentum: BNMomentum | None = None, hard: float = 0.0):
         self.teachers, self.cfg, self.bn_momentum = teachers, cfg, bn_momentum
         self.student = student if cfg.a_comp else None
         self.seen, self.weight = teachers.masks(cfg.head_mask, cfg.weighted_ce)
-        self.tw = TermWeights(cfg.first_bn_multiplier, cfg.comp_temperature)
+        self.tw = TermWeights(cfg.first_bn_multiplier, cfg.comp_temperature, hard)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, batch_index: int, gen: torch.Generator,
                  autocast=None) -> StepLoss:

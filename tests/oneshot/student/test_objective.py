@@ -53,3 +53,21 @@ def test_confidence_kd_is_hard_where_the_teacher_is_sure_and_soft_where_it_is_no
     model, x = torch.nn.Linear(3, 3), torch.randn(4, 3)
     out = student_objective(model, x, torch.zeros(4, dtype=torch.long), doubt, StudentConfig(kd_form="confidence"))
     assert out["kd"].item() == pytest.approx(confidence_kd_loss(model(x), doubt, 4.0).item())
+
+
+def test_ods_moves_every_pixel_by_eta_along_the_sign_of_a_random_output_direction():
+    from fedinv.oneshot.student.objective import ods_perturb
+    from fedinv.oneshot.synthesis.ensemble import TeacherEnsemble
+    from tests.helpers import CPU, INFO, random_teachers
+    models, counts = random_teachers(2)
+    ts = TeacherEnsemble(models, counts, CPU, INFO, batched=False)
+    x = torch.randn(4, *INFO.image_shape)
+    a = ods_perturb(ts, x, 0.05, INFO.std, torch.Generator().manual_seed(0))
+    b = ods_perturb(ts, x, 0.05, INFO.std, torch.Generator().manual_seed(0))
+    c = ods_perturb(ts, x, 0.05, INFO.std, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    step = (a - x).abs() * torch.tensor(INFO.std).view(1, -1, 1, 1)
+    assert torch.allclose(step[step > 0], torch.full_like(step[step > 0], 0.05), atol=1e-5)
+    assert (step > 0).float().mean() > 0.9  # the gradient reaches nearly every pixel
+    with pytest.raises(ConfigError, match="ods_eta perturbs the images"):
+        StudentConfig(ods_eta=0.03, kd_source="soft-labels")

@@ -75,3 +75,14 @@ def test_student_needs_something_to_learn_from(tmp_path):
     with pytest.raises(ConfigError, match="local_weight > 0 needs"):
         train_student(tmp_path / "s.h5", tmp_path / "x", StudentConfig(local_weight=1.0, device="cpu"),
                       progress=False)
+
+
+def test_a_student_with_ods_trains_and_draws_its_directions_from_the_seed(tmp_path):
+    from tests.helpers import random_teachers, write_teachers
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    real_store(tmp_path / "s.h5", n=64)
+    reports = [train_student(tmp_path / "s.h5", tmp_path / f"st{i}", StudentConfig(
+        model="lenet5", epochs=1, batch_size=32, ods_eta=0.03, device="cpu"), teachers_dir=tmp_path / "t",
+        progress=False) for i in range(2)]
+    assert reports[0]["history"][0]["loss"] == reports[1]["history"][0]["loss"] > 0

@@ -28,7 +28,7 @@ def test_generator_methods_refuse_what_they_cannot_do(tmp_path):
     assert not (tmp_path / "s.h5").exists()
     with pytest.raises(ConfigError, match="bn_momentum runs on the looped"):
         gen_cfg(batched="batched")
-    with pytest.raises(ConfigError, match="unknown synthesis method 'nope'; known: deepinversion, dense, fast"):
+    with pytest.raises(ConfigError, match="unknown synthesis method 'nope'; known: coboost, deepinversion, dense, fast"):
         gen_cfg("nope")
     with pytest.raises(ConfigError, match=r"bn_momentum must be in \[0, 1\)"):
         gen_cfg(bn_momentum=1.0)
@@ -73,8 +73,8 @@ def test_a_setting_the_chosen_method_does_not_take_is_an_error_naming_it(tmp_pat
     res = CliRunner().invoke(cli, ["synthesize", "--help"])
     assert "deepinversion (--method): gradient steps on the pixels per batch (in [1, 1e9]) [default: 1000]" \
         in " ".join(res.output.split())
-    assert ("dense, fast (--method): generator steps per batch (in [1, 1e9]) [default: dense 30, fast 5]"
-            in " ".join(res.output.split()))
+    assert ("coboost, dense, fast (--method): generator steps per batch (in [1, 1e9]) "
+            "[default: coboost 30, dense 30, fast 5]" in " ".join(res.output.split()))
 
 
 def test_a_new_method_is_one_class_registered_by_name(tmp_path, monkeypatch):

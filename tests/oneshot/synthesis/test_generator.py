@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+import fedinv.oneshot.synthesis.generator as synthesis_generator
 import fedinv.oneshot.synthesis.store as synthesis_store
-from fedinv.errors import RunStateError
+from fedinv.errors import ConfigError, RunStateError
 from fedinv.oneshot.synthesis.deepinversion import pixel_bounds
 from fedinv.oneshot.synthesis.ensemble import TeacherEnsemble
 from fedinv.oneshot.synthesis.store import state_path
@@ -80,3 +81,51 @@ def test_a_store_without_its_generator_state_is_not_continued(tmp_path):
     state_path(tmp_path / "a.h5").unlink()
     with pytest.raises(RunStateError, match="generator state .* is missing; copy it with the store"):
         synthesize(tmp_path / "t", tmp_path / "a.h5", gen_cfg(num_images=24), resume=True, progress=False)
+
+
+def test_coboost_draws_a_fresh_generator_per_batch_and_splits_like_deepinversion(tmp_path):
+    models, counts = random_teachers(3)
+    ts = TeacherEnsemble(models, counts, CPU, INFO, batched=False)
+    synth = generator_method(ts, gen_cfg("coboost", steps=3), None)
+    g0, g0_again, g1 = synth.batch_generator(0), synth.batch_generator(0), synth.batch_generator(1)
+    assert all(torch.equal(a, b) for a, b in zip(g0.parameters(), g0_again.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(g0.parameters(), g1.parameters()))
+    convs = [m for m in g0.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(abs(c.weight.std().item() - 0.02) < 0.005 for c in convs), "DCGAN-style N(0, 0.02) weights"
+    out = synth.invert(torch.arange(12) % 10, 0, torch.Generator().manual_seed(0))
+    assert out.x.shape == (12, *INFO.image_shape) and synth.state_dict() == {}
+    assert gen_cfg("coboost").per_batch, "nothing carries between batches: shardable, no state file"
+    write_teachers(tmp_path / "t", models, counts)
+    synthesize(tmp_path / "t", tmp_path / "a.h5", gen_cfg("coboost"), progress=False)
+    assert not state_path(tmp_path / "a.h5").exists() and read_meta(tmp_path / "a.h5")["n_valid"] == 50
+    with pytest.raises(ConfigError, match="bn_momentum = 0"):
+        gen_cfg("coboost", bn_momentum=0.5)
+
+
+def test_coboost_keeps_the_images_of_its_lowest_loss_step(monkeypatch):
+    models, counts = random_teachers(2)
+    ts = TeacherEnsemble(models, counts, CPU, INFO, batched=False)
+    synth = generator_method(ts, gen_cfg("coboost", steps=4), None)
+    seen = []
+    real = synthesis_generator.InversionObjective.__call__
+
+    def recording(self, x, *a, **k):
+        out = real(self, x, *a, **k)
+        seen.append((out.loss.item(), x.detach().clone()))
+        return out
+
+    monkeypatch.setattr(synthesis_generator.InversionObjective, "__call__", recording)
+    out = synth.invert(torch.arange(12) % 10, 0, torch.Generator().manual_seed(0))
+    best = min(seen, key=lambda s: s[0])[1]
+    assert torch.equal(out.x, best.float())
+
+
+def test_hard_sample_weighting_leaves_easy_images_out_of_the_ce():
+    from fedinv.oneshot.synthesis.losses import masked_cross_entropy
+    logits = torch.tensor([[20.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # sure of class 0; undecided
+    y = torch.tensor([0, 0])
+    plain = masked_cross_entropy(logits, y)
+    hard = masked_cross_entropy(logits, y, hard=1.0)
+    undecided = torch.nn.functional.cross_entropy(logits[1:], y[1:])
+    assert hard.item() == pytest.approx((2 / 3 * undecided / 2).item(), rel=1e-4)  # (1 - 1/3) x CE, mean over 2
+    assert hard < plain
