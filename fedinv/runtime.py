@@ -111,6 +111,7 @@ class Stream(enum.IntEnum):
     # fedinv 0.2, shared with STUDENT_INIT; students trained under torchrun draw other augmentations since)
     SYNTHESIS_BATCH_GENERATOR = 10  # (seed, batch): the fresh generator of one coboost batch
     STUDENT_ODS = 11  # (seed, epoch): the random directions of a student epoch's ODS perturbations
+    STUDENT_NODE_WEIGHTS = 12  # (seed, epoch): the pool rows a student epoch learns the node weights on
 
 
 @enum.unique

@@ -41,6 +41,14 @@ class StudentConfig:
                                  "ods_eta x the sign of the gradient of the ensemble's output along a random "
                                  "direction before KD (in pixel units: Co-Boosting's 8/255 = 0.0314; 0 = off; "
                                  "needs KD from the teachers)", valid=Range(0, 1))
+    ensemble_lr: float = option(0.0, "learned node weights (Co-Boosting): each epoch, one signed-gradient step of "
+                                     "this size (decaying x0.99 an epoch) per batch of --ensemble-batches random "
+                                     "pool batches, on the ensemble's CE against their target labels; each node's "
+                                     "weight in [0, 1] scales its teacher's share of every later KD target "
+                                     "(Co-Boosting's mu: 0.01; 0 = off; needs KD from the teachers)",
+                                 valid=Range(0, 1))
+    ensemble_batches: int = option(4, "batches of the pool each epoch's node-weight steps see (with ensemble_lr)",
+                                   valid=COUNT)
     local_weight: float = option(0.0, "weight of CE on a node's own real data (with --local-node)", valid=WEIGHT)
     adaptive_batches: int = option(0, "adaptive mode: new batches synthesized against the current student and "
                                       "appended to the store every --adaptive-every epochs (0 = off)", valid=SIZE)
@@ -55,6 +63,9 @@ class StudentConfig:
         check_fields(self)
         if self.kd_weight == 0 and self.ce_weight == 0 and self.local_weight == 0:
             raise ConfigError("kd_weight, ce_weight and local_weight are all 0: nothing to learn from")
+        if self.ensemble_lr and self.kd_source == "soft-labels":
+            raise ConfigError("ensemble_lr reweighs the teachers' KD targets; stored soft labels do not change: use "
+                              "KD from the teachers (kd_source auto or teachers), or ensemble_lr 0")
         if self.ods_eta and self.kd_source == "soft-labels":
             raise ConfigError("ods_eta perturbs the images, which stored soft labels do not describe: use KD from the "
                               "teachers (kd_source auto or teachers), or ods_eta 0")

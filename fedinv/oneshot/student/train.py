@@ -35,6 +35,7 @@ from ..teacher_files import Teachers
 from .adaptive import AdaptiveRounds, store_synthesis
 from .batches import epoch_batches, epoch_steps, local_batches
 from .config import StudentConfig
+from .node_weights import learn_node_weights
 from .objective import ods_perturb, student_objective
 from .report import finished_student, write_student
 
@@ -108,8 +109,8 @@ class StudentRun:
         source = cfg.kd_source if cfg.kd_source != "auto" else ("teachers" if teachers_dir else "soft-labels")
         if (source == "teachers" or cfg.adaptive_batches) and teachers_dir is None:
             raise ConfigError("KD from the teachers and adaptive mode need --teachers")
-        if (cfg.mixup or cfg.ods_eta) and source != "teachers":
-            raise ConfigError("mixup and ods_eta need KD from the teachers: give --teachers")
+        if (cfg.mixup or cfg.ods_eta or cfg.ensemble_lr) and source != "teachers":
+            raise ConfigError("mixup, ods_eta and ensemble_lr need KD from the teachers: give --teachers")
         if cfg.local_weight and local is None:
             raise ConfigError("local_weight > 0 needs a node's data (--local-partition and --local-node)")
         synthesis = store_synthesis(meta, device) if cfg.adaptive_batches else None
@@ -139,6 +140,8 @@ class StudentRun:
         saved = load_progress(partial, cfg, model=self.student, stepper=self.stepper, what="student")
         if saved is not None:
             start, history, pool = saved["epoch"], saved["history"], saved.get("pool", pool)
+            if "node_weights" in saved and self.teachers is not None:
+                self.teachers.node_weights = saved["node_weights"].to(self.device)
             log.info("student: resuming after epoch %d of %d", start, cfg.epochs)
         net: nn.Module = self.student
         if self.world.is_distributed:
@@ -147,8 +150,9 @@ class StudentRun:
 
         def save(epoch: int) -> None:
             if self.world.rank == 0:
+                weights = {"node_weights": self.teachers.node_weights.cpu()} if cfg.ensemble_lr else {}
                 save_progress(partial, epoch=epoch, model=self.student, stepper=self.stepper, config=cfg,
-                              history=history, pool=pool)
+                              history=history, pool=pool, **weights)
 
         if cfg.adaptive_batches and start == 0:
             save(0)  # records the pool size, so a resumed run knows which rounds were appended
@@ -158,8 +162,11 @@ class StudentRun:
             fresh = {}
             if self.adaptive is not None and self.adaptive.due(epoch):
                 fresh = self.adaptive.run(epoch, pool, self.student, progress)
-            fresh_cpu = time.process_time() - cpu0  # the new batches' synthesis, counted in the epoch's CPU time
             n = read_meta(self.store)["n_valid"]
+            if cfg.ensemble_lr:
+                fresh["node_weights"] = learn_node_weights(self.teachers, self.store, n, self.info, cfg.ensemble_lr,
+                                                           cfg.ensemble_batches, cfg.batch_size, epoch, cfg.seed)
+            fresh_cpu = time.process_time() - cpu0  # new batches and node weights, counted in the epoch's CPU time
             steps = epoch_steps(n, cfg)
             batches = epoch_batches(self.store, n, epoch, cfg, self.info, self.world, self.device)
             bar = tqdm(batches, total=steps // self.world.size, leave=False, unit="batch",
@@ -180,7 +187,8 @@ class StudentRun:
                 record["test_accuracy"] = accuracy(predict_logits(self.student, test, self.device), test.labels)
             history.append(record)
             log.info("student epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                     ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+                     ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                               if k != "epoch" and isinstance(v, (int, float))))
             save(epoch + 1)
         return history
 

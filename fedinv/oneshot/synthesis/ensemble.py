@@ -85,6 +85,7 @@ class TeacherEnsemble:
         self.shares = self.counts.float() / self.counts.sum(1, keepdim=True).clamp_min(1)  # eq. 5, [N, K]
         self.class_weights = class_shares(label_counts).float().to(device)  # [N, K], columns sum to 1
         self.weighted = [i for i in range(len(self.models)) if bool(self.class_weights[i].any())]
+        self.node_weights = torch.ones(len(self.models), device=device)  # learned by the student (Co-Boosting)
         same_arch = len({_signature(m) for m in self.models}) == 1
         if batched and not same_arch:
             raise ValueError("the batched path needs teachers of one architecture")
@@ -103,6 +104,12 @@ class TeacherEnsemble:
     def last_bn_statistics(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Teacher i's BN input (mean, var) per layer on its latest forward (loop path), detached."""
         return [(s.mean.detach(), s.var.detach()) for s in self._stats[i].stats]
+
+    @property
+    def mix_weights(self) -> torch.Tensor:
+        """[N, K]: the class-level weights, each teacher's row scaled by its node weight (all 1 unless
+        a student learns them, `StudentConfig.ensemble_lr`)."""
+        return self.class_weights * self.node_weights[:, None]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -148,12 +155,12 @@ class TeacherEnsemble:
     @torch.no_grad()
     def ensemble_probs(self, x: torch.Tensor) -> torch.Tensor:
         """FedFTG's class-level ensemble [B, K]: each teacher's softmax weighted per class by its
-        share of that class's samples, rows normalized (`evaluate.ensemble_probs`). On the loop path
+        share of that class's samples (times its node weight), rows normalized (`evaluate.ensemble_probs`). On the loop path
         a teacher with weight 0 for every class (a node that reported no samples) is not run.
         Under autocast the teachers compute in its dtype; the softmax and the mix are in fp32."""
         if self.batched or len(self.weighted) == len(self.models):
-            return ensemble_probs(list(self.logits(x)), self.class_weights)
-        return ensemble_probs([self.models[i](x) for i in self.weighted], self.class_weights[self.weighted])
+            return ensemble_probs(list(self.logits(x)), self.mix_weights)
+        return ensemble_probs([self.models[i](x) for i in self.weighted], self.mix_weights[self.weighted])
 
     def ensemble_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log of `ensemble_probs` [B, K] (floored at 1e-8): the store's soft labels and the student's KD targets."""

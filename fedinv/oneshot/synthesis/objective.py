@@ -73,7 +73,8 @@ class InversionObjective:
 
     `student`: the competition term's opponent (adaptive mode); `bn_momentum`: the teachers' BN
     targets are compared with a running blend of batch statistics (BNMomentum), or with each
-    batch's own when None; `hard`: the CE's hard-sample exponent (coboost). All randomness (teacher sampling, jitter, flip) comes from `gen`.
+    batch's own when None; `hard`: the CE's hard-sample exponent (coboost). All randomness (teacher
+    sampling, jitter, flip) comes from `gen`.
     """
 
     def __init__(self, teachers: TeacherEnsemble, cfg: SynthesisConfig, student: nn.Module | None = None,

@@ -86,3 +86,38 @@ def test_a_student_with_ods_trains_and_draws_its_directions_from_the_seed(tmp_pa
         model="lenet5", epochs=1, batch_size=32, ods_eta=0.03, device="cpu"), teachers_dir=tmp_path / "t",
         progress=False) for i in range(2)]
     assert reports[0]["history"][0]["loss"] == reports[1]["history"][0]["loss"] > 0
+
+
+def test_node_weights_fall_for_a_teacher_that_contradicts_the_pool_and_resume_with_the_student(tmp_path, monkeypatch):
+    from fedinv.oneshot.student.node_weights import signed_steps
+    right = torch.tensor([[5.0, 0.0, 0.0]] * 4)  # says class 0, as the labels do
+    wrong = torch.tensor([[0.0, 5.0, 0.0]] * 4)
+    w = signed_steps([torch.stack([right, wrong])], [torch.zeros(4, dtype=torch.long)], torch.full((2, 3), 0.5),
+                     torch.ones(2), lr=0.3)
+    assert w.tolist() == pytest.approx([1.0, 0.7])  # the one that agrees stays at its bound, the other drops
+
+    from tests.helpers import random_teachers, write_teachers
+    import fedinv.oneshot.student.train as student_train
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    real_store(tmp_path / "s.h5", n=64)
+    cfg = StudentConfig(model="lenet5", epochs=3, batch_size=32, ensemble_lr=0.1, ensemble_batches=2, device="cpu")
+    whole = train_student(tmp_path / "s.h5", tmp_path / "whole", cfg, teachers_dir=tmp_path / "t", progress=False)
+    weights = [h["node_weights"] for h in whole["history"]]
+    assert len(weights) == 3 and all(len(w) == 2 and all(0 <= v <= 1 for v in w) for w in weights)
+    assert weights[0] != [1.0, 1.0], "the random teachers disagree with the pool's labels: weights move"
+    real_save, calls = student_train.save_progress, {"n": 0}
+
+    def killed_after_two_epochs(*a, **k):
+        real_save(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(student_train, "save_progress", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(tmp_path / "s.h5", tmp_path / "killed", cfg, teachers_dir=tmp_path / "t", progress=False)
+    monkeypatch.setattr(student_train, "save_progress", real_save)
+    resumed = train_student(tmp_path / "s.h5", tmp_path / "killed", cfg, teachers_dir=tmp_path / "t", progress=False)
+    assert [h["node_weights"] for h in resumed["history"]] == weights
+    assert resumed["history"][-1]["loss"] == whole["history"][-1]["loss"], "resumed = uninterrupted"

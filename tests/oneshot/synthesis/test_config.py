@@ -28,7 +28,8 @@ def test_generator_methods_refuse_what_they_cannot_do(tmp_path):
     assert not (tmp_path / "s.h5").exists()
     with pytest.raises(ConfigError, match="bn_momentum runs on the looped"):
         gen_cfg(batched="batched")
-    with pytest.raises(ConfigError, match="unknown synthesis method 'nope'; known: coboost, deepinversion, dense, fast"):
+    with pytest.raises(ConfigError, match="unknown synthesis method 'nope'; known: coboost, deepinversion, dense, "
+                                          "fast"):
         gen_cfg("nope")
     with pytest.raises(ConfigError, match=r"bn_momentum must be in \[0, 1\)"):
         gen_cfg(bn_momentum=1.0)
