@@ -155,8 +155,9 @@ class TeacherEnsemble:
     @torch.no_grad()
     def ensemble_probs(self, x: torch.Tensor) -> torch.Tensor:
         """FedFTG's class-level ensemble [B, K]: each teacher's softmax weighted per class by its
-        share of that class's samples (times its node weight), rows normalized (`evaluate.ensemble_probs`). On the loop path
-        a teacher with weight 0 for every class (a node that reported no samples) is not run.
+        share of that class's samples (times its node weight), rows normalized
+        (`evaluate.ensemble_probs`). On the loop path a teacher with weight 0 for every class (a node
+        that reported no samples) is not run.
         Under autocast the teachers compute in its dtype; the softmax and the mix are in fp32."""
         if self.batched or len(self.weighted) == len(self.models):
             return ensemble_probs(list(self.logits(x)), self.mix_weights)
