@@ -23,6 +23,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def progress_bar(iterable: Any = None, *, show: bool = True, **kwargs: Any) -> Any:
+    """A tqdm bar, shown only when asked for (`show`) and stderr is a terminal: in a log file (nohup,
+    SLURM, CI) a bar would print a stale line with cursor codes at every update."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=None if show else True, **kwargs)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; an explicit choice must exist on this machine."""
     if name == "auto":

@@ -19,7 +19,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import GLOBAL, ModelCheckpoint, save_checkpoint
@@ -28,8 +27,8 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
-from ..runtime import (RUN_RECORDS, RoundStream, atomic_path, folder_lock, ran_on, read_torch, remove_stale_temporaries,
-                       resolve_device, resolve_precision, rng, save_json, save_torch, to_json)
+from ..runtime import (RUN_RECORDS, RoundStream, atomic_path, folder_lock, progress_bar, ran_on, read_torch,
+                       remove_stale_temporaries, resolve_device, resolve_precision, rng, save_json, save_torch, to_json)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
@@ -303,8 +302,8 @@ def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path,
         save_json(cfg.to_dict(), out / "config.json")
     nodes = engine(fed, data, node_states)
     end = fc.rounds if stop_after is None else min(fc.rounds, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=fc.rounds, desc=method_name(fc), unit="round",
-               disable=not progress)
+    bar = progress_bar(range(start, end), initial=start, total=fc.rounds, desc=method_name(fc), unit="round",
+                       show=progress)
     for rnd in bar:
         done = run_round(fed, rnd, data.partition.num_nodes, global_state, server_state, nodes, test)
         global_state, server_state = done.global_state, done.server_state

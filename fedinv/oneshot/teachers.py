@@ -17,7 +17,6 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
 from ..config import (COUNT, MOMENTUM, POSITIVE, SEED, WEIGHT, check_fields, device_option, option, precision_option,
@@ -28,7 +27,8 @@ from ..data.partition import Partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits, teacher_report
 from ..models import place, seeded_model
-from ..runtime import Stream, folder_lock, ran_on, resolve_device, resolve_precision, rng, save_json, save_png
+from ..runtime import (Stream, folder_lock, progress_bar, ran_on, resolve_device, resolve_precision, rng, save_json,
+                       save_png)
 from ..train import SCHEDULES, Stepper, lr_at, train_epoch
 from ..train.objectives import classification_objective
 from ..train.resume import changes, load_progress, save_progress
@@ -90,12 +90,13 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
         t0 = time.perf_counter()
         data = batches(split, cfg.batch_size, device=device, generator=rng(cfg.seed, Stream.TEACHER_DATA, node, epoch),
                        shuffle=True, augment=cfg.augment)
-        bar = tqdm(data, total=steps_per_epoch, desc=f"node {node} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not progress, unit="batch")
+        bar = progress_bar(data, total=steps_per_epoch, desc=f"node {node} epoch {epoch + 1}/{cfg.epochs}",
+                           leave=False, show=progress, unit="batch")
         first = epoch * steps_per_epoch
         metrics = train_epoch(model, bar, classification_objective, stepper,
                               lr=lambda i: lr_at(first + i, total_steps, cfg.lr, cfg.schedule),
-                              on_batch=lambda i, m: bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}"),
+                              on_batch=lambda i, m: bar.set_postfix(loss=f"{m['loss']:.3f}",
+                                                                    acc=f"{m['accuracy']:.3f}"),
                               what=f"node {node} epoch {epoch + 1}")
         seconds += time.perf_counter() - t0
         history.append({"loss": metrics["loss"], "accuracy": metrics["accuracy"]})
@@ -146,7 +147,7 @@ def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path
 def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes: list[int], train: ImageTensors,
                  test: ImageTensors, progress: bool) -> dict[str, Any]:
     phash = partition.content_hash()
-    for node in tqdm(nodes, desc="teachers", unit="node", disable=not progress):
+    for node in progress_bar(nodes, desc="teachers", unit="node", show=progress):
         final = out_dir / f"node-{node}.pt"
         if final.is_file():
             done = load_checkpoint(final)

@@ -102,3 +102,20 @@ def test_a_full_disk_while_saving_a_checkpoint_is_a_clear_error_and_keeps_the_ol
     monkeypatch.undo()
     assert torch.load(tmp_path / "partial.pt", weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["partial.pt"]
+
+
+def test_progress_bars_show_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from fedinv.runtime import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no bar, no stale lines
+    assert progress_bar(range(3), show=True).disable
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert not progress_bar(range(3), show=True).disable
+    assert progress_bar(range(3), show=False).disable  # --no-progress

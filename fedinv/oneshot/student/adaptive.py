@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...config import from_dict
 from ...data.batches import normalize
 from ...data.datasets import DatasetInfo
-from ...runtime import ran_on, resolve_precision
+from ...runtime import progress_bar, ran_on, resolve_precision
 from ...store import read_meta, read_rows, writer_meta
 from ..synthesis.config import SynthesisConfig
 from ..synthesis.ensemble import TeacherEnsemble
@@ -47,8 +46,8 @@ def adaptive_round(store: Path, syn: SynthesisConfig, teachers: TeacherEnsemble,
     student.eval().requires_grad_(False)  # the images get gradients, the student's weights none
     with open_synthesis_store(store, writer_meta(meta), synth, resume=True, chunk_rows=syn.batch_size) as writer:
         writer.record_run(ran_on(device, amp_dtype))
-        bar = tqdm(total=math.ceil((until - writer.n_valid) / syn.batch_size), desc=f"new batches ({syn.method})",
-                   leave=False, disable=not progress)
+        bar = progress_bar(total=math.ceil((until - writer.n_valid) / syn.batch_size),
+                           desc=f"new batches ({syn.method})", leave=False, show=progress)
         while writer.n_valid < until:
             b = math.ceil(writer.n_valid / syn.batch_size)  # indices continue past the initial pool
             inv = append_batch(writer, synth, b, syn.batch_size, student=student)

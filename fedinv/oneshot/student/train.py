@@ -18,14 +18,13 @@ from typing import Any, Callable, Collection, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...data.datasets import DatasetInfo, ImageTensors
 from ...distributed import World, process_group, rank_device, world_from_env
 from ...errors import ConfigError
 from ...evaluate import accuracy, predict_logits
 from ...models import place, seeded_model
-from ...runtime import Stream, folder_lock, resolve_device, resolve_precision, rng
+from ...runtime import Stream, folder_lock, progress_bar, resolve_device, resolve_precision, rng
 from ...store import meta_info, read_meta
 from ...train import Stepper, lr_at_epoch, train_epoch
 from ...train.resume import load_progress, save_progress
@@ -169,8 +168,8 @@ class StudentRun:
             fresh_cpu = time.process_time() - cpu0  # new batches and node weights, counted in the epoch's CPU time
             steps = epoch_steps(n, cfg)
             batches = epoch_batches(self.store, n, epoch, cfg, self.info, self.world, self.device)
-            bar = tqdm(batches, total=steps // self.world.size, leave=False, unit="batch",
-                       desc=f"student epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+            bar = progress_bar(batches, total=steps // self.world.size, leave=False, unit="batch",
+                               desc=f"student epoch {epoch + 1}/{cfg.epochs}", show=progress)
             w, r = self.world.size, self.world.rank
             cpu0 = time.process_time()
             metrics = train_epoch(net, bar, self.objective(), self.stepper,

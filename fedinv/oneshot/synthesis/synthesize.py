@@ -14,12 +14,11 @@ from typing import Any, Collection
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 from ...distributed import World, process_group, rank_device, shard_path, world_from_env
 from ...errors import ConfigError, RunStateError
 from ...models import place
-from ...runtime import ran_on, resolve_device, resolve_precision
+from ...runtime import progress_bar, ran_on, resolve_device, resolve_precision
 from ...store import StoreWriter, merge_shards, read_meta, store_meta
 from ...train.resume import changes, comparable
 from ..teacher_files import Teachers, as_teachers
@@ -127,7 +126,7 @@ def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, 
     start = ends.index(n) + 1 if n else 0
     if start:
         log.info("resuming %s after %d of %d batches", store.path, start, len(mine))
-    bar = tqdm(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch", disable=not progress)
+    bar = progress_bar(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch", show=progress)
 
     def show(step: int, losses: dict[str, float]) -> None:
         bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
