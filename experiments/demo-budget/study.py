@@ -18,20 +18,23 @@ SEEDS = (0, 1)
 
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
     rc = RunConfig.from_toml(ROOT / cfg["study"]["config"])
+    student = cfg["study"].get("student", {})  # the variant's student fields over the config's
     rc = dataclasses.replace(rc, teachers=dataclasses.replace(rc.teachers, device=device),
                              synthesis=dataclasses.replace(rc.synthesis, seed=seed, device=device),
-                             student=dataclasses.replace(rc.student, seed=seed, device=device))
+                             student=dataclasses.replace(rc.student, seed=seed, device=device, **student))
     summary = run_pipeline(rc, out, progress=False)
     yield {"student_accuracy": summary["student_accuracy"], "ensemble_accuracy": summary["ensemble_accuracy"],
-           "fedavg_accuracy": summary["fedavg_accuracy"], "stage_seconds": summary.get("stage_seconds")}
+           "fedavg_accuracy": summary["fedavg_accuracy"], "stage_seconds": summary.get("stage_seconds"),
+           "student_config": dataclasses.asdict(rc.student)}
 
 
 def students(records: list[dict]) -> Table:
     rows = []
     for variant in sorted({r["variant"] for r in records}):
         rs = [r for r in records if r["variant"] == variant]
-        rows.append([variant, len(rs), mean_std(r["student_accuracy"] for r in rs)])
-    return Table(["config", "seeds", "student"], rows)
+        rows.append([variant, len(rs), mean_std(r["student_accuracy"] for r in rs),
+                     mean_std((r["student_accuracy"] / r["ensemble_accuracy"] for r in rs), scale=1, digits=3)])
+    return Table(["config", "seeds", "student %", "student / ensemble"], rows)
 
 
 TABLES = {"students": students}
