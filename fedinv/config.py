@@ -63,7 +63,9 @@ def _number(x: float | None) -> str:
 # The ranges most fields share (a field may declare its own).
 COUNT = Range(1, 10 ** 9)  # epochs, batch sizes, images, steps: at least one
 SIZE = Range(0, 10 ** 9)  # counts where 0 means none (or "off")
-POSITIVE = Range(0, low_open=True)  # learning rates, temperatures
+POSITIVE = Range(0, low_open=True)  # concentrations, penalties that must not vanish
+LEARNING_RATE = Range(0, 10, low_open=True)  # no optimizer here learns anything at a step of 10 or more
+TEMPERATURE = Range(0, 1000, low_open=True)  # softmax temperatures: beyond 1000 every target is uniform
 WEIGHT = Range(0)  # loss weights and penalties: 0 switches a term off
 MOMENTUM = Range(0, 1, high_open=True)  # SGD momentum, moving-average rates
 FRACTION = Range(0, 1, low_open=True)  # shares of the nodes, per-round decay factors

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import (COUNT, FRACTION, MOMENTUM, POSITIVE, SEED, SIZE, WEIGHT, DataConfig, PartitionConfig, Range,
+from ..config import (COUNT, FRACTION, LEARNING_RATE, MOMENTUM, SEED, SIZE, WEIGHT, DataConfig, PartitionConfig, Range,
                       check_fields, device_option, from_dict, load_toml, option, precision_option, table, to_dict)
 from ..errors import ConfigError
 from .registry import ALGORITHMS, SERVER_STEPS, algorithm_class, server_step_class
@@ -37,11 +37,11 @@ class FederateConfig:
     local_epochs: int = option(1, "epochs over its split each participating node runs per round", valid=COUNT)
     batch_size: int = option(50, "local minibatch size", valid=COUNT)
     augment: bool = option(False, "random crop (and flip where the dataset allows) of the local batches")
-    lr: float = option(0.05, "local SGD learning rate", valid=POSITIVE)
+    lr: float = option(0.05, "local SGD learning rate", valid=LEARNING_RATE)
     lr_decay: float = option(0.998, "local learning rate multiplied by this every round", valid=FRACTION)
     momentum: float = option(0.0, "local SGD momentum (0: plain SGD, as SCAFFOLD and FedDyn assume)", valid=MOMENTUM)
     weight_decay: float = option(1e-3, "local SGD weight decay", valid=WEIGHT)
-    server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)", valid=POSITIVE)
+    server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)", valid=LEARNING_RATE)
     eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True,
                              valid=COUNT)
     diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "
@@ -68,7 +68,7 @@ class GeneratorConfig:
     generator_steps: int = option(1, "generator updates per iteration", valid=COUNT)
     batch_size: int = option(64, "generated samples per step", valid=COUNT)
     nz: int = option(100, "noise dimension", valid=Range(1, 65536))
-    generator_lr: float = option(0.01, "generator Adam learning rate", valid=POSITIVE)
+    generator_lr: float = option(0.01, "generator Adam learning rate", valid=LEARNING_RATE)
     lr_decay: float = option(0.998, "the server step's learning rates multiplied by this every round",
                              valid=FRACTION)
     lambda_div: float = option(1.0, "weight of the diversity term (divided by the number of local models)",

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import COUNT, POSITIVE, WEIGHT, check_fields, option
+from ..config import COUNT, TEMPERATURE, WEIGHT, check_fields, option
 from ..data.batches import batches
 from ..data.datasets import ImageTensors
 from ..evaluate import accuracy, ensemble_probs, predict_logits
@@ -32,7 +32,7 @@ from .registry import register_algorithm
 
 @dataclass(frozen=True)
 class DistillParams:
-    temperature: float = option(3.0, "KD temperature of personal model -> global copy", valid=POSITIVE)
+    temperature: float = option(3.0, "KD temperature of personal model -> global copy", valid=TEMPERATURE)
     weight: float = option(1.0, "weight of the KD term beside CE", valid=WEIGHT)
     personal_model: str = option("", "the personal model's architecture (empty = the run's model)")
 
@@ -92,7 +92,7 @@ class FedDistill(FedAvg):
 
 @dataclass(frozen=True)
 class QueryParams:
-    temperature: float = option(3.0, "KD temperature of the server's distillation", valid=POSITIVE)
+    temperature: float = option(3.0, "KD temperature of the server's distillation", valid=TEMPERATURE)
     validation_size: int = option(5000, "training samples held out for the server (not given to any node)",
                                   valid=COUNT)
     server_epochs: int = option(2, "server distillation epochs over the validation set", valid=COUNT)

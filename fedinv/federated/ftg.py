@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import MOMENTUM, POSITIVE, SIZE, WEIGHT, check_fields, option
+from ..config import LEARNING_RATE, MOMENTUM, SIZE, TEMPERATURE, WEIGHT, check_fields, option
 from ..evaluate import class_level_logits, class_shares
 from ..models import place
 from ..models.generators import ImageGenerator, to_model_input
@@ -53,8 +53,8 @@ class FedDFParams:
     model_steps: int = option(5, "global-model updates per iteration", valid=SIZE)
     model_lr: float = option(0.01, "global-model SGD learning rate of the fine-tuning (the reference code's 0.1 "
                              "on a loss averaged over the classes as well as the batch is 0.1 / K on ours: "
-                             "0.01 for 10 classes); decayed by [generator] lr_decay every round", valid=POSITIVE)
-    temperature: float = option(1.0, "KD temperature of the fine-tuning", valid=POSITIVE)
+                             "0.01 for 10 classes); decayed by [generator] lr_decay every round", valid=LEARNING_RATE)
+    temperature: float = option(1.0, "KD temperature of the fine-tuning", valid=TEMPERATURE)
     per_model_steps: bool = option(False, "each generator update is one Adam step per local model on its part of "
                                           "the loss (its CE and hard-sample mining weighted by its share of each "
                                           "sample's label), as the reference code does, instead of one step on the "

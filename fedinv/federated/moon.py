@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import POSITIVE, WEIGHT, check_fields, option
+from ..config import TEMPERATURE, WEIGHT, check_fields, option
 from .fedavg import FedAvg
 from .local import LocalContext, LocalResult, cpu_state, features_and_logits, load_global, local_sgd
 from .registry import register_algorithm
@@ -29,7 +29,7 @@ def contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tens
 @dataclass(frozen=True)
 class MoonParams:
     mu: float = option(1.0, "weight of the model-contrastive term (the paper tunes it in 0.1, 1, 5)", valid=WEIGHT)
-    temperature: float = option(0.5, "temperature of the contrastive term", valid=POSITIVE)
+    temperature: float = option(0.5, "temperature of the contrastive term", valid=TEMPERATURE)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
-from ..config import (COUNT, MOMENTUM, POSITIVE, SEED, WEIGHT, check_fields, device_option, option, precision_option,
-                      to_dict)
+from ..config import (COUNT, LEARNING_RATE, MOMENTUM, SEED, WEIGHT, check_fields, device_option, option,
+                      precision_option, to_dict)
 from ..data.batches import batches
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition
@@ -45,7 +45,7 @@ class TeacherConfig:
     model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
     epochs: int = option(15, "training epochs over the node's split", valid=COUNT)
     batch_size: int = option(64, "minibatch size", valid=COUNT)
-    lr: float = option(0.05, "SGD learning rate", valid=POSITIVE)
+    lr: float = option(0.05, "SGD learning rate", valid=LEARNING_RATE)
     momentum: float = option(0.9, "SGD momentum", valid=MOMENTUM)
     weight_decay: float = option(5e-4, "SGD weight decay", valid=WEIGHT)
     schedule: str = option("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import (COUNT, MOMENTUM, POSITIVE, SEED, SIZE, WEIGHT, Range, check_fields, device_option, option,
-                       precision_option)
+from ...config import (COUNT, LEARNING_RATE, MOMENTUM, SEED, SIZE, TEMPERATURE, WEIGHT, Range, check_fields,
+                       device_option, option, precision_option)
 from ...errors import ConfigError
 from ...train import SCHEDULES
 
@@ -20,13 +20,13 @@ class StudentConfig:
     steps_per_epoch: int = option(0, "steps per epoch, drawn from a fresh shuffle of the whole pool (0 = one pass "
                                      "over it): with a growing pool (adaptive mode), an epoch's cost stays fixed",
                                   valid=SIZE)
-    lr: float = option(0.1, "SGD learning rate", valid=POSITIVE)
+    lr: float = option(0.1, "SGD learning rate", valid=LEARNING_RATE)
     momentum: float = option(0.9, "SGD momentum", valid=MOMENTUM)
     weight_decay: float = option(5e-4, "SGD weight decay", valid=WEIGHT)
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
     kd_weight: float = option(1.0, "weight of the KD loss against the teacher ensemble", valid=WEIGHT)
     ce_weight: float = option(0.0, "weight of the CE loss on the stored target labels", valid=WEIGHT)
-    temperature: float = option(4.0, "KD temperature (kd_form soft)", valid=POSITIVE)
+    temperature: float = option(4.0, "KD temperature (kd_form soft)", valid=TEMPERATURE)
     kd_form: str = option("soft", "KD targets' form: soft (Hinton KD against the ensemble's probabilities at "
                           "temperature), hard (cross-entropy on the ensemble's label of each image), confidence "
                           "(per image, p x hard + (1 - p) x soft, p the ensemble's top probability)",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...config import COUNT, MOMENTUM, POSITIVE, WEIGHT, option
+from ...config import COUNT, LEARNING_RATE, MOMENTUM, WEIGHT, option
 from ...errors import ConfigError
 from ...models import place
 from ...models.generators import ImageGenerator
@@ -38,7 +38,7 @@ class CoBoostParams(GeneratorParams):
     generator and the codes, hs = 1)."""
 
     steps: int = option(30, "generator steps per batch", valid=COUNT)
-    lr_g: float = option(1e-3, "Adam learning rate of the generator within a batch", valid=POSITIVE)
+    lr_g: float = option(1e-3, "Adam learning rate of the generator within a batch", valid=LEARNING_RATE)
     lr_z: float = option(1e-3, "Adam learning rate of the batch's latent codes (0 = codes fixed)", valid=WEIGHT)
     bn_momentum: float = option(0.0, "BN statistics compared as (1 - m) x this batch's + m x a running average "
                                      "over past batches (Fast-Datafree); 0 = each batch alone", valid=MOMENTUM)

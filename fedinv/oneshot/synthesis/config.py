@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import (COUNT, POSITIVE, SEED, SIZE, WEIGHT, Range, check_fields, device_option, from_fields, option,
+from ...config import (COUNT, SEED, SIZE, TEMPERATURE, WEIGHT, Range, check_fields, device_option, from_fields, option,
                        option_table, precision_option)
 from ...errors import ConfigError
 from .registry import METHODS, method_class
@@ -54,7 +54,7 @@ class SynthesisConfig:
     a_l2: float = option(0.0, "weight of the image l2 prior", valid=WEIGHT)
     a_comp: float = option(10.0, "weight of the Jensen-Shannon competition term (adaptive mode, with a student)",
                            valid=WEIGHT)
-    comp_temperature: float = option(3.0, "temperature of the competition term", valid=POSITIVE)
+    comp_temperature: float = option(3.0, "temperature of the competition term", valid=TEMPERATURE)
     jitter: int = option(2, "random roll of the images by up to this many pixels per step", valid=Range(0, 64))
     flip: bool = option(True, "random horizontal flip per step (off for datasets where flips change labels)")
     precision: str = precision_option()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...config import COUNT, POSITIVE, check_fields, option
+from ...config import COUNT, LEARNING_RATE, check_fields, option
 from ...data.datasets import DatasetInfo
 from ...train import Stepper, lr_at
 from .ensemble import TeacherEnsemble
@@ -31,7 +31,7 @@ class DeepInversionParams:
     code and the report: lr 0.1 with a cosine schedule)."""
 
     iterations: int = option(1000, "gradient steps on the pixels per batch", valid=COUNT)
-    lr: float = option(0.1, "Adam learning rate of the pixels (cosine decay to 0)", valid=POSITIVE)
+    lr: float = option(0.1, "Adam learning rate of the pixels (cosine decay to 0)", valid=LEARNING_RATE)
 
     def __post_init__(self) -> None:
         check_fields(self)

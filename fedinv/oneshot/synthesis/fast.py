@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import COUNT, POSITIVE, option
+from ...config import COUNT, LEARNING_RATE, option
 from .generator import GeneratorParams, GeneratorSynthesizer
 from .registry import register_method
 
@@ -19,10 +19,10 @@ class FastParams(GeneratorParams):
     lr_g unless set, BN momentum 0.9)."""
 
     steps: int = option(5, "generator steps per batch", valid=COUNT)
-    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch", valid=POSITIVE)
+    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch", valid=LEARNING_RATE)
     meta_lr: float | None = option(None, "Adam learning rate of the Reptile step that moves the generator's start "
                                           "towards each refined generator; not set: steps x lr_g, as Fast-Datafree",
-                                   valid=POSITIVE)
+                                   valid=LEARNING_RATE)
 
     @property
     def reptile_lr(self) -> float:

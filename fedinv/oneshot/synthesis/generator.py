@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from ...config import COUNT, MOMENTUM, POSITIVE, WEIGHT, Range, check_fields, option
+from ...config import COUNT, LEARNING_RATE, MOMENTUM, WEIGHT, Range, check_fields, option
 from ...errors import ConfigError
 from ...models import place
 from ...models.generators import ImageGenerator, to_model_input
@@ -43,7 +43,7 @@ class GeneratorParams:
     own steps and lr_g)."""
 
     steps: int = option(5, "generator steps per batch", valid=COUNT)
-    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch", valid=POSITIVE)
+    lr_g: float = option(3e-3, "Adam learning rate of the generator within a batch", valid=LEARNING_RATE)
     lr_z: float = option(0.01, "Adam learning rate of the batch's latent codes (0 = codes fixed)", valid=WEIGHT)
     bn_momentum: float = option(0.9, "BN statistics compared as (1 - m) x this batch's + m x a running average "
                                      "over past batches (Fast-Datafree); 0 = each batch alone", valid=MOMENTUM)
