@@ -84,6 +84,14 @@ def has_work(run: Path, section: str) -> bool:
     return any(any(run.glob(pattern)) for pattern in STAGE_OUTPUTS[section])
 
 
+def spent_seconds(summary: Path) -> dict[str, float]:
+    """The stage seconds an earlier invocation's summary recorded ({} before any): a rerun of a
+    finished run adds its checks (milliseconds) instead of replacing what the run cost."""
+    if not summary.is_file():
+        return {}
+    return {k: float(v) for k, v in json.loads(summary.read_text()).get("stage_seconds", {}).items()}
+
+
 def partition_stage(cfg: RunConfig, manifest: Path, train: ImageTensors) -> Partition:
     """The run's partition: read back when `manifest` holds it, else made and written."""
     if manifest.is_file():
@@ -130,12 +138,12 @@ def _run_stages(cfg: RunConfig, run: Path, progress: bool) -> dict[str, Any]:
         build_model_for(cfg.student.model, train.info)
     require_batchnorm([teacher], cfg.synthesis, [f"teachers.model {cfg.teachers.model!r}"])
     save_json(cfg.to_dict(), saved)
-    seconds: dict[str, float] = {}
+    seconds = spent_seconds(run / "summary.json")
     clock = time.perf_counter()
 
-    def lap(stage: str) -> None:  # wall time of each stage in this invocation
+    def lap(stage: str) -> None:  # wall time of each stage, summed over the invocations that ran it
         nonlocal clock
-        seconds[stage] = time.perf_counter() - clock
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - clock
         clock = time.perf_counter()
 
     part = partition_stage(cfg, run / "partition.json", train)

@@ -47,7 +47,7 @@ def test_a_run_that_fails_before_any_work_leaves_no_folder_a_corrected_rerun_wou
     learning rate was then refused as "another config"."""
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, ["-q", "run", str(TINY_TOML), "--out", str(out), "--no-progress",
-                                   "--set", "teachers.lr=1e20"])
+                                   "--set", "teachers.weight_decay=1e20"])
     assert res.exit_code == 2 and "the loss is nan" in res.output, res.output
     assert not out.exists()
     res = CliRunner().invoke(cli, ["-q", "run", str(TINY_TOML), "--out", str(out), "--no-progress",
@@ -72,10 +72,10 @@ def test_a_command_own_numeric_options_are_checked_too(tmp_path, args, message):
 
 def test_a_stage_that_failed_before_any_work_takes_corrected_settings_in_the_same_run_folder(tmp_path):
     """A student that diverges in its first epoch leaves the teachers and the store (work worth keeping)
-    and no student: the rerun with a sane learning rate continues the folder instead of refusing it."""
+    and no student: the rerun with sane settings continues the folder instead of refusing it."""
     out = tmp_path / "run"
     base = ["-q", "run", str(TINY_TOML), "--out", str(out), "--no-progress"]
-    res = CliRunner().invoke(cli, [*base, "--set", "student.lr=1e20"])
+    res = CliRunner().invoke(cli, [*base, "--set", "student.weight_decay=1e20"])
     assert res.exit_code == 2 and "student epoch 1: the loss is nan" in res.output, res.output
     assert (out / "synthetic.h5").exists() and not (out / "student" / "student.pt").exists()
     res = CliRunner().invoke(cli, base)

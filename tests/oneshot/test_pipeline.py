@@ -70,6 +70,9 @@ def test_run_on_synthetic_tiny_end_to_end(tmp_path):
     again = run_pipeline(RunConfig.from_toml(TINY_TOML), run, progress=False)
     assert (run / "student" / "student.pt").stat().st_mtime_ns == stamp
     assert again["student_accuracy"] == summary["student_accuracy"]
+    # ... and keeps what the run cost: its stage seconds grow by the rerun's checks, never shrink
+    assert all(again["stage_seconds"][k] >= v for k, v in summary["stage_seconds"].items())
+    assert again["stage_seconds"]["train_teachers"] < summary["stage_seconds"]["train_teachers"] + 1.0
 
 
 def test_run_refuses_another_config_in_the_same_folder(tmp_path):

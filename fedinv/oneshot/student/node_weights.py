@@ -1,8 +1,9 @@
 """Per-node ensemble weights learned on the synthetic pool (Co-Boosting's ensemble boosting; read in
 rong-dai/Co-Boosting, `datafree/synthesis/coboost.py`): after each epoch's new batches, signed-gradient
 steps on the cross-entropy of the weighted ensemble against the pool's target labels, the step
-decaying by `decay` per epoch, each weight kept in [0, 1] (it starts at 1). A node whose teacher
-disagrees with what the synthesis made of its classes loses weight in every later KD target."""
+decaying x0.99 per epoch (DECAY, the reference's wdc), each weight kept in [0, 1] (it starts at 1). A
+node whose teacher disagrees with what the synthesis made of its classes loses weight in every later
+KD target."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ...runtime import Stream, rng
 from ...store import read_rows
 from ..synthesis.ensemble import TeacherEnsemble
 
-DECAY = 0.99  # the reference's wdc
+DECAY = 0.99
 
 
 def signed_steps(logits: list[torch.Tensor], labels: list[torch.Tensor], class_weights: torch.Tensor,
