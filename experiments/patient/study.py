@@ -119,7 +119,7 @@ def figures(runs: Path, seeds: list[int], folder: Path) -> list[Path]:
     """accuracy-vs-cpu.png: each variant's test accuracy against the CPU minutes spent (from the records)."""
     from bench.study import Study
 
-    curves = {f"{variant} (α {alpha}, seed {r['seed']})": [(m, a) for _, m, a in r["curve"]]
+    curves = {f"{variant} (alpha {alpha}, seed {r['seed']})": [(m, a) for _, m, a in r["curve"]]
               for (alpha, variant), rs in groups(Study.find("patient").records()).items()
               for r in rs if r["seed"] in seeds}
     folder.mkdir(parents=True, exist_ok=True)
