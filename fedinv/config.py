@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -166,6 +167,38 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return cfg.to_dict()
     return {field_key(cfg, f): to_dict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
             for f in dataclasses.fields(cfg) for v in [getattr(cfg, f.name)]}
+
+
+def to_toml(tables: dict[str, Any]) -> str:
+    """A config's `to_dict` form as TOML that its `from_toml` reads back to the same config: one table
+    per top-level key, a nested dict as a subtable ([synthesis.fast]), a value that is not set (None)
+    as a comment."""
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        lines.extend(["", f"[{name}]"] if lines else [f"[{name}]"])
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = (not set)")
+            elif not isinstance(value, dict):
+                lines.append(f"{key} = {_toml_value(value)}")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(f"{name}.{key}", value)
+
+    for name, values in tables.items():
+        table(name, values)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(value) if isinstance(value, str) else str(value)
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:

@@ -6,11 +6,15 @@ from pathlib import Path
 
 import click
 
+from ..config import to_toml
 from ..federated.config import FederatedRunConfig
 from ..federated.report import compare, load_run
 from ..federated.rounds import federate
 from ..runtime import save_json, save_png, to_json
 from .engines import engine_option, flower_module
+from .parsing import print_config_option, seed_option, with_seed
+
+SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
 
 
 @click.command("federate")
@@ -22,9 +26,11 @@ from .engines import engine_option, flower_module
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
               help="override one field of the TOML, e.g. --set federate.rounds=100 (repeatable; the value in "
                    "TOML syntax; the run folder records the effective config)")
+@seed_option(SEEDED)
+@print_config_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
 def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, overrides: tuple[str, ...],
-                 progress: bool) -> None:
+                 seed: int | None, print_config: bool, progress: bool) -> None:
     """Multi-round federated training from a TOML CONFIG.
 
     CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
@@ -41,7 +47,10 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
     its last finished round (in-process engine; a finished run rerun with a larger `rounds` is
     extended); a run of another config there is refused.
     """
-    cfg = FederatedRunConfig.from_toml(config, overrides)
+    cfg = FederatedRunConfig.from_toml(config, with_seed(overrides, seed, SEEDED))
+    if print_config:
+        click.echo(to_toml(cfg.to_dict()), nl=False)
+        return
     out = out or Path("runs") / config.stem
     if engine == "flower":
         report = flower_module("simulation").federate_flower(cfg, out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import click
 
 from ..config import Range
@@ -44,3 +46,22 @@ def check_option(flag: str, value: float, valid: Range) -> None:
     """A command's own numeric option (one no config declares) in its range, as a one-line error."""
     if value not in valid:
         raise ConfigError(f"{flag} must be {valid}, got {value}")
+
+
+def seed_option(tables: tuple[str, ...]) -> Callable:
+    """`--seed N`: the seed of every table in `tables` at once (the same as one `--set TABLE.seed=N` each;
+    a `--set` given beside it wins)."""
+    return click.option("--seed", type=int, default=None,
+                        help=f"set the seed of every stage ({', '.join(t + '.seed' for t in tables)}) at once; "
+                             f"a --set of one of them wins")
+
+
+def with_seed(overrides: tuple[str, ...], seed: int | None, tables: tuple[str, ...]) -> tuple[str, ...]:
+    """The --set overrides with `--seed` put in first (so that an explicit --set wins)."""
+    return tuple(f"{t}.seed={seed}" for t in tables) + overrides if seed is not None else overrides
+
+
+print_config_option = click.option(
+    "--print-config", is_flag=True,
+    help="print the effective config (the TOML with --seed and --set applied, every default filled in) as TOML "
+         "and exit without running")

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import click
 
+from ..config import to_toml
 from ..oneshot.pipeline import RunConfig, run_pipeline
 from ..runtime import to_json
+from .parsing import print_config_option, seed_option, with_seed
+
+SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose seed --seed sets
 
 
 @click.command("run")
@@ -17,8 +21,11 @@ from ..runtime import to_json
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
               help="override one field of the TOML, e.g. --set synthesis.deepinversion.iterations=200 "
                    "(repeatable; the value in TOML syntax; the run folder records the effective config)")
+@seed_option(SEEDED)
+@print_config_option
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
-def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], progress: bool) -> None:
+def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], seed: int | None, print_config: bool,
+            progress: bool) -> None:
     """Run the one-shot pipeline from a TOML CONFIG in one run folder:
     partition -> train-teachers -> synthesize -> train-student -> evaluate -> view.
 
@@ -28,7 +35,10 @@ def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], progress
     stage is skipped and an interrupted one continues, so rerunning a killed run finishes it.
     Examples: assets/configs/.
     """
-    cfg = RunConfig.from_toml(config, overrides)
+    cfg = RunConfig.from_toml(config, with_seed(overrides, seed, SEEDED))
+    if print_config:
+        click.echo(to_toml(cfg.to_dict()), nl=False)
+        return
     summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress)
     click.echo(to_json({k: v for k, v in summary.items() if k != "student_history"}, indent=2))
 

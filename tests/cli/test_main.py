@@ -82,3 +82,24 @@ def test_a_stage_that_failed_before_any_work_takes_corrected_settings_in_the_sam
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, [*base, "--set", "student.lr=0.05"])  # a finished student: other settings refused
     assert res.exit_code == 2 and "student.lr" in res.output, res.output
+
+
+@pytest.mark.parametrize("command,config,tables", [
+    ("run", TINY_TOML, ("partition", "teachers", "synthesis", "student")),
+    ("federate", TINY_TOML.parent / "fmnist-rounds.toml", ("partition", "federate"))])
+def test_print_config_gives_toml_that_reads_back_to_the_effective_config_and_seed_sets_every_stage(
+        tmp_path, command, config, tables):
+    import tomllib
+
+    from fedinv.federated.config import FederatedRunConfig
+    res = CliRunner().invoke(cli, [command, str(config), "--seed", "3", "--set", f"{tables[-1]}.seed=7",
+                                   "--print-config", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    printed = tomllib.loads(res.output)
+    assert [printed[t]["seed"] for t in tables] == [3] * (len(tables) - 1) + [7]  # an explicit --set wins
+    overrides = [f"{t}.seed=3" for t in tables[:-1]] + [f"{tables[-1]}.seed=7"]
+    if command == "run":
+        assert RunConfig.from_tables(printed) == RunConfig.from_toml(config, overrides)
+    else:
+        assert FederatedRunConfig.from_dict(printed) == FederatedRunConfig.from_toml(config, overrides)
+    assert not (tmp_path / "out").exists(), "printing runs nothing"
