@@ -13,7 +13,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import torch
 
@@ -21,6 +21,43 @@ from .errors import CheckpointError, ConfigError, RunStateError, unknown
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class MetricsLog:
+    """A stage's metrics.jsonl: one JSON line per epoch, round or batch as it finishes, flushed at
+    each line, so that `tail -f` follows a run and a killed run keeps what it did. `start(keep)`
+    rewrites the file with the lines a resumed run keeps (those of work it will not redo), so a
+    resume neither duplicates nor loses a line."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # the line a kill cut short
+                continue
+        return out
+
+    def start(self, keep: Callable[[dict[str, Any]], bool] = lambda line: False) -> "MetricsLog":
+        """Keep the lines `keep` says; the file appears with the first line (a run that fails before
+        finishing anything leaves none)."""
+        kept = [line for line in self.lines() if keep(line)]
+        if not kept:
+            self.path.unlink(missing_ok=True)
+            return self
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(to_json(line) + "\n" for line in kept))
+        return self
+
+    def append(self, line: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(to_json(line) + "\n")
+            f.flush()
 
 
 def progress_bar(iterable: Any = None, *, show: bool = True, **kwargs: Any) -> Any:

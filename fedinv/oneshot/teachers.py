@@ -27,8 +27,8 @@ from ..data.partition import Partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, per_class_accuracy, predict_logits, teacher_report
 from ..models import place, seeded_model
-from ..runtime import (Stream, folder_lock, progress_bar, ran_on, resolve_device, resolve_precision, rng, save_json,
-                       save_png)
+from ..runtime import (MetricsLog, Stream, folder_lock, progress_bar, ran_on, resolve_device, resolve_precision, rng,
+                       save_json, save_png)
 from ..train import SCHEDULES, Stepper, lr_at, train_epoch
 from ..train.objectives import classification_objective
 from ..train.resume import changes, load_progress, save_progress
@@ -85,6 +85,8 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
     if saved is not None:
         start_epoch, history, seconds = saved["epoch"], saved["history"], saved["seconds"]
         log.info("node %d: resuming after epoch %d of %d", node, start_epoch, cfg.epochs)
+    metrics_log = MetricsLog(final.parent / "metrics.jsonl").start(
+        keep=lambda line: line.get("node") != node or line.get("epoch", 0) <= start_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -100,6 +102,9 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
                               what=f"node {node} epoch {epoch + 1}")
         seconds += time.perf_counter() - t0
         history.append({"loss": metrics["loss"], "accuracy": metrics["accuracy"]})
+        metrics_log.append({"node": node, "epoch": epoch + 1, "loss": metrics["loss"],
+                            "train_accuracy": metrics["accuracy"], "lr": stepper.optimizer.param_groups[0]["lr"],
+                            "seconds": time.perf_counter() - t0})
         log.info("node %d epoch %d/%d: loss %.4f, train accuracy %.4f", node, epoch + 1, cfg.epochs,
                  metrics["loss"], metrics["accuracy"])
         save_progress(partial, epoch=epoch + 1, model=model, stepper=stepper, config=cfg, history=history,

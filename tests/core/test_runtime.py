@@ -119,3 +119,17 @@ def test_progress_bars_show_on_a_terminal_only(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Terminal())
     assert not progress_bar(range(3), show=True).disable
     assert progress_bar(range(3), show=False).disable  # --no-progress
+
+
+def test_a_metrics_log_keeps_what_a_resumed_run_keeps_and_appears_with_its_first_line(tmp_path):
+    from fedinv.runtime import MetricsLog
+    log = MetricsLog(tmp_path / "metrics.jsonl").start()
+    assert not log.path.exists()
+    for epoch in (1, 2, 3):
+        log.append({"epoch": epoch, "loss": float("nan") if epoch == 3 else 1.0 / epoch})
+    assert [line["epoch"] for line in log.lines()] == [1, 2, 3] and log.lines()[2]["loss"] is None
+    with open(log.path, "a") as f:
+        f.write('{"epoch": 4, "lo')  # a kill cut the last line short
+    log = MetricsLog(log.path).start(keep=lambda line: line["epoch"] <= 2)  # resumed after epoch 2
+    log.append({"epoch": 3, "loss": 0.3})
+    assert [line["epoch"] for line in log.lines()] == [1, 2, 3]

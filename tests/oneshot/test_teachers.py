@@ -106,3 +106,6 @@ def test_killed_train_teachers_resumes_to_the_same_model(tmp_path):
     for k in a.state_dict:
         assert torch.equal(a.state_dict[k], b.state_dict[k]), k
     assert len(a.metrics["train_history"]) == 12
+    lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["node"], x["epoch"]) for x in lines] == [(0, e) for e in range(1, 13)], "none lost or doubled"
+    assert [x["loss"] for x in lines] == [h["loss"] for h in a.metrics["train_history"]]

@@ -24,7 +24,7 @@ from ...distributed import World, process_group, rank_device, world_from_env
 from ...errors import ConfigError
 from ...evaluate import accuracy, predict_logits
 from ...models import place, seeded_model
-from ...runtime import Stream, folder_lock, progress_bar, resolve_device, resolve_precision, rng
+from ...runtime import MetricsLog, Stream, folder_lock, progress_bar, resolve_device, resolve_precision, rng
 from ...store import meta_info, read_meta
 from ...train import Stepper, lr_at_epoch, train_epoch
 from ...train.resume import load_progress, save_progress
@@ -153,6 +153,9 @@ class StudentRun:
                 save_progress(partial, epoch=epoch, model=self.student, stepper=self.stepper, config=cfg,
                               history=history, pool=pool, **weights)
 
+        metrics_log = MetricsLog(out_dir / "metrics.jsonl") if self.world.rank == 0 else None
+        if metrics_log is not None:
+            metrics_log.start(keep=lambda line: line.get("epoch", 0) <= start)
         if cfg.adaptive_batches and start == 0:
             save(0)  # records the pool size, so a resumed run knows which rounds were appended
         for epoch in range(start, cfg.epochs):
@@ -185,6 +188,8 @@ class StudentRun:
             if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
                 record["test_accuracy"] = accuracy(predict_logits(self.student, test, self.device), test.labels)
             history.append(record)
+            if metrics_log is not None:
+                metrics_log.append({**record, "lr": self.stepper.optimizer.param_groups[0]["lr"]})
             log.info("student epoch %d/%d: %s", epoch + 1, cfg.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                if k != "epoch" and isinstance(v, (int, float))))

@@ -18,7 +18,7 @@ from torch import nn
 from ...distributed import World, process_group, rank_device, shard_path, world_from_env
 from ...errors import ConfigError, RunStateError
 from ...models import place
-from ...runtime import progress_bar, ran_on, resolve_device, resolve_precision
+from ...runtime import MetricsLog, progress_bar, ran_on, resolve_device, resolve_precision
 from ...store import StoreWriter, merge_shards, read_meta, store_meta
 from ...train.resume import changes, comparable
 from ..teacher_files import Teachers, as_teachers
@@ -127,6 +127,8 @@ def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, 
     if start:
         log.info("resuming %s after %d of %d batches", store.path, start, len(mine))
     bar = progress_bar(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch", show=progress)
+    done = set(mine[:start])
+    metrics_log = MetricsLog(metrics_path(store.path)).start(keep=lambda line: line.get("batch") in done)
 
     def show(step: int, losses: dict[str, float]) -> None:
         bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
@@ -138,6 +140,7 @@ def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, 
         stats["images"] += size
         stats["seconds"] += time.perf_counter() - t0
         stats["last_losses"] = inv.losses
+        metrics_log.append({"batch": b, "images": size, **inv.losses, "seconds": time.perf_counter() - t0})
         bar.update(1)
         bar.set_postfix(img_per_s=f"{stats['images'] / stats['seconds']:.2f}",
                         **{k: f"{v:.3g}" for k, v in inv.losses.items()})
@@ -146,8 +149,13 @@ def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, 
     stats["n_valid"] = store.n_valid
 
 
+def metrics_path(store: Path) -> Path:
+    """OUT.metrics.jsonl beside the store OUT: a line per synthesized batch."""
+    return store.with_name(store.name + ".metrics.jsonl")
+
+
 def discard_if_empty(store: Path) -> None:
-    """Remove a store (and its generator state) that holds no rows yet."""
+    """Remove a store (and its generator state and metrics) that holds no rows yet."""
     try:
         empty = read_meta(store)["n_valid"] == 0
     except (ConfigError, RunStateError):
@@ -155,6 +163,7 @@ def discard_if_empty(store: Path) -> None:
     if empty:
         store.unlink(missing_ok=True)
         state_path(store).unlink(missing_ok=True)
+        metrics_path(store).unlink(missing_ok=True)
 
 
 def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *,
@@ -183,9 +192,15 @@ def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg
         dist.barrier()
         if world.rank == 0 and not out.exists():
             shards = [shard_path(out, world, r) for r in range(world.size)]
+            lines = sorted((line for s in shards for line in MetricsLog(metrics_path(s)).lines()),
+                           key=lambda line: line["batch"])
             merge_shards(shards, out, cfg.batch_size)
+            merged = MetricsLog(metrics_path(out)).start()
+            for line in lines:
+                merged.append(line)
             for s in shards:
                 s.unlink()
+                metrics_path(s).unlink(missing_ok=True)
         dist.barrier()
         job = job_stats(stats)
     n_valid = read_meta(out)["n_valid"] if world.rank == 0 else None

@@ -63,6 +63,9 @@ def test_student_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
     a = torch.load(tmp_path / "a" / "student.pt", weights_only=True)["state_dict"]
     c = torch.load(tmp_path / "c" / "student.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], c[k]) for k in a), "resumed = uninterrupted"
+    lines = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in "ac"}
+    assert [(x["epoch"], x["loss"], x["lr"]) for x in lines["c"]] == [(x["epoch"], x["loss"], x["lr"]) for x in lines["a"]]
+    assert len(lines["a"]) == 3, "a line per epoch, none lost or doubled by the resume"
 
 
 def test_student_needs_something_to_learn_from(tmp_path):

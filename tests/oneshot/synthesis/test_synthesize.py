@@ -158,6 +158,9 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
         assert torch.equal(a, b)
     again = synthesize(tmp_path / "t", tmp_path / "killed.h5", small_cfg(), resume=True, progress=False)
     assert again["batches"] == 0 and again["n_valid"] == 50, "a complete store (short last batch) is left as is"
+    lines = [json.loads(x) for x in (tmp_path / "killed.h5.metrics.jsonl").read_text().splitlines()]
+    assert [x["batch"] for x in lines] == [0, 1, 2, 3, 4], "a line per batch, none lost or doubled by the resume"
+    assert {"loss", "ce", "bn", "images", "seconds"} <= set(lines[0])
 
 
 def test_bad_teacher_directories_are_clear_errors(tmp_path):
