@@ -73,8 +73,9 @@ class RunConfig:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}
 
 
-STAGE_OUTPUTS = {"data": ("partition.json",), "partition": ("partition.json",), "teachers": ("teachers/node-*.pt",),
-                 "synthesis": ("synthetic.h5",), "student": ("student/student.pt", "student/partial.pt")}
+STAGE_OUTPUTS = {"data": ("partition.json",), "partition": ("partition.json",),
+                 "teachers": ("teachers/node-*.pt", "teachers/partial/node-*.pt"), "synthesis": ("synthetic.h5",),
+                 "student": ("student/student.pt", "student/partial.pt")}
 
 
 def has_work(run: Path, section: str) -> bool:
