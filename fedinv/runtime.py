@@ -55,6 +55,7 @@ class MetricsLog:
         return self
 
     def append(self, line: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(to_json(line) + "\n")
             f.flush()
