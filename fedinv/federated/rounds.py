@@ -27,8 +27,8 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
-from ..runtime import (RUN_RECORDS, RoundStream, atomic_path, folder_lock, progress_bar, ran_on, read_torch,
-                       remove_stale_temporaries, resolve_device, resolve_precision, rng, save_json, save_torch, to_json)
+from ..runtime import (RUN_RECORDS, MetricsLog, RoundStream, folder_lock, progress_bar, ran_on, read_torch,
+                       remove_stale_temporaries, resolve_device, resolve_precision, rng, save_json, save_torch)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
@@ -301,6 +301,7 @@ def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path,
         save_partition(data.partition, data.pool.labels.numpy(), out / "partition.json", train.info.class_names)
         save_json(cfg.to_dict(), out / "config.json")
     nodes = engine(fed, data, node_states)
+    metrics_log = MetricsLog(out / "metrics.jsonl").start(keep=lambda line: line.get("round", 0) <= start)
     end = fc.rounds if stop_after is None else min(fc.rounds, stop_after)
     bar = progress_bar(range(start, end), initial=start, total=fc.rounds, desc=method_name(fc), unit="round",
                        show=progress)
@@ -308,6 +309,7 @@ def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path,
         done = run_round(fed, rnd, data.partition.num_nodes, global_state, server_state, nodes, test)
         global_state, server_state = done.global_state, done.server_state
         history.append(done.row)
+        metrics_log.append(done.row)  # before the checkpoint: a round it lacks is redone and its line replaced
         if "test_accuracy" in done.row:
             bar.set_postfix(acc=f"{done.row['test_accuracy']:.4f}")
         log.info("round %d/%d: %s", rnd + 1, fc.rounds, done.row)
@@ -318,7 +320,6 @@ def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path,
                     "config": cfg.to_dict(), "seed": fc.seed, "partition_sha256": phash,
                     "global": global_state, "server": server_state,
                     "nodes": {str(k): v for k, v in nodes.states().items()}, "history": history}, out / "checkpoint.pt")
-        write_metrics(history, out)
     return finish(cfg, fed, global_state, history, test, out, phash, engine_name)
 
 
@@ -355,12 +356,6 @@ def save_samples(cfg: FederatedRunConfig, info: DatasetInfo, rows: tuple[torch.T
     meta = store_meta(info, seed=cfg.federate.seed, config=comparable(cfg), teachers={})
     with StoreWriter(path, meta, resume=path.exists(), chunk_rows=len(labels)) as store:
         store.append(images, labels, soft, torch.tensor([[rnd + 1, -1]] * len(labels), dtype=torch.int32))
-
-
-def write_metrics(history: list[dict[str, Any]], out: Path) -> None:
-    """metrics.jsonl: one line per finished round (rewritten whole, so a resume never duplicates)."""
-    with atomic_path(out / "metrics.jsonl") as tmp:
-        tmp.write_text("".join(to_json(r) + "\n" for r in history))
 
 
 def finish(cfg: FederatedRunConfig, fed: Federation, global_state: State, history: list[dict[str, Any]],

@@ -8,7 +8,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ...evaluate import ensemble_probs
 from ...train.objectives import confidence_kd_loss, hard_kd_loss, kd_loss
 from ..synthesis.ensemble import TeacherEnsemble
 from .config import StudentConfig
@@ -40,7 +39,7 @@ def ods_perturb(teachers: TeacherEnsemble, x: torch.Tensor, eta: float, std: Seq
     w = (torch.rand(len(x), teachers.num_classes, generator=gen) * 2 - 1).to(x.device)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        probs = ensemble_probs([m(x) for m in teachers.models], teachers.mix_weights)
+        probs = teachers.ensemble_probs(x, grad=True)
         (grad,) = torch.autograd.grad((w * probs).sum(), x)
     step = eta / torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x + step * grad.sign()).detach()

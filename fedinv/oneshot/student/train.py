@@ -94,7 +94,6 @@ class StudentRun:
     stepper: Stepper
     local_batches: Iterator[tuple] | None
     adaptive: AdaptiveRounds | None
-    ods_gen: torch.Generator | None = None  # this epoch's ODS directions (seed, epoch)
 
     @classmethod
     def open(cls, store: Path, cfg: StudentConfig, teachers_dir: str | Path | Teachers | None,
@@ -159,8 +158,7 @@ class StudentRun:
         if cfg.adaptive_batches and start == 0:
             save(0)  # records the pool size, so a resumed run knows which rounds were appended
         for epoch in range(start, cfg.epochs):
-            self.ods_gen = rng(cfg.seed, Stream.STUDENT_ODS, epoch)
-            t0, cpu0 = time.perf_counter(), time.process_time()
+            t0, cpu0 = time.perf_counter(), time.process_time()  # CPU time: new batches and node weights included
             fresh = {}
             if self.adaptive is not None and self.adaptive.due(epoch):
                 fresh = self.adaptive.run(epoch, pool, self.student, progress)
@@ -168,14 +166,12 @@ class StudentRun:
             if cfg.ensemble_lr:
                 fresh["node_weights"] = learn_node_weights(self.teachers, self.store, n, self.info, cfg.ensemble_lr,
                                                            cfg.ensemble_batches, cfg.batch_size, epoch, cfg.seed)
-            fresh_cpu = time.process_time() - cpu0  # new batches and node weights, counted in the epoch's CPU time
             steps = epoch_steps(n, cfg)
             batches = epoch_batches(self.store, n, epoch, cfg, self.info, self.world, self.device)
             bar = progress_bar(batches, total=steps // self.world.size, leave=False, unit="batch",
                                desc=f"student epoch {epoch + 1}/{cfg.epochs}", show=progress)
             w, r = self.world.size, self.world.rank
-            cpu0 = time.process_time()
-            metrics = train_epoch(net, bar, self.objective(), self.stepper,
+            metrics = train_epoch(net, bar, self.objective(epoch), self.stepper,
                                   lr=lambda j: lr_at_epoch(epoch + (j * w + r) / steps, cfg.epochs, cfg.lr,
                                                            cfg.schedule),
                                   on_batch=lambda j, m: bar.set_postfix(loss=f"{m['loss']:.3f}"),
@@ -183,7 +179,7 @@ class StudentRun:
             record = {"epoch": epoch + 1, "store_images": n, "loss": metrics["loss"],
                       "train_accuracy": metrics["accuracy"], "steps_per_rank": metrics["steps"],
                       "sample_passes": metrics["samples"] * self.world.size,
-                      "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0 + fresh_cpu,
+                      "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
                       **fresh}
             if test is not None and ((epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == cfg.epochs):
                 record["test_accuracy"] = accuracy(predict_logits(self.student, test, self.device), test.labels)
@@ -196,13 +192,15 @@ class StudentRun:
             save(epoch + 1)
         return history
 
-    def objective(self) -> Callable[..., dict[str, torch.Tensor]]:
-        """The student's loss on one batch: KD and CE (`student_objective`), plus CE on local data."""
+    def objective(self, epoch: int) -> Callable[..., dict[str, torch.Tensor]]:
+        """The student's loss on one batch of `epoch`: KD and CE (`student_objective`), plus CE on local
+        data; with ODS, the batch is perturbed first (directions from (seed, epoch))."""
         cfg, student = self.cfg, self.student
+        ods_gen = rng(cfg.seed, Stream.STUDENT_ODS, epoch)
 
         def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor) -> dict:
             if cfg.ods_eta:
-                x = ods_perturb(self.teachers, x, cfg.ods_eta, self.info.std, self.ods_gen)
+                x = ods_perturb(self.teachers, x, cfg.ods_eta, self.info.std, ods_gen)
             if self.source == "teachers":
                 targets = self.teachers.ensemble_log_probs(x)
             else:

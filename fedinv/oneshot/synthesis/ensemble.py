@@ -152,16 +152,19 @@ class TeacherEnsemble:
             return vmap(lambda p, b: functional_call(self.template, (p, b), (x,)))(self.params, self.buffers)
         return torch.stack([m(x) for m in self.models])
 
-    @torch.no_grad()
-    def ensemble_probs(self, x: torch.Tensor) -> torch.Tensor:
+    def ensemble_probs(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """FedFTG's class-level ensemble [B, K]: each teacher's softmax weighted per class by its
         share of that class's samples (times its node weight), rows normalized
         (`evaluate.ensemble_probs`). On the loop path a teacher with weight 0 for every class (a node
         that reported no samples) is not run.
-        Under autocast the teachers compute in its dtype; the softmax and the mix are in fp32."""
-        if self.batched or len(self.weighted) == len(self.models):
-            return ensemble_probs(list(self.logits(x)), self.mix_weights)
-        return ensemble_probs([self.models[i](x) for i in self.weighted], self.mix_weights[self.weighted])
+        Under autocast the teachers compute in its dtype; the softmax and the mix are in fp32. With
+        `grad`, gradients flow to x (the loop path; ODS)."""
+        if grad:
+            return ensemble_probs([m(x) for m in self.models], self.mix_weights)
+        with torch.no_grad():
+            if self.batched or len(self.weighted) == len(self.models):
+                return ensemble_probs(list(self.logits(x)), self.mix_weights)
+            return ensemble_probs([self.models[i](x) for i in self.weighted], self.mix_weights[self.weighted])
 
     def ensemble_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log of `ensemble_probs` [B, K] (floored at 1e-8): the store's soft labels and the student's KD targets."""
