@@ -1,10 +1,26 @@
-"""Aggregation rules as pure functions of state dicts."""
+"""Aggregation rules as pure functions of state dicts.
+
+`weighted_average` is FedAvg's mean, weighted by the sizes the nodes report. The robust rules
+(`trimmed_mean`, `coordinate_median`, `krum`, chosen by name through `combine`) ignore the reported
+sizes, which a dishonest node can inflate, and bound how far one poisoned state moves the result.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+
+State = dict[str, torch.Tensor]
+
+
+def _check_states(states: Sequence[State]) -> None:
+    if not states:
+        raise ValueError("nothing to aggregate")
+    keys = states[0].keys()
+    for i, s in enumerate(states[1:], 1):
+        if s.keys() != keys:
+            raise ValueError(f"state {i} has different keys from state 0")
 
 
 def weighted_average(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
@@ -13,26 +29,94 @@ def weighted_average(states: Sequence[dict[str, torch.Tensor]], weights: Sequenc
     Floating tensors (weights, BN running statistics) are averaged in float64 and cast back;
     integer buffers (BN `num_batches_tracked`) take the maximum, as they count, not estimate.
     """
-    if not states:
-        raise ValueError("nothing to average")
+    _check_states(states)
     if len(states) != len(weights):
         raise ValueError(f"{len(states)} states but {len(weights)} weights")
     w = torch.tensor(weights, dtype=torch.float64)
     if (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
     w = w / w.sum()
-    keys = states[0].keys()
-    for i, s in enumerate(states[1:], 1):
-        if s.keys() != keys:
-            raise ValueError(f"state {i} has different keys from state 0")
     out = {}
-    for k in keys:
+    for k in states[0]:
         ref = states[0][k]
         if ref.is_floating_point():
             out[k] = sum(wi * s[k].double() for wi, s in zip(w, states)).to(ref.dtype)
         else:
             out[k] = torch.stack([s[k] for s in states]).max(0).values
     return out
+
+
+def _per_coordinate(states: Sequence[State], reduce: Callable[[torch.Tensor], torch.Tensor]) -> State:
+    """`reduce` [M, ...] float64 -> [...] over the M states, for every floating tensor; integer
+    buffers (BN `num_batches_tracked`) take the maximum, as in `weighted_average`."""
+    _check_states(states)
+    out = {}
+    for k, ref in states[0].items():
+        stacked = torch.stack([s[k] for s in states])
+        out[k] = reduce(stacked.double()).to(ref.dtype) if ref.is_floating_point() else stacked.max(0).values
+    return out
+
+
+def trimmed_mean(states: Sequence[State], trim: float) -> State:
+    """Coordinate-wise trimmed mean (Yin et al. 2018): per coordinate, the floor(trim * M) largest
+    and as many smallest of the M values are dropped and the rest averaged, unweighted. trim in
+    [0, 0.5); with M too small to drop any (floor(trim * M) = 0) it is the plain mean."""
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+    m = len(states)
+    cut = int(trim * m)
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        return x.sort(0).values[cut:m - cut].mean(0)
+    return _per_coordinate(states, reduce)
+
+
+def coordinate_median(states: Sequence[State]) -> State:
+    """Coordinate-wise median (Yin et al. 2018), unweighted; for an even number of states the mean
+    of the two middle values."""
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        s, m = x.sort(0).values, x.shape[0]
+        return (s[(m - 1) // 2] + s[m // 2]) / 2
+    return _per_coordinate(states, reduce)
+
+
+def krum_scores(states: Sequence[State], byzantine: int) -> torch.Tensor:
+    """Krum's score of each of the M states (Blanchard et al. 2017): the sum of squared distances,
+    over all floating tensors, to its M - f - 2 nearest other states. Needs M > 2f + 2."""
+    _check_states(states)
+    m = len(states)
+    if m <= 2 * byzantine + 2:
+        raise ValueError(f"krum tolerates f = {byzantine} malicious nodes only with more than {2 * byzantine + 2} "
+                         f"participants, got {m}")
+    keys = [k for k, v in states[0].items() if v.is_floating_point()]
+    flat = torch.stack([torch.cat([s[k].double().flatten() for k in keys]) for s in states])
+    d2 = torch.cdist(flat, flat).pow(2)
+    d2.fill_diagonal_(float("inf"))
+    return d2.sort(1).values[:, :m - byzantine - 2].sum(1)
+
+
+def krum(states: Sequence[State], byzantine: int) -> State:
+    """The state with the smallest `krum_scores` (ties: the first), as it is."""
+    best = int(krum_scores(states, byzantine).argmin())
+    return dict(states[best])
+
+
+AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum")
+
+
+def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean", trim: float = 0.2,
+            byzantine: int = 1) -> State:
+    """The nodes' states combined by `rule` (AGGREGATIONS): mean = `weighted_average` by `weights`;
+    the robust rules ignore the weights (they are what a node reports about itself)."""
+    if rule == "mean":
+        return weighted_average(states, weights)
+    if rule == "trimmed-mean":
+        return trimmed_mean(states, trim)
+    if rule == "median":
+        return coordinate_median(states)
+    if rule == "krum":
+        return krum(states, byzantine)
+    raise ValueError(f"unknown aggregation {rule!r}; one of {', '.join(AGGREGATIONS)}")
 
 
 def apply_server_lr(global_state: dict[str, torch.Tensor], average: dict[str, torch.Tensor],
@@ -48,16 +132,18 @@ def apply_server_lr(global_state: dict[str, torch.Tensor], average: dict[str, to
 
 def feddyn_aggregate(global_state: dict[str, torch.Tensor], states: Sequence[dict[str, torch.Tensor]],
                      weights: Sequence[float], h: dict[str, torch.Tensor], alpha: float,
-                     num_nodes: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                     num_nodes: int, mean: Callable[[Sequence[State], Sequence[float]], State] = weighted_average
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """FedDyn's server (Acar et al. 2021, Algorithm 1), for the parameters named in `h`:
 
         h     <- h - alpha * (|P| / N) * sum_k w_k (theta_k - theta_global)
         theta <- sum_k w_k theta_k - h / alpha
 
     with w the normalized `weights` over the participants P (uniform w gives the paper's
-    (1/N) sum). Tensors not in `h` (BN buffers) are averaged. Returns (new global state, new h).
+    (1/N) sum); `mean` may be a robust rule (`combine`) in place of the weighted mean. Tensors not in
+    `h` (BN buffers) are averaged. Returns (new global state, new h).
     """
-    avg = weighted_average(states, weights)
+    avg = mean(states, weights)
     frac = len(states) / num_nodes
     new_h, out = {}, dict(avg)
     for k, hk in h.items():
@@ -69,18 +155,20 @@ def feddyn_aggregate(global_state: dict[str, torch.Tensor], states: Sequence[dic
 
 def scaffold_aggregate(global_state: dict[str, torch.Tensor], states: Sequence[dict[str, torch.Tensor]],
                        weights: Sequence[float], c: dict[str, torch.Tensor],
-                       delta_cs: Sequence[dict[str, torch.Tensor]], num_nodes: int,
-                       server_lr: float = 1.0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                       delta_cs: Sequence[dict[str, torch.Tensor]], num_nodes: int, server_lr: float = 1.0,
+                       mean: Callable[[Sequence[State], Sequence[float]], State] = weighted_average
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """SCAFFOLD's server (Karimireddy et al. 2020, Algorithm 1, lines 16-17):
 
         x <- x + server_lr * (weighted mean of the participants' models - x)
         c <- c + (|S| / N) * mean_i delta_c_i
 
-    so that c stays the mean of all N nodes' control variates. Returns (new global, new c).
+    so that c stays the mean of all N nodes' control variates (`mean` may be a robust rule for the
+    models, `combine`). Returns (new global, new c).
     """
     if len(delta_cs) != len(states):
         raise ValueError(f"{len(states)} states but {len(delta_cs)} control-variate updates")
-    new_global = apply_server_lr(global_state, weighted_average(states, weights), server_lr)
+    new_global = apply_server_lr(global_state, mean(states, weights), server_lr)
     new_c = {k: (ck.double() + sum(d[k].double() for d in delta_cs) / num_nodes).to(ck.dtype)
              for k, ck in c.items()}
     return new_global, new_c

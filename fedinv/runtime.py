@@ -158,6 +158,8 @@ class Stream(enum.IntEnum):
     SYNTHESIS_BATCH_GENERATOR = 10  # (seed, batch): the fresh generator of one coboost batch
     STUDENT_ODS = 11  # (seed, epoch): the random directions of a student epoch's ODS perturbations
     STUDENT_NODE_WEIGHTS = 12  # (seed, epoch): the pool rows a student epoch learns the node weights on
+    ATTACK_INIT = 13  # (seed, node): a simulated dishonest node's random weights (fedinv.attacks)
+    CLAIMS_PROBE = 14  # (seed): the probe images the teachers' label claims are checked on
 
 
 @enum.unique
@@ -171,6 +173,7 @@ class RoundStream(enum.IntEnum):
     PERSONAL_INIT = 7  # (seed, node): FedDistill's personal model
     GENERATOR_INIT = 8  # (seed): a server step's generator
     VALIDATION_SPLIT = 9  # (seed): feddistill-query's held-out validation set
+    ATTACK_INIT = 10  # (seed, round, node): a simulated dishonest node's random weights (fedinv.attacks)
 
 
 def rng(seed: int, stream: int, *parts: int) -> torch.Generator:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..aggregate import AGGREGATIONS
+from ..attacks import AttackConfig
 from ..config import (COUNT, FRACTION, LEARNING_RATE, MOMENTUM, SEED, SIZE, WEIGHT, DataConfig, PartitionConfig, Range,
                       check_fields, device_option, from_dict, load_toml, option, precision_option, table, to_dict)
 from ..errors import ConfigError
@@ -42,6 +44,15 @@ class FederateConfig:
     momentum: float = option(0.0, "local SGD momentum (0: plain SGD, as SCAFFOLD and FedDyn assume)", valid=MOMENTUM)
     weight_decay: float = option(1e-3, "local SGD weight decay", valid=WEIGHT)
     server_lr: float = option(1.0, "global step size on the averaged update (1 = plain averaging)", valid=LEARNING_RATE)
+    aggregation: str = option("mean", "how the participants' models are combined: mean (weighted by the sizes the "
+                              "nodes report), or a rule that ignores the reported sizes and bounds what one poisoned "
+                              "model can do: trimmed-mean (per coordinate, drop the `trim` fraction at each end), "
+                              "median (per coordinate), krum (the model closest to its neighbours)",
+                              choices=AGGREGATIONS)
+    trim: float = option(0.2, "trimmed-mean: fraction of the participants dropped at each end, per coordinate",
+                         valid=Range(0, 0.5, high_open=True))
+    byzantine: int = option(1, "krum: how many malicious participants it tolerates (needs more than 2f + 2 "
+                            "participants)", valid=SIZE)
     eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True,
                              valid=COUNT)
     diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "
@@ -84,13 +95,13 @@ class NoParams:
 
 
 SECTIONS = {"data": DataConfig, "partition": PartitionConfig, "federate": FederateConfig,
-            "generator": GeneratorConfig}
+            "generator": GeneratorConfig, "attack": AttackConfig}
 
 
 @dataclass(frozen=True)
 class FederatedRunConfig:
-    """A multi-round run: TOML tables [data], [partition], [federate], [generator], the chosen
-    algorithm's table (e.g. [fedprox] mu = 1e-4) and the chosen server step's (e.g. [ftg]
+    """A multi-round run: TOML tables [data], [partition], [federate], [generator], [attack] (simulated
+    dishonest nodes, none by default), the chosen algorithm's table (e.g. [fedprox] mu = 1e-4) and the chosen server step's (e.g. [ftg]
     lambda_md = 1.0); each may set any field of its config and leaves the rest at their defaults.
     `params` / `server_params` None mean the algorithm's / the server step's defaults."""
 
@@ -100,6 +111,7 @@ class FederatedRunConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     params: Any = None
     server_params: Any = None
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def __post_init__(self) -> None:
         algo = algorithm_class(self.federate.algorithm)
@@ -119,6 +131,8 @@ class FederatedRunConfig:
                                   f"{type(self.server_params).__name__}")
         if algo.replaces_aggregation and self.federate.server != "none":
             raise ConfigError(f"{algo.name} replaces aggregation by distillation; server must be none")
+        if algo.replaces_aggregation and self.federate.aggregation != "mean":
+            raise ConfigError(f"{algo.name} replaces aggregation by distillation; aggregation must be mean")
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "FederatedRunConfig":
@@ -158,6 +172,7 @@ class FederatedRunConfig:
         sections = {name: section(name, raw.get(name) or {}) for name in ("data", "partition")}
         sections["federate"] = section("federate", federate)
         sections["generator"] = section("generator", generator)
+        sections["attack"] = section("attack", raw.get("attack") or {})
         algo = algorithm_class(sections["federate"].algorithm)
         step = server_step_class(sections["federate"].server)
         values = legacy_values(algo, legacy, "federate", f"algorithm {algo.name}", strict=not saved)

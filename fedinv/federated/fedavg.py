@@ -12,7 +12,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-from ..aggregate import apply_server_lr, weighted_average
+from ..aggregate import apply_server_lr, combine
 from ..data.datasets import DatasetInfo, ImageTensors
 from ..models import build_model_for
 from ..train.objectives import classification_objective
@@ -54,9 +54,15 @@ class FedAvg:
         metrics = local_sgd(model, ctx, self.objective(ctx))
         return LocalResult(cpu_state(model), len(ctx.data), metrics=metrics)
 
+    def mean(self, states: Sequence[State], weights: Sequence[float]) -> State:
+        """The participants' models combined by the configured rule (`aggregate.combine`); `weights`
+        are their reported sizes, which only the plain mean uses."""
+        fc = self.cfg
+        return combine(states, weights, fc.aggregation, fc.trim, fc.byzantine)
+
     def aggregate(self, global_state: State, results: Sequence[LocalResult], server_state: dict[str, Any],
                   rnd: RoundInfo) -> tuple[State, dict[str, Any]]:
-        avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
+        avg = self.mean([r.state for r in results], [r.num_samples for r in results])
         return apply_server_lr(global_state, avg, self.cfg.server_lr), server_state
 
     def evaluate_node(self, node: int, node_state: dict[str, Any], test: ImageTensors, device: torch.device,

@@ -64,5 +64,5 @@ class FedDyn(FedAvg):
 
     def aggregate(self, global_state, results, server_state, rnd):
         new_global, h = feddyn_aggregate(global_state, [r.state for r in results], [r.num_samples for r in results],
-                                         server_state["h"], self.params.alpha, rnd.num_nodes)
+                                         server_state["h"], self.params.alpha, rnd.num_nodes, self.mean)
         return new_global, {**server_state, "h": h}

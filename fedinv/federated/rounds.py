@@ -11,6 +11,7 @@ checkpoint ends with the same model as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..attacks import flip_labels, inflate_counts, random_with_statistics
 from ..checkpoint import GLOBAL, ModelCheckpoint, save_checkpoint
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ..data.partition import Partition, make_partition, save_partition
@@ -33,7 +35,7 @@ from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
 from .config import FederatedRunConfig, method_name
-from .local import LocalContext, LocalResult, RoundInfo, State, param_names
+from .local import LocalContext, LocalResult, RoundInfo, State, cpu_state, param_names
 from .registry import algorithm_class, server_step_class
 
 log = logging.getLogger(__name__)
@@ -142,8 +144,19 @@ class Federation:
         ctx = LocalContext(node=k, round=rnd, data=data, global_state=global_state, node_state=node_state,
                            broadcast=broadcast, lr=self.lr(rnd), cfg=self.fc, device=self.device,
                            amp_dtype=self.amp_dtype, gen=gen, label_counts=label_counts, extra_loss=extra)
+        attack = self.cfg.attack
+        if attack.attacks(k) and attack.kind == "flip":  # it trains on, and reports, flipped labels
+            data = ImageTensors(data.images, flip_labels(data.labels, self.info.num_classes), data.info, data.split)
+            ctx = dataclasses.replace(ctx, data=data)
+            label_counts = torch.bincount(data.labels, minlength=self.info.num_classes)
         result = self.algo.local_update(ctx)
         result.label_counts = label_counts.clone()
+        if attack.attacks(k) and attack.kind == "inflate":
+            result.num_samples = int(result.num_samples * attack.factor)
+            result.label_counts = inflate_counts(label_counts, attack.factor)
+        if attack.attacks(k) and attack.kind == "random":
+            fresh = seeded_model(self.fc.model, self.info, self.fc.seed, RoundStream.ATTACK_INIT, rnd, k)
+            result.state = random_with_statistics(cpu_state(fresh), result.state)
         return result
 
     def round_info(self, rnd: int, num_nodes: int) -> RoundInfo:

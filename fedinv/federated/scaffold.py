@@ -56,5 +56,5 @@ class Scaffold(FedAvg):
     def aggregate(self, global_state, results, server_state, rnd):
         new_global, c = scaffold_aggregate(global_state, [r.state for r in results], [r.num_samples for r in results],
                                            server_state["c"], [r.upload["delta_c"] for r in results], rnd.num_nodes,
-                                           self.cfg.server_lr)
+                                           self.cfg.server_lr, self.mean)
         return new_global, {**server_state, "c": c}

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from fedinv.aggregate import apply_server_lr, feddyn_aggregate, weighted_average
+from fedinv.aggregate import (apply_server_lr, combine, coordinate_median, feddyn_aggregate, krum, krum_scores,
+                              trimmed_mean, weighted_average)
 from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 from tests.helpers import t
 
@@ -22,6 +23,43 @@ def test_weighted_average_rejects_bad_input():
         weighted_average([a, {"v": torch.ones(2)}], [1, 1])
     with pytest.raises(ValueError, match="non-negative"):
         weighted_average([a, a], [1, -1])
+
+
+def states(*values, n=7):
+    return [{"w": torch.tensor(v, dtype=torch.float32), "n": torch.tensor(n + i)} for i, v in enumerate(values)]
+
+
+def test_trimmed_mean_and_median_by_hand():
+    s = states([1.0, 10.0], [2.0, -5.0], [3.0, 0.0], [100.0, 1.0], [4.0, 2.0])
+    # per coordinate, sorted: (1, 2, 3, 4, 100) and (-5, 0, 1, 2, 10); trim 0.2 of 5 drops one at each end
+    out = trimmed_mean(s, 0.2)
+    torch.testing.assert_close(out["w"], torch.tensor([(2 + 3 + 4) / 3, (0 + 1 + 2) / 3]))
+    assert out["n"].item() == 11  # counters take the maximum
+    torch.testing.assert_close(trimmed_mean(s, 0.1)["w"], torch.tensor([110 / 5, 8 / 5]))  # floor(0.5) = 0
+    torch.testing.assert_close(coordinate_median(s)["w"], torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(coordinate_median(s[:4])["w"], torch.tensor([2.5, 0.5]))  # even: middle two
+    with pytest.raises(ValueError, match="trim"):
+        trimmed_mean(s, 0.5)
+
+
+def test_krum_picks_the_state_closest_to_its_neighbours_by_hand():
+    s = states([0.0], [1.0], [3.0], [100.0], [2.0])
+    # f = 1: each state's squared distances to its 5 - 1 - 2 = 2 nearest others, summed
+    torch.testing.assert_close(krum_scores(s, 1), torch.tensor([1 + 4, 1 + 1, 1 + 4, 97 ** 2 + 98 ** 2, 1 + 1],
+                                                               dtype=torch.float64))
+    assert krum(s, 1)["w"].item() == 1.0  # the first of the two best
+    with pytest.raises(ValueError, match="more than 4"):
+        krum(s[:4], 1)
+
+
+def test_robust_rules_ignore_the_reported_sizes_and_bound_one_outlier():
+    s = states([1.0], [1.2], [0.8], [1.1], [1e6])
+    weights = [10, 10, 10, 10, 10 ** 9]  # the outlier also claims to hold almost all the data
+    assert combine(s, weights, "mean")["w"].item() > 9e5
+    for rule in ("trimmed-mean", "median", "krum"):
+        assert 0.8 <= combine(s, weights, rule)["w"].item() <= 1.2, rule
+    with pytest.raises(ValueError, match="one of mean, trimmed-mean"):
+        combine(s, weights, "average")
 
 
 def test_class_shares_and_weighted_ensemble_by_hand():
