@@ -15,8 +15,10 @@ from tests.helpers import tiny_run
 def test_attack_functions_by_hand():
     assert flip_labels(torch.tensor([0, 1, 9]), 10).tolist() == [9, 8, 0]
     assert inflate_counts(torch.tensor([0, 3, 5]), 10.0).tolist() == [1, 30, 50]  # a liar claims every class
-    fresh = {"conv.weight": torch.zeros(2), "bn.running_mean": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(0)}
-    trained = {"conv.weight": torch.ones(2), "bn.running_mean": torch.ones(2), "bn.num_batches_tracked": torch.tensor(5)}
+    fresh = {"conv.weight": torch.zeros(2), "bn.running_mean": torch.zeros(2),
+             "bn.num_batches_tracked": torch.tensor(0)}
+    trained = {"conv.weight": torch.ones(2), "bn.running_mean": torch.ones(2),
+               "bn.num_batches_tracked": torch.tensor(5)}
     out = random_with_statistics(fresh, trained)
     assert out["conv.weight"].sum() == 0 and out["bn.running_mean"].sum() == 2 and out["bn.num_batches_tracked"] == 5
     assert is_bn_statistic("layer.bn.running_var") and not is_bn_statistic("layer.bn.weight")
