@@ -102,8 +102,9 @@ SECTIONS = {"data": DataConfig, "partition": PartitionConfig, "federate": Federa
 class FederatedRunConfig:
     """A multi-round run: TOML tables [data], [partition], [federate], [generator], [attack] (simulated
     dishonest nodes, none by default), the chosen algorithm's table (e.g. [fedprox] mu = 1e-4) and the
-    chosen server step's (e.g. [ftg] lambda_md = 1.0); each may set any field of its config and leaves the rest at their defaults.
-    `params` / `server_params` None mean the algorithm's / the server step's defaults."""
+    chosen server step's (e.g. [ftg] lambda_md = 1.0); each may set any field of its config and
+    leaves the rest at their defaults. `params` / `server_params` None mean the algorithm's / the
+    server step's defaults."""
 
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=lambda: PartitionConfig(num_nodes=10, alpha=0.3))
