@@ -40,8 +40,8 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
     (simulated dishonest nodes: inflate, flip, random; none by default), one named after the
     algorithm for its own constants ([fedprox] mu, [feddyn] alpha, [moon] mu and temperature,
     [feddistill] temperature, weight, personal_model, [feddistill-query] temperature,
-    validation_size, server_epochs) and one named after the server step for its own ([ftg] and [feddf]: the fine-tuning, bn_stats, save_every, ...; [ftg]
-    ensemble, lambda_md; [fedgen] weight). Every field and its default: fedinv/federated/config.py,
+    validation_size, server_epochs) and one named after the server step for its own ([ftg] and
+    [feddf]: the fine-tuning, bn_stats, save_every, ...; [ftg] ensemble, lambda_md; [fedgen] weight). Every field and its default: fedinv/federated/config.py,
     the algorithm's and the server step's file, and assets/configs/fmnist-rounds.toml. Writes
     OUT/metrics.jsonl (a line per round), OUT/checkpoint.pt (every round), and at the end
     OUT/global.pt and OUT/report.json. Rerunning the same command continues the run in OUT from
