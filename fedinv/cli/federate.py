@@ -47,11 +47,18 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
     OUT/checkpoint.pt (every round), and at the end OUT/global.pt and OUT/report.json. Rerunning the
     same command continues the run in OUT from its last finished round (in-process engine; a
     finished run rerun with a larger `rounds` is extended); a run of another config there is
-    refused. """ cfg = FederatedRunConfig.from_toml(config, with_seed(overrides, seed, SEEDED)) if
-    print_config: click.echo(to_toml(cfg.to_dict()), nl=False) return out = out or Path("runs") /
-    config.stem if engine == "flower": report = flower_module("simulation").federate_flower(cfg,
-    out) else: report = federate(cfg, out, progress=progress) click.echo(to_json({k: v for k, v in
-    report.items() if k not in ("history", "config")}, indent=2))
+    refused.
+    """
+    cfg = FederatedRunConfig.from_toml(config, with_seed(overrides, seed, SEEDED))
+    if print_config:
+        click.echo(to_toml(cfg.to_dict()), nl=False)
+        return
+    out = out or Path("runs") / config.stem
+    if engine == "flower":
+        report = flower_module("simulation").federate_flower(cfg, out)
+    else:
+        report = federate(cfg, out, progress=progress)
+    click.echo(to_json({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
 
 
 @click.command("federate-report")
