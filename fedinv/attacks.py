@@ -3,8 +3,9 @@ functions, for measuring what a defence is worth (experiments/robust).
 
 Three ways a node can try to take over, in both modes:
 
-- inflate: it reports `factor` times its real label counts (one-shot: its weight per class in the
-  teachers' ensemble; multi-round: its weight in the mean of the models);
+- inflate: it reports `factor` times its real number of samples, spread evenly over every class
+  (one-shot: its weight per class in the teachers' ensemble; multi-round: its weight in the mean of
+  the models);
 - flip: it trains on labels mapped k -> K - 1 - k, and reports the counts of the labels it trained
   on (a consistent liar: its model is confident on exactly the classes it claims);
 - random: it sends a freshly initialized model with the BatchNorm statistics of its trained one
@@ -26,7 +27,8 @@ ATTACKS = ("none", "inflate", "flip", "random")
 class AttackConfig:
     """Simulated dishonest nodes (table [attack]): nodes 0 .. nodes-1 attack in the way `kind` says."""
 
-    kind: str = option("none", "what the dishonest nodes do: none; inflate (report factor x their label counts); "
+    kind: str = option("none", "what the dishonest nodes do: none; inflate (report factor x their samples, evenly over every "
+                       "class); "
                        "flip (train on labels k -> K-1-k and report those); random (send fresh weights with "
                        "their trained BatchNorm statistics)", choices=ATTACKS)
     nodes: int = option(1, "how many nodes are dishonest (nodes 0, 1, ...)", valid=SIZE)
@@ -45,8 +47,10 @@ def flip_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def inflate_counts(counts: torch.Tensor, factor: float) -> torch.Tensor:
-    """Reported label counts `factor` times the real ones (at least 1 per class: a liar claims every class)."""
-    return (counts.double() * factor).round().clamp_min(1).to(counts.dtype)
+    """Reported label counts [K]: `factor` times the real total, the same for every class (a liar that
+    wants every class claims every class)."""
+    per_class = round(float(counts.sum()) * factor / counts.numel())
+    return torch.full_like(counts, max(per_class, 1))
 
 
 def is_bn_statistic(name: str) -> bool:

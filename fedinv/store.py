@@ -125,6 +125,12 @@ class StoreWriter:
         self.file.attrs["ran_on"] = json.dumps(facts, sort_keys=True)
         self.file.flush()
 
+    def record_claims(self, check: dict[str, Any]) -> None:
+        """Record the teachers' label claims as checked (`synthesis.claims.ClaimsCheck.record`) as the
+        root attribute `claims`: a student weighing the same teachers reads what the ensemble used."""
+        self.file.attrs["claims"] = json.dumps(check, sort_keys=True)
+        self.file.flush()
+
     def _check_space(self, raw_bytes: int) -> None:
         """Refuse a batch the disk cannot hold: HDF5 that runs out of space mid-write leaves a cascade
         of errors and can crash the process. Needs the batch uncompressed plus 1 MiB of slack."""
@@ -206,7 +212,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             if meta.get("schema_version") != SCHEMA_VERSION:
                 raise ConfigError(f"{path}: schema_version {meta.get('schema_version')!r}, this fedinv reads "
                                   f"{SCHEMA_VERSION}")
-            for k in ("config", "teachers", "dataset", "ran_on"):
+            for k in ("config", "teachers", "dataset", "ran_on", "claims"):
                 if isinstance(meta.get(k), str):
                     meta[k] = json.loads(meta[k])
             meta["n_valid"] = check_rows(f, meta, path)
@@ -366,6 +372,8 @@ def merge_shards(shards: list[Path], out: str | Path, batch_size: int) -> int:
             with StoreWriter(tmp, writer_meta(metas[0]), chunk_rows=batch_size) as writer:
                 if "ran_on" in metas[0]:
                     writer.record_run(metas[0]["ran_on"])
+                if "claims" in metas[0]:
+                    writer.record_claims(metas[0]["claims"])
                 b = 0
                 while writer.n_valid < total:
                     f, start = files[b % world], (b // world) * batch_size

@@ -14,7 +14,7 @@ from tests.helpers import tiny_run
 
 def test_attack_functions_by_hand():
     assert flip_labels(torch.tensor([0, 1, 9]), 10).tolist() == [9, 8, 0]
-    assert inflate_counts(torch.tensor([0, 3, 5]), 10.0).tolist() == [1, 30, 50]  # a liar claims every class
+    assert inflate_counts(torch.tensor([0, 3, 6]), 10.0).tolist() == [30, 30, 30]  # 10 x 9 samples, every class
     fresh = {"conv.weight": torch.zeros(2), "bn.running_mean": torch.zeros(2),
              "bn.num_batches_tracked": torch.tensor(0)}
     trained = {"conv.weight": torch.ones(2), "bn.running_mean": torch.ones(2),

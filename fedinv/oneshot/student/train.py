@@ -28,6 +28,7 @@ from ...runtime import MetricsLog, Stream, folder_lock, progress_bar, resolve_de
 from ...store import meta_info, read_meta
 from ...train import Stepper, lr_at_epoch, train_epoch
 from ...train.resume import load_progress, save_progress
+from ..synthesis.claims import use_store_claims
 from ..synthesis.ensemble import TeacherEnsemble, check_student, load_ensemble
 from ..synthesis.method import ensemble_path
 from ..teacher_files import Teachers
@@ -114,6 +115,8 @@ class StudentRun:
         synthesis = store_synthesis(meta, device) if cfg.adaptive_batches else None
         path = ensemble_path(synthesis) if synthesis else "auto"
         teachers = load_ensemble(teachers_dir, device, path, trust) if teachers_dir else None
+        if teachers is not None:
+            use_store_claims(teachers, meta, store)
         if teachers is not None and teachers.image_shape != info.image_shape:
             raise ConfigError(f"the teachers take {teachers.image_shape} images, the store holds {info.image_shape}")
         if teachers is not None and teachers.info.name != info.name:

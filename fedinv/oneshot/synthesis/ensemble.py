@@ -80,11 +80,7 @@ class TeacherEnsemble:
         self.info = info
         self.models = [m.to(device).eval().requires_grad_(False) for m in models]
         self.device = device
-        self.counts = label_counts.to(device)
-        self.seen = self.counts > 0  # [N, K]
-        self.shares = self.counts.float() / self.counts.sum(1, keepdim=True).clamp_min(1)  # eq. 5, [N, K]
-        self.class_weights = class_shares(label_counts).float().to(device)  # [N, K], columns sum to 1
-        self.weighted = [i for i in range(len(self.models)) if bool(self.class_weights[i].any())]
+        self.use_counts(label_counts)
         self.node_weights = torch.ones(len(self.models), device=device)  # learned by the student (Co-Boosting)
         same_arch = len({_signature(m) for m in self.models}) == 1
         if batched and not same_arch:
@@ -97,6 +93,15 @@ class TeacherEnsemble:
             self.template = copy.deepcopy(self.models[0])
             self._template_stats = BNStatistics(self.template)
             self.params, self.buffers = stack_module_state(self.models)
+
+    def use_counts(self, label_counts: torch.Tensor) -> None:
+        """Weigh the teachers by these label counts [N, K] (as sent, or as a claims check left them):
+        head masks, CE label weights and the class-level ensemble's weights."""
+        self.counts = label_counts.to(self.device)
+        self.seen = self.counts > 0  # [N, K]
+        self.shares = self.counts.float() / self.counts.sum(1, keepdim=True).clamp_min(1)  # eq. 5, [N, K]
+        self.class_weights = class_shares(label_counts).float().to(self.device)  # [N, K], columns sum to 1
+        self.weighted = [i for i in range(len(self.models)) if bool(self.class_weights[i].any())]
 
     def __len__(self) -> int:
         return len(self.models)

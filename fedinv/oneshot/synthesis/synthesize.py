@@ -22,6 +22,7 @@ from ...runtime import MetricsLog, progress_bar, ran_on, resolve_device, resolve
 from ...store import StoreWriter, merge_shards, read_meta, store_meta
 from ...train.resume import changes, comparable
 from ..teacher_files import Teachers, as_teachers
+from .claims import apply_claims
 from .config import SynthesisConfig
 from .ensemble import check_student, load_ensemble
 from .method import Synthesizer, ensemble_path, make_synthesizer
@@ -91,6 +92,7 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
     folder = as_teachers(teachers, trust)
     ensemble = load_ensemble(folder, device, ensemble_path(cfg))
     check_teachers_per_step(cfg, len(ensemble))
+    claims = apply_claims(ensemble, cfg.claims, cfg.seed)
     if not ensemble.info.hflip and cfg.flip:
         log.info("%s: flips change labels here, so --flip is ignored", ensemble.info.name)
         cfg = dataclasses.replace(cfg, flip=False)
@@ -108,6 +110,9 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
     try:
         with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
             store.record_run(stats["ran_on"])
+            if claims is not None:
+                store.record_claims(claims.record())
+                stats["claims"] = claims.record()
             write_batches(store, synth, cfg, mine, sizes, stats, student, progress)
     except BaseException:
         if fresh:
