@@ -1,0 +1,216 @@
+"""Can one dishonest node take over? Node 0 attacks (fedinv.attacks: inflate, flip, random) and the
+run goes on with fedinv's default settings and with its robust ones.
+
+One-shot (5 nodes): node 0's teacher file is altered as a dishonest node would send it (its label
+claims inflated, its model retrained on flipped labels, or random weights with its BatchNorm
+statistics), the others' are the honest ones; then synthesis and a student with claims trusted
+(default) and checked (robust: `synthesis.claims`). Multi-round (10 nodes, FedAvg): node 0 attacks
+in every round it takes part in; the global model with the weighted mean (default) and the trimmed
+mean (robust: `federate.aggregation`). One record per (variant, seed): both settings' test accuracy;
+the costs are read against the honest variant of the same seed. Everything resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+from unittest import mock
+
+import torch
+
+from bench.records import latest
+from bench.setting import run_config, splits, study_fields, teachers
+from bench.tables import Table, mean_std
+from fedinv.attacks import AttackConfig, flip_labels, inflate_counts, random_with_statistics
+from fedinv.checkpoint import TEACHER, load_checkpoint, save_checkpoint
+from fedinv.data.datasets import ImageTensors
+from fedinv.data.partition import load_partition
+from fedinv.evaluate import teacher_report
+from fedinv.federated.config import FederatedRunConfig
+from fedinv.federated.rounds import federate, mean_last_accuracy
+from fedinv.models import seeded_model
+from fedinv.oneshot.student.report import finished_student
+from fedinv.oneshot.student.train import train_student
+from fedinv.oneshot.synthesis import claims
+from fedinv.oneshot.synthesis.synthesize import synthesize
+from fedinv.oneshot.teacher_files import load_teacher_checkpoints, teacher_paths
+from fedinv.oneshot.teachers import train_node
+from fedinv.runtime import Stream, resolve_device, save_json
+
+QUESTION = "Can one dishonest node take over the one-shot ensemble or the FedAvg model, and what do the robust " \
+           "settings give back?"
+SEEDS = (0, 1, 2)
+SETTINGS = ("default", "robust")
+
+
+def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
+    study = study_fields(cfg)
+    attack = AttackConfig(kind=study["attack"], factor=study["factor"])
+    if study["mode"] == "oneshot":
+        yield oneshot(cfg, study, attack, seed, out, device)
+    else:
+        yield rounds(cfg, study, attack, seed, out, device)
+
+
+def probe_size(study: dict[str, Any]) -> contextlib.AbstractContextManager:
+    """The claims check's probe at the study's size (quick runs shrink it)."""
+    stack = contextlib.ExitStack()
+    for key, name in (("probe_per_class", "PROBE_PER_CLASS"), ("probe_iterations", "PROBE_ITERATIONS")):
+        if key in study:
+            stack.enter_context(mock.patch.object(claims, name, study[key]))
+    return stack
+
+
+def oneshot(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, seed: int, out: Path,
+            device: str) -> dict[str, Any]:
+    rc = run_config(cfg, seed, device)
+    honest, honest_report, _ = teachers(rc, out)  # shared by the study's one-shot variants
+    train, test = splits(rc.data)
+    folder, report = attacked_teachers(honest, attack, rc, out / "teachers", train, test)
+    accuracy, checks = {}, None
+    for setting, claimed in zip(SETTINGS, ("trusted", "checked")):
+        run_dir = out / setting
+        syn = dataclasses.replace(rc.synthesis, claims=claimed)
+        if not (run_dir / "synthesis.json").is_file():
+            with probe_size(study):
+                save_json(synthesize(folder, run_dir / "synthetic.h5", syn, progress=False), run_dir / "synthesis.json")
+        stats = json.loads((run_dir / "synthesis.json").read_text())
+        checks = stats.get("claims", checks)
+        student = finished_student(run_dir / "student", rc.student) or train_student(
+            run_dir / "synthetic.h5", run_dir / "student", rc.student, teachers_dir=folder, test=test, progress=False)
+        accuracy[setting] = student["test_accuracy"]
+    return {"mode": "oneshot", "attack": attack.kind, "alpha": rc.partition.alpha,
+            "num_nodes": rc.partition.num_nodes, "default_accuracy": accuracy["default"],
+            "robust_accuracy": accuracy["robust"], "honest_ensemble_accuracy": honest_report["ensemble_accuracy"],
+            "ensemble_accuracy": report["ensemble_accuracy"], "attacker_accuracy": report["node_accuracy"][0],
+            "claims_check": checks}
+
+
+def attacked_teachers(honest: Path, attack: AttackConfig, rc: Any, folder: Path, train: ImageTensors,
+                      test: ImageTensors) -> tuple[Path, dict[str, Any]]:
+    """The teachers folder the server receives when node 0 attacks (the honest one when none), and
+    its teacher report (the ensemble by the claims as sent)."""
+    if attack.kind == "none":
+        return honest, json.loads((honest / "report.json").read_text())
+    if (folder / "report.json").is_file():
+        return folder, json.loads((folder / "report.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in teacher_paths(honest)[1:]:
+        shutil.copy2(path, folder / path.name)
+    node = load_checkpoint(honest / "node-0.pt", kind=TEACHER)
+    k = node.num_classes
+    if attack.kind == "inflate":
+        node = dataclasses.replace(node, label_counts=inflate_counts(torch.tensor(node.label_counts),
+                                                                     attack.factor).tolist())
+    elif attack.kind == "random":
+        info = train.info
+        fresh = seeded_model(rc.teachers.model, info, rc.teachers.seed, Stream.ATTACK_INIT, 0).state_dict()
+        node = dataclasses.replace(node, state_dict=random_with_statistics(fresh, node.state_dict))
+    elif attack.kind == "flip":
+        split = train.subset(load_partition(honest.parent / "partition.json").indices[0])
+        flipped = ImageTensors(split.images, flip_labels(split.labels, k), split.info, split.split)
+        node = train_node(0, flipped, test, rc.teachers, folder / "flipped", progress=False)
+    save_checkpoint(node, folder / "node-0.pt")
+    report = teacher_report(load_teacher_checkpoints(teacher_paths(folder)), test, resolve_device(rc.teachers.device))
+    save_json(report, folder / "report.json")
+    return folder, report
+
+
+def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, seed: int, out: Path,
+           device: str) -> dict[str, Any]:
+    tables = {k: cfg[k] for k in ("data", "partition", "federate") if k in cfg}
+    tables["partition"] = {**tables["partition"], "num_nodes": study["rounds_nodes"], "seed": seed}
+    base = FederatedRunConfig.from_dict(tables, defaults=FederatedRunConfig())
+    train, test = splits(base.data)
+    accuracy, last5 = {}, {}
+    for setting, rule in zip(SETTINGS, ("mean", study["robust_aggregation"])):
+        fc = dataclasses.replace(base.federate, aggregation=rule, seed=seed, device=device)
+        report = federate(dataclasses.replace(base, federate=fc, attack=attack), out / setting, progress=False,
+                          train=train, test=test)
+        accuracy[setting], last5[setting] = report["final_accuracy"], mean_last_accuracy(report["history"], 5)
+    return {"mode": "rounds", "attack": attack.kind, "alpha": base.partition.alpha,
+            "num_nodes": base.partition.num_nodes, "rounds": base.federate.rounds,
+            "robust_aggregation": study["robust_aggregation"], "default_accuracy": accuracy["default"],
+            "robust_accuracy": accuracy["robust"], "default_last5_accuracy": last5["default"],
+            "robust_last5_accuracy": last5["robust"]}
+
+
+ATTACKS = ("none", "inflate", "flip", "random")
+
+
+def groups(records: list[dict]) -> dict[tuple[str, str], dict[int, dict]]:
+    """(mode, attack) -> seed -> record (the last line of a seed counts)."""
+    out: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for r in latest(records):
+        out[(r["mode"], r["attack"])][r["seed"]] = r
+    return out
+
+
+def summary(records: list[dict]) -> Table:
+    """Per mode and attack: the test accuracy with the default and the robust settings, and what the
+    attack costs against the honest run of the same seed with the default settings (points)."""
+    g = groups(records)
+    rows = []
+    for mode in ("oneshot", "rounds"):
+        for attack in ATTACKS:
+            runs = g.get((mode, attack))
+            if not runs:
+                continue
+            honest = g.get((mode, "none"), {})
+            paired = [s for s in runs if s in honest]
+
+            def cost(setting: str) -> str:
+                return mean_std(runs[s][f"{setting}_accuracy"] - honest[s]["default_accuracy"] for s in paired) \
+                    if paired else "-"
+            rs = list(runs.values())
+            rows.append([mode, attack, len(rs), mean_std(r["default_accuracy"] for r in rs),
+                         mean_std(r["robust_accuracy"] for r in rs), cost("default"), cost("robust")])
+    return Table(["mode", "attack", "seeds", "default %", "robust %", "cost, default (points)",
+                  "cost, robust (points)"], rows,
+                 "One-shot: 5 nodes, node 0 dishonest, claims trusted (default) or checked (robust); multi-round: "
+                 "FedAvg, 10 nodes, half a round, 30 rounds, mean (default) or trimmed mean (robust). Cost: the "
+                 "run's accuracy less the honest run's with the default settings, same seed; mean ± std.")
+
+
+def checks(records: list[dict]) -> Table:
+    """What the one-shot claims check did with node 0's claim, per attack and seed."""
+    rows = []
+    for (mode, attack), runs in sorted(groups(records).items()):
+        for seed, r in sorted(runs.items()):
+            check = r.get("claims_check")
+            if mode != "oneshot" or not check:
+                continue
+            scores = ", ".join("-" if s is None else f"{s:.2f}" for s in check["scores"])
+            claimed, used = sum(check["claimed"][0]), sum(check["used"][0])
+            rows.append([attack, seed, f"{100 * r['ensemble_accuracy']:.2f}", scores,
+                         "dropped" if 0 in check["dropped"] else f"{used:.0f} of {claimed:.0f}"])
+    return Table(["attack", "seed", "ensemble % (claims as sent)", "node scores (0 first)", "node 0 counted"], rows,
+                 "Node score: the node's teacher's agreement with the others' ensemble on probe images of the "
+                 "classes it claims (fedinv/oneshot/synthesis/claims.py); under half the median: dropped.")
+
+
+TABLES = {"summary": summary, "checks": checks}
+
+
+def headline(records: list[dict]) -> str:
+    g = groups(records)
+    worst = []
+    for mode in ("oneshot", "rounds"):
+        honest = g.get((mode, "none"), {})
+        for attack in ATTACKS[1:]:
+            runs = g.get((mode, attack), {})
+            for setting in SETTINGS:
+                costs = [runs[s][f"{setting}_accuracy"] - honest[s]["default_accuracy"] for s in runs if s in honest]
+                if costs:
+                    worst.append((mode, setting, min(costs)))
+    if not worst:
+        return ""
+    parts = [f"{mode} {setting}: {-100 * min(c for m, s, c in worst if (m, s) == (mode, setting)):.1f}"
+             for mode in ("oneshot", "rounds") for setting in SETTINGS
+             if any((m, s) == (mode, setting) for m, s, _ in worst)]
+    return "largest cost of one dishonest node, points: " + "; ".join(parts)
