@@ -12,7 +12,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # so installs ignore local pip configuration and take both from the package registry.
 PIP := env PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test bench credentials clean
 
 install: $(VENV)/.installed
 
@@ -41,9 +41,16 @@ demo: install data
 test: install
 	$(PY) -m pytest -q
 
+# The studies under experiments/ (each: `python -m bench run experiments/NAME`, see experiments/README.md).
 bench: install data
-	$(PY) bench/teacher_training.py --seeds 0,1,2
-	$(PY) bench/synthesis.py
+	$(PY) -m bench list
+
+# A local CA, a SuperLink certificate and SuperNode key pairs, for trying the encrypted and
+# authenticated Flower deployment on one machine (README, "Across machines").
+CREDS ?= runs/credentials
+NODES ?= 2
+credentials: install
+	$(PY) -m fedinv.flower.credentials $(CREDS) --nodes $(NODES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

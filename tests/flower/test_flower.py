@@ -138,30 +138,58 @@ nz = 16
 """
 
 
+def supernode(link: int, k: int, env: dict, log, *tls: str) -> subprocess.Popen:
+    return subprocess.Popen(["flower-supernode", *tls, "--superlink", f"127.0.0.1:{link}", "--port", str(free_port()),
+                             "--max-retries", "3", "--node-config", f"partition-id={k} num-partitions=2"],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+
+
 @pytest.mark.slow
 def test_deployment_runtime_matches_in_process(tmp_path):
-    """The README's deployment recipe: a SuperLink, two SuperNodes (separate processes, as on separate
-    machines) and `flwr run assets/flower-app`; the ServerApp writes the in-process engine's model."""
+    """The README's deployment recipe, encrypted and authenticated: credentials from
+    `fedinv.flower.credentials`, a SuperLink with TLS and SuperNode authentication, two registered
+    SuperNodes (separate processes, as on separate machines) and `flwr run assets/flower-app`; the
+    ServerApp writes the in-process engine's model. A SuperNode with a key the SuperLink does not know,
+    and one that speaks plaintext, are refused."""
+    from fedinv.flower.credentials import make_credentials
+
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "flower-superlink").exists():
         pytest.skip("flower-superlink is not installed beside this Python")
     (tmp_path / "run.toml").write_text(DEPLOY_TOML)
+    creds = tmp_path / "creds"
+    make_credentials(creds, nodes=3)
     home = tmp_path / "flwr-home"
     home.mkdir()
     link = free_port()
-    (home / "config.toml").write_text(f'[superlink.fedinv]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    (home / "config.toml").write_text(f'[superlink.fedinv]\naddress = "127.0.0.1:{link}"\n'
+                                      f'root-certificates = "{creds / "ca.crt"}"\n')
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FLWR_HOME": str(home),
            "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     log = open(tmp_path / "flower.log", "w")
-    procs = [subprocess.Popen(["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+    procs = [subprocess.Popen(["flower-superlink", "--ssl-ca-certfile", str(creds / "ca.crt"),
+                               "--ssl-certfile", str(creds / "server.pem"), "--ssl-keyfile", str(creds / "server.key"),
+                               "--enable-supernode-auth", "--disable-runtime-dependency-installation",
                                "--port", str(link)], env=env, stdout=log, stderr=log, start_new_session=True)]
     try:
         wait_for_port(link, procs[0])
         for k in range(2):
-            procs.append(subprocess.Popen(
-                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", str(free_port()),
-                 "--node-config", f"partition-id={k} num-partitions=2"],
-                env=env, stdout=log, stderr=log, start_new_session=True))
+            reg = subprocess.run(["flwr", "supernode", "register", str(creds / f"node-{k}.pub"), "fedinv"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+            assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+        tls = ("--root-certificates", str(creds / "ca.crt"))
+        for k in range(2):
+            procs.append(supernode(link, k, env, log, *tls, "--auth-supernode-private-key", str(creds / f"node-{k}")))
+        logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("intruder", "plaintext")}
+        intruder = supernode(link, 0, env, logs["intruder"], *tls, "--auth-supernode-private-key",
+                             str(creds / "node-2"))
+        plaintext = supernode(link, 1, env, logs["plaintext"], "--insecure")
+        procs += [intruder, plaintext]
+        assert intruder.wait(timeout=120) != 0 and plaintext.wait(timeout=120) != 0  # both refused
+        for f in logs.values():
+            f.close()
+        assert "Failed to activate SuperNode" in (tmp_path / "intruder.log").read_text()  # TLS fine, key unknown
+        assert "Connection attempt failed" in (tmp_path / "plaintext.log").read_text()
         out = tmp_path / "deployed"
         app = REPO / "assets" / "flower-app"
         res = subprocess.run(["flwr", "run", str(app), "fedinv", "--stream", "--run-config",
