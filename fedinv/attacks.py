@@ -27,10 +27,9 @@ ATTACKS = ("none", "inflate", "flip", "random")
 class AttackConfig:
     """Simulated dishonest nodes (table [attack]): nodes 0 .. nodes-1 attack in the way `kind` says."""
 
-    kind: str = option("none", "what the dishonest nodes do: none; inflate (report factor x their samples, evenly over every "
-                       "class); "
-                       "flip (train on labels k -> K-1-k and report those); random (send fresh weights with "
-                       "their trained BatchNorm statistics)", choices=ATTACKS)
+    kind: str = option("none", "what the dishonest nodes do: none; inflate (report factor x their samples, "
+                       "evenly over every class); flip (train on labels k -> K-1-k and report those); random "
+                       "(send fresh weights with their trained BatchNorm statistics)", choices=ATTACKS)
     nodes: int = option(1, "how many nodes are dishonest (nodes 0, 1, ...)", valid=SIZE)
     factor: float = option(1000.0, "inflate: the factor on the reported label counts", valid=Range(1, 1e9))
 

@@ -65,7 +65,8 @@ def test_a_checked_synthesis_records_the_check_and_the_student_weighs_by_it(tmp_
     check = read_meta(tmp_path / "s.h5")["claims"]
     assert check == stats["claims"] and check["claimed"] == counts.tolist()
     used = torch.tensor(check["used"], dtype=torch.float64)
-    assert used[2].sum().item() == pytest.approx(2 * counts.sum(1).double().median().item())  # bounded to twice the median node's total
+    # bounded to twice the median node's total
+    assert used[2].sum().item() == pytest.approx(2 * counts.sum(1).double().median().item())
     assert any("node 2" in line for line in check["changes"])
     trusted = synthesize(tmp_path / "teachers", tmp_path / "t.h5", small_cfg(num_images=12), progress=False)
     assert "claims" not in trusted and "claims" not in read_meta(tmp_path / "t.h5")
