@@ -71,6 +71,18 @@ def ensemble_probs(logits: Sequence[torch.Tensor], weights: torch.Tensor | None 
     return mixed / mixed.sum(-1, keepdim=True).clamp_min(torch.finfo(mixed.dtype).tiny)
 
 
+def median_probs(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Combine teachers' logits [N, K] each into class probabilities [N, K] by, per class, the median
+    of their softmax outputs (for an even number of teachers the mean of the two middle ones), rows
+    renormalized: no weights, so nothing a node claims counts, and no single teacher moves a class's
+    probability past what the others give it. For many nodes of similar data; at strongly non-IID
+    splits the class-level weights (`class_shares`) carry information it throws away."""
+    probs = torch.stack([lg.float().softmax(-1) for lg in logits]).sort(0).values  # [T, N, K]
+    t = probs.shape[0]
+    med = (probs[(t - 1) // 2] + probs[t // 2]) / 2
+    return med / med.sum(-1, keepdim=True).clamp_min(torch.finfo(med.dtype).tiny)
+
+
 def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
     """[M, B, K] logits of M models, [M, K] class shares (columns sum to 1) -> [B, K]: each model's
     logit for class k weighted by its share of class k (FedFTG's class-level ensemble, what its

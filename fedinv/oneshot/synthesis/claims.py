@@ -37,7 +37,7 @@ from .deepinversion import DeepInversionParams, invert_batch, pixel_bounds
 
 log = logging.getLogger(__name__)
 
-CLAIMS = ("trusted", "checked")
+CLAIMS = ("trusted", "checked", "median")
 MAX_RATIO = 2.0  # no node claims more than twice the median node's samples
 PEER_SHARE = 0.25  # a class is tested where the other nodes claim at least a quarter of it
 DROP_RATIO = 0.5  # a node scoring under half the median node's score is dropped
@@ -178,20 +178,33 @@ def check_claims(ensemble: Any, seed: int, per_class: int | None = None,
 
 
 def apply_claims(ensemble: Any, claims: str, seed: int) -> ClaimsCheck | None:
-    """With claims "checked", check the ensemble's label counts and make it weigh by what stands
-    (`TeacherEnsemble.use_counts`); "trusted": leave it as sent. Returns the check, if any."""
+    """Weigh the ensemble's teachers as `claims` says: "trusted", by the label counts as sent;
+    "checked", by what stands of them after `check_claims` (returned); "median", claims ignored (every
+    head open, equal weights) and per class the median of the teachers' probabilities."""
     if claims not in CLAIMS:
         raise ValueError(f"claims must be one of {', '.join(CLAIMS)}, got {claims!r}")
-    if claims == "trusted":
+    if claims == "median":
+        ignore_claims(ensemble)
+    if claims != "checked":
         return None
     check = check_claims(ensemble, seed)
     ensemble.use_counts(check.used)
     return check
 
 
+def ignore_claims(ensemble: Any) -> None:
+    """Every teacher speaks for every class, and the ensemble is the per-class median."""
+    ensemble.use_counts(torch.ones_like(ensemble.counts))
+    ensemble.median = True
+
+
 def use_store_claims(ensemble: Any, meta: dict[str, Any], store: Any) -> None:
-    """Make the ensemble weigh its teachers as the synthesis that made a store did, when the store
-    records a claims check of these teachers' claims (`StoreWriter.record_claims`)."""
+    """Make the ensemble weigh its teachers as the synthesis that made a store did: by the median
+    when it ignored the claims, by what stood of them when the store records a claims check of these
+    teachers' claims (`StoreWriter.record_claims`)."""
+    if (meta.get("config") or {}).get("claims") == "median":
+        ignore_claims(ensemble)
+        return
     check = meta.get("claims")
     if not check:
         return

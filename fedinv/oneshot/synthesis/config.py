@@ -46,12 +46,13 @@ class SynthesisConfig:
                                 "FedFTG), balanced (equal share per teacher over the labels it knows)",
                                 choices=("uniform", "proportional", "balanced"))
     head_mask: bool = option(True, "leave out each teacher's logits for labels it never saw")
-    claims: str = option("trusted", "the nodes' label counts, which weigh each teacher per class: trusted (as "
-                         "sent) or checked (a node claiming over twice the median node's samples is scaled down, "
+    claims: str = option("trusted", "how the nodes' label counts weigh each teacher per class: trusted (as "
+                         "sent); checked (a node claiming over twice the median node's samples is scaled down, "
                          "and a node whose teacher disagrees with the others' on probe images of the classes it "
-                         "claims is dropped; the run logs each change, the store records the check, and a student "
-                         "given --teachers weighs them the same way)",
-                         choices=("trusted", "checked"))
+                         "claims is dropped; the run logs each change and the store records the check); median "
+                         "(claims ignored: per class the median of the teachers' probabilities, for many nodes of "
+                         "similar data). A student given --teachers weighs them as its store's synthesis did",
+                         choices=("trusted", "checked", "median"))
     weighted_ce: bool = option(False, "weight each teacher's CE by the share of the label in its data (eq. 5)")
     a_bn: float = option(10.0, "weight of the BN-statistic loss", valid=WEIGHT)
     first_bn_multiplier: float = option(1.0, "extra factor on the first BN layer's term", valid=WEIGHT)

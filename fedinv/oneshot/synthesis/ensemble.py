@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ...data.datasets import DatasetInfo
 from ...errors import ConfigError
-from ...evaluate import class_shares, ensemble_probs
+from ...evaluate import class_shares, ensemble_probs, median_probs
 from ..teacher_files import Teachers, as_teachers
 from .hooks import BNMomentum, BNStatistics
 from .losses import bn_stat_loss, competition_loss, masked_cross_entropy
@@ -81,6 +81,7 @@ class TeacherEnsemble:
         self.models = [m.to(device).eval().requires_grad_(False) for m in models]
         self.device = device
         self.use_counts(label_counts)
+        self.median = False  # per class the median of the teachers' probabilities, claims ignored (`claims`)
         self.node_weights = torch.ones(len(self.models), device=device)  # learned by the student (Co-Boosting)
         same_arch = len({_signature(m) for m in self.models}) == 1
         if batched and not same_arch:
@@ -160,10 +161,14 @@ class TeacherEnsemble:
     def ensemble_probs(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """FedFTG's class-level ensemble [B, K]: each teacher's softmax weighted per class by its
         share of that class's samples (times its node weight), rows normalized
-        (`evaluate.ensemble_probs`). On the loop path a teacher with weight 0 for every class (a node
-        that reported no samples) is not run.
+        (`evaluate.ensemble_probs`); with `median`, per class the median of the teachers'
+        probabilities (`evaluate.median_probs`). On the loop path a teacher with weight 0 for every
+        class (a node that reported no samples) is not run.
         Under autocast the teachers compute in its dtype; the softmax and the mix are in fp32. With
         `grad`, gradients flow to x (the loop path; ODS)."""
+        if self.median:
+            with torch.set_grad_enabled(grad):
+                return median_probs([m(x) for m in self.models] if grad or not self.batched else list(self.logits(x)))
         if grad:
             return ensemble_probs([m(x) for m in self.models], self.mix_weights)
         with torch.no_grad():

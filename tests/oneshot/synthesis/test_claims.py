@@ -93,3 +93,33 @@ def test_apply_claims_weighs_the_ensemble_by_what_stands(monkeypatch):
     assert check.agreement.shape == counts.shape and check.scores.shape == (3,)
     assert torch.equal(ens.counts, check.used) and torch.equal(ens.seen, check.used > 0)
     assert C.check_claims(ens, 0).record() == check.record()  # seeded: the same probe, the same result
+
+
+def test_median_probs_by_hand_and_one_teacher_cannot_move_it():
+    from fedinv.evaluate import median_probs
+
+    probs = [torch.tensor([[0.7, 0.2, 0.1]]), torch.tensor([[0.6, 0.3, 0.1]]), torch.tensor([[0.0, 0.0, 1.0]])]
+    out = median_probs([p.clamp_min(1e-9).log() for p in probs])
+    med = torch.tensor([[0.6, 0.2, 0.1]])  # per class, the middle of three
+    torch.testing.assert_close(out, med / med.sum(), atol=1e-6, rtol=0)
+    four = median_probs([p.clamp_min(1e-9).log() for p in [*probs, torch.tensor([[0.5, 0.4, 0.1]])]])
+    med = torch.tensor([[0.55, 0.25, 0.1]])  # even: the mean of the two middle ones
+    torch.testing.assert_close(four, med / med.sum(), atol=1e-6, rtol=0)
+
+
+def test_claims_median_ignores_the_claims_in_synthesis_and_student(tmp_path, monkeypatch):
+    models, counts = random_teachers(3)
+    counts[2] = 10 ** 6
+    write_teachers(tmp_path / "teachers", models, counts)
+    ens = TeacherEnsemble(models, counts, CPU, INFO)
+    assert C.apply_claims(ens, "median", 0) is None and ens.median and ens.seen.all()
+    x = torch.randn(4, *INFO.image_shape)
+    from fedinv.evaluate import median_probs
+    torch.testing.assert_close(ens.ensemble_probs(x), median_probs(list(ens.logits(x))))
+    synthesize(tmp_path / "teachers", tmp_path / "s.h5", small_cfg(num_images=12, claims="median"), progress=False)
+    assert read_meta(tmp_path / "s.h5")["config"]["claims"] == "median"
+    seen = []
+    monkeypatch.setattr(C, "ignore_claims", lambda e: seen.append(e) or setattr(e, "median", True))
+    train_student(tmp_path / "s.h5", tmp_path / "student", StudentConfig(model="lenet5", epochs=1, batch_size=12,
+                  device="cpu"), teachers_dir=tmp_path / "teachers", progress=False)
+    assert len(seen) == 1
