@@ -12,7 +12,7 @@ from ..federated.report import compare, load_run
 from ..federated.rounds import federate
 from ..runtime import save_json, save_png, to_json
 from .engines import engine_option, flower_module
-from .parsing import print_config_option, seed_option, with_seed
+from .parsing import print_config_option, progress_option, seed_option, with_seed
 
 SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
 
@@ -28,7 +28,7 @@ SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
                    "TOML syntax; the run folder records the effective config)")
 @seed_option(SEEDED)
 @print_config_option
-@click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
+@progress_option()
 def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, overrides: tuple[str, ...],
                  seed: int | None, print_config: bool, progress: bool) -> None:
     """Multi-round federated training from a TOML CONFIG.

@@ -65,3 +65,15 @@ print_config_option = click.option(
     "--print-config", is_flag=True,
     help="print the effective config (the TOML with --seed and --set applied, every default filled in) as TOML "
          "and exit without running")
+
+
+def _progress(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool:
+    """Not given: on, unless the command line says -q (`fedinv -q ...`)."""
+    return (not ctx.find_root().params.get("quiet", False)) if value is None else value
+
+
+def progress_option(what: str = "progress bars") -> Callable:
+    """--progress/--no-progress: the bars are drawn on a terminal only (never into a log file), and
+    `fedinv -q` turns them off unless --progress asks for them."""
+    return click.option("--progress/--no-progress", default=None, callback=_progress,
+                        help=f"show {what} (on a terminal only; default: on, off with fedinv -q)")

@@ -9,7 +9,7 @@ import click
 from ..config import to_toml
 from ..oneshot.pipeline import RunConfig, run_pipeline
 from ..runtime import to_json
-from .parsing import print_config_option, seed_option, with_seed
+from .parsing import print_config_option, progress_option, seed_option, with_seed
 
 SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose seed --seed sets
 
@@ -23,7 +23,7 @@ SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose s
                    "(repeatable; the value in TOML syntax; the run folder records the effective config)")
 @seed_option(SEEDED)
 @print_config_option
-@click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
+@progress_option()
 def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], seed: int | None, print_config: bool,
             progress: bool) -> None:
     """Run the one-shot pipeline from a TOML CONFIG in one run folder:

@@ -16,7 +16,7 @@ from ..oneshot.student.config import StudentConfig
 from ..oneshot.student.train import train_student
 from ..runtime import resolve_device, save_json, save_png, to_json
 from ..store import read_meta
-from .parsing import check_option, trust_model_option
+from .parsing import check_option, progress_option, trust_model_option
 
 
 @click.command("train-student")
@@ -35,7 +35,7 @@ from .parsing import check_option, trust_model_option
 @click.option("--local-partition", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="partition manifest, to mix in one node's real data (with --local-node, --local-weight)")
 @click.option("--local-node", type=int, default=None, help="the node whose real data the student holds")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
+@progress_option()
 @trust_model_option
 @click_options(StudentConfig)
 def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_root: str, test: bool,

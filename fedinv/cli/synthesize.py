@@ -13,7 +13,7 @@ from ..oneshot.synthesis.config import SynthesisConfig
 from ..oneshot.synthesis.registry import METHODS, method_class
 from ..oneshot.synthesis.synthesize import synthesize_distributed
 from ..runtime import resolve_device, to_json
-from .parsing import trust_model_option
+from .parsing import progress_option, trust_model_option
 
 
 @click.command("synthesize")
@@ -24,7 +24,7 @@ from .parsing import trust_model_option
 @click.option("--resume", is_flag=True, hidden=True, help="accepted for old scripts; continuing is the rule")
 @click.option("--student", "student_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="adaptive mode: a model checkpoint to compete with (the --a-comp Jensen-Shannon term)")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar")
+@progress_option("a progress bar")
 @trust_model_option
 @click_options(SynthesisConfig)
 @choice_options(METHODS, "--method")

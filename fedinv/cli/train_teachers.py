@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..oneshot.teachers import TeacherConfig, train_teachers
 from ..runtime import to_json
 from .engines import engine_option, flower_module
-from .parsing import parse_numbers
+from .parsing import parse_numbers, progress_option
 
 
 @click.command("train-teachers")
@@ -24,7 +24,7 @@ from .parsing import parse_numbers
               "deployment each node trains its own and sends node-K.pt")
 @engine_option("each node trains in a Flower ClientApp (simulation engine) and the ServerApp collects the "
                "teachers (all nodes, no resume)")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="show progress bars")
+@progress_option()
 @click_options(TeacherConfig)
 def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engine: str, progress: bool,
                        **kwargs) -> None:

@@ -103,3 +103,20 @@ def test_print_config_gives_toml_that_reads_back_to_the_effective_config_and_see
     else:
         assert FederatedRunConfig.from_dict(printed) == FederatedRunConfig.from_toml(config, overrides)
     assert not (tmp_path / "out").exists(), "printing runs nothing"
+
+
+@pytest.mark.parametrize("args,shown", [([], True), (["-q"], False), (["-q", "--progress"], True),
+                                        (["--no-progress"], False)])
+def test_quiet_turns_the_progress_bars_off_unless_asked_for(tmp_path, monkeypatch, args, shown):
+    import fedinv.cli.synthesize as synthesize_cli
+
+    seen = {}
+    monkeypatch.setattr(synthesize_cli, "synthesize_distributed",
+                        lambda *a, progress, **kw: seen.update(progress=progress) or {})
+    write_teachers(tmp_path / "t", *random_teachers(2))
+    quiet = [a for a in args if a == "-q"]
+    rest = [a for a in args if a != "-q"]
+    res = CliRunner().invoke(cli, [*quiet, "synthesize", "--teachers", str(tmp_path / "t"),
+                                   "--out", str(tmp_path / "s.h5"), "--device", "cpu", *rest])
+    assert res.exit_code == 0, res.output
+    assert seen["progress"] is shown
