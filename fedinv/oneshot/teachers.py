@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import TEACHER, ModelCheckpoint, load_checkpoint, save_checkpoint
-from ..config import (COUNT, LEARNING_RATE, MOMENTUM, SEED, WEIGHT, check_fields, device_option, option,
+from ..config import (COUNT, LEARNING_RATE, MOMENTUM, SEED, SIZE, WEIGHT, check_fields, device_option, option,
                       precision_option, to_dict)
 from ..data.batches import batches
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
@@ -52,6 +52,8 @@ class TeacherConfig:
     augment: bool = option(True, "light augmentation: random crop with padding, and horizontal flip "
                                  "where the dataset allows it")
     same_init: bool = option(True, "start every node from the same initialization (one-shot FedAvg baseline)")
+    eval_every: int = option(5, "also measure test accuracy every k epochs (into metrics.jsonl and the training "
+                             "history; the last epoch always); 0: only after the last", runtime=True, valid=SIZE)
     precision: str = precision_option()
     device: str = device_option()
     seed: int = option(0, "random seed of initialization and data order", valid=SEED)
@@ -102,15 +104,19 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
                               what=f"node {node} epoch {epoch + 1}")
         seconds += time.perf_counter() - t0
         history.append({"loss": metrics["loss"], "accuracy": metrics["accuracy"]})
-        metrics_log.append({"node": node, "epoch": epoch + 1, "loss": metrics["loss"],
-                            "train_accuracy": metrics["accuracy"], "lr": stepper.optimizer.param_groups[0]["lr"],
-                            "seconds": time.perf_counter() - t0})
+        line = {"node": node, "epoch": epoch + 1, "loss": metrics["loss"], "train_accuracy": metrics["accuracy"],
+                "lr": stepper.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+            logits = predict_logits(model, test, device)  # eval mode; draws nothing from any random stream
+            history[-1]["test_accuracy"] = line["test_accuracy"] = accuracy(logits, test.labels)
+        metrics_log.append(line)
         log.info("node %d epoch %d/%d: loss %.4f, train accuracy %.4f", node, epoch + 1, cfg.epochs,
                  metrics["loss"], metrics["accuracy"])
         save_progress(partial, epoch=epoch + 1, model=model, stepper=stepper, config=cfg, history=history,
                       seconds=seconds, partition_sha256=partition_hash)
 
-    logits = predict_logits(model, test, device)
+    if start_epoch == cfg.epochs:  # every epoch was done before (the loop evaluated the last one otherwise)
+        logits = predict_logits(model, test, device)
     ckpt = ModelCheckpoint.of(
         TEACHER, cfg.model, info, model.state_dict(), label_counts=split.label_counts(), config=to_dict(cfg),
         seed=cfg.seed,

@@ -109,3 +109,6 @@ def test_killed_train_teachers_resumes_to_the_same_model(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [(x["node"], x["epoch"]) for x in lines] == [(0, e) for e in range(1, 13)], "none lost or doubled"
     assert [x["loss"] for x in lines] == [h["loss"] for h in a.metrics["train_history"]]
+    tested = [x["epoch"] for x in lines if "test_accuracy" in x]
+    assert tested == [5, 10, 12]  # every 5 epochs (the default) and the last, kept across the kill
+    assert lines[-1]["test_accuracy"] == a.metrics["test_accuracy"]
