@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from . import __version__
 from .aggregate import weighted_average
-from .checkpoint import ModelCheckpoint
+from .checkpoint import MODEL_KINDS, ModelCheckpoint, load_checkpoint
 from .data.batches import batches
 from .data.datasets import ImageTensors
 from .errors import ConfigError
@@ -90,8 +91,13 @@ def class_level_logits(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tens
     return (logits * shares.to(logits.dtype)[:, None, :]).sum(0)
 
 
-def evaluate_checkpoint(ckpt: ModelCheckpoint, test: ImageTensors, device: torch.device) -> tuple[dict, Image.Image]:
-    """(report dict, confusion-matrix picture) of a model checkpoint on a test split."""
+def evaluate_checkpoint(ckpt: ModelCheckpoint | str | Path, test: ImageTensors,
+                        device: torch.device | str = "cpu") -> tuple[dict, Image.Image]:
+    """(report dict, confusion-matrix picture) of a model checkpoint (or the path of any fedinv
+    checkpoint: teacher, student, global model) on a test split."""
+    if not isinstance(ckpt, ModelCheckpoint):
+        ckpt = load_checkpoint(ckpt, kind=MODEL_KINDS)
+    device = torch.device(device)
     if ckpt.image_shape != test.info.image_shape or ckpt.num_classes != test.info.num_classes:
         raise ConfigError(f"the checkpoint takes {ckpt.image_shape} images of {ckpt.num_classes} classes; "
                           f"{test.info.name} has {test.info.image_shape} and {test.info.num_classes}")

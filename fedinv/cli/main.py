@@ -10,6 +10,7 @@ import click
 from .. import __version__
 from ..distributed import world_from_env
 from ..errors import FedinvError
+from .export import export_cmd
 from .federate import federate_cmd, federate_report_cmd
 from .import_teacher import import_teacher_cmd
 from .partition import models_cmd, partition_cmd
@@ -66,6 +67,7 @@ cli.add_command(view_cmd)
 cli.add_command(audit_cmd)
 cli.add_command(train_student_cmd)
 cli.add_command(evaluate_cmd)
+cli.add_command(export_cmd)
 cli.add_command(run_cmd)
 cli.add_command(federate_cmd)
 cli.add_command(federate_report_cmd)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Collection, Iterator
 import torch
 from torch import nn
 
-from ...data.datasets import DatasetInfo, ImageTensors
+from ...data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ...distributed import World, process_group, rank_device, world_from_env
 from ...errors import ConfigError
 from ...evaluate import accuracy, predict_logits
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                   teachers_dir: str | Path | Teachers | None = None, local: ImageTensors | None = None,
-                  test: ImageTensors | None = None, eval_every: int = 10, progress: bool = True,
+                  test: ImageTensors | str | None = "auto", eval_every: int = 10, progress: bool = True,
                   world: World | None = None, trust: Collection[str] = ()) -> dict[str, Any]:
     """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable). A finished
     student of the same settings in `out_dir` is read back, not retrained; one of other settings is an
@@ -53,7 +53,9 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
     `teachers_dir`: a teachers folder or `TeacherModels` (KD targets, adaptive mode); `trust` as in
     `load_checkpoint`.
 
-    With `test`, test accuracy is recorded every `eval_every` epochs and after the last. Under
+    `test`: test accuracy is recorded every `eval_every` epochs and after the last on this split;
+    "auto" (the default) reads the test split of the store's dataset where it is on this machine (a
+    warning says so where it is not); None records none. Under
     torchrun (`world` from its environment) the student trains with DistributedDataParallel: each
     rank takes every K-th batch of the same shuffled order (an effective batch of K x batch_size),
     and rank 0 writes the checkpoints and the report (the other ranks return {}).
@@ -69,6 +71,10 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
     lock = folder_lock(out_dir) if world.rank == 0 else contextlib.nullcontext()  # rank 0 writes
     with process_group(world, rank_device(cfg.device, world)), lock:
         run = StudentRun.open(Path(store), cfg, teachers_dir, local, world, trust)
+        if isinstance(test, str):
+            if test != "auto":
+                raise ConfigError(f"test must be a dataset split, None or 'auto', got {test!r}")
+            test = available_test_split(run.info)
         history = run.train(Path(out_dir), test, eval_every, progress and world.rank == 0)
         if world.rank != 0:
             return {}
@@ -76,6 +82,17 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                              kd_source=run.source, world_size=world.size, device=run.device,
                              amp_dtype=run.stepper.amp_dtype, test=test,
                              teachers_dir=teachers_dir)
+
+
+def available_test_split(info: DatasetInfo) -> ImageTensors | None:
+    """The test split of dataset `info` where this machine has it (nothing is downloaded); None, with a
+    warning naming the way to pass one, where it has not."""
+    try:
+        return load_dataset(info.name, "test")
+    except (ConfigError, OSError) as e:
+        log.warning("the student records no test accuracy: %s's test split is not on this machine (%s); pass "
+                    "test=load_dataset(DataConfig(dataset=..., download=True), 'test'), or test=None", info.name, e)
+        return None
 
 
 @dataclass

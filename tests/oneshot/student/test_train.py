@@ -125,3 +125,21 @@ def test_node_weights_fall_for_a_teacher_that_contradicts_the_pool_and_resume_wi
     resumed = train_student(tmp_path / "s.h5", tmp_path / "killed", cfg, teachers_dir=tmp_path / "t", progress=False)
     assert [h["node_weights"] for h in resumed["history"]] == weights
     assert resumed["history"][-1]["loss"] == whole["history"][-1]["loss"], "resumed = uninterrupted"
+
+
+def test_the_student_reads_its_store_datasets_test_split_itself_or_says_why_not(tmp_path, caplog, monkeypatch):
+    import fedinv.oneshot.student.train as student_train
+
+    real_store(tmp_path / "s.h5", n=64)
+    cfg = StudentConfig(model="lenet5", epochs=1, batch_size=32, device="cpu")
+    report = train_student(tmp_path / "s.h5", tmp_path / "auto", cfg, progress=False)  # test="auto"
+    assert 0.0 <= report["test_accuracy"] <= 1.0
+    assert "test_accuracy" not in train_student(tmp_path / "s.h5", tmp_path / "none", cfg, test=None, progress=False)
+    with pytest.raises(ConfigError, match="'auto'"):
+        train_student(tmp_path / "s.h5", tmp_path / "bad", cfg, test="yes", progress=False)
+
+    def missing(*a, **kw):
+        raise ConfigError("not here")
+    monkeypatch.setattr(student_train, "load_dataset", missing)
+    report = train_student(tmp_path / "s.h5", tmp_path / "offline", cfg, progress=False)
+    assert "test_accuracy" not in report and "records no test accuracy" in caplog.text
