@@ -107,7 +107,7 @@ def evaluate_checkpoint(ckpt: ModelCheckpoint | str | Path, test: ImageTensors,
     report = {"fedinv_version": __version__, "dataset": test.info.name, "num_test": len(test),
               "model": ckpt.model, "accuracy": accuracy(logits, test.labels),
               "per_class_accuracy": per_class_accuracy(logits, test.labels, k), "confusion_matrix": cm.tolist()}
-    return report, confusion_plot(cm.numpy(), test.info.class_names)
+    return report, confusion_plot(cm.numpy(), test.info.class_names, f"{ckpt.model['name']} on {test.info.name}")
 
 
 def teacher_report(ckpts: Sequence[ModelCheckpoint], test: ImageTensors, device: torch.device) -> dict[str, Any]:

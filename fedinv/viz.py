@@ -1,9 +1,11 @@
-"""Pictures: image grids (torchvision.utils), label counts per node, bar charts and curves (Pillow)."""
+"""Pictures: image grids (torchvision.utils and Pillow), and charts drawn by matplotlib (its Agg
+renderer on a figure of our own: no pyplot, no global backend or state) returned as PIL images:
+label counts per node, bar charts, a confusion matrix, training curves, line plots."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable, Sequence
+import io
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -14,38 +16,6 @@ def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
-def label_count_plot(counts: np.ndarray, class_names: Sequence[str] = (), title: str = "",
-                     cell: int = 40) -> Image.Image:
-    """A dot per (node, class), its area proportional to the count. counts: [num_nodes, num_classes]."""
-    counts = np.asarray(counts)
-    nodes, classes = counts.shape
-    names = list(class_names) or [str(k) for k in range(classes)]
-    font = _font()
-    left = 12 + max(int(font.getlength(n)) for n in names)
-    top, bottom = (28 if title else 10), 40
-    width, height = max(left + nodes * cell + 10, 260), top + classes * cell + bottom
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((10, 8), title, fill="black", font=font)
-    peak = max(int(counts.max()), 1)
-    for k in range(classes):
-        cy = top + k * cell + cell // 2
-        draw.text((6, cy - 6), names[k], fill="black", font=font)
-        draw.line((left, cy, left + nodes * cell, cy), fill=(230, 230, 230))
-    for i in range(nodes):
-        cx = left + i * cell + cell // 2
-        draw.text((cx - 3 * len(str(i)), top + classes * cell + 6), str(i), fill="black", font=font)
-        for k in range(classes):
-            if counts[i, k] == 0:
-                continue
-            cy = top + k * cell + cell // 2
-            r = max(1.0, (cell / 2 - 2) * float(np.sqrt(counts[i, k] / peak)))
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(200, 60, 60))
-    draw.text((left, height - 16), f"node (dot area ~ samples; largest = {peak})", fill="black", font=font)
-    return img
-
-
 def rows_per_class(labels: np.ndarray, per_class: int, classes: Sequence[int], seed: int = 0) -> np.ndarray:
     """Indices of up to `per_class` randomly chosen rows of each class in `classes` (seeded)."""
     rng = np.random.default_rng(seed)
@@ -54,8 +24,10 @@ def rows_per_class(labels: np.ndarray, per_class: int, classes: Sequence[int], s
 
 
 def class_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], per_class: int,
-               classes: Sequence[int] | None = None, scale: int = 2) -> Image.Image:
-    """One row per class of up to `per_class` images, class names on the left.
+               classes: Sequence[int] | None = None, scale: int = 2, title: str = "") -> Image.Image:
+    """One row per class of up to `per_class` images, class names (and how many of the row are shown) on
+    the left, `title` above; a class with fewer images leaves its slots blank (white), and its name
+    says how many it has.
 
     images: uint8 [N, C, H, W] pixels (already denormalized); labels [N].
     """
@@ -63,141 +35,173 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence
 
     classes = list(range(len(class_names))) if classes is None else list(classes)
     c, h, w = images.shape[1:]
-    rows = []
+    rows, shown = [], []
     for k in classes:
         picked = images[labels == k][:per_class]
-        row = torch.zeros(per_class, c, h, w, dtype=torch.uint8)  # blank cells where a class has fewer
+        row = torch.full((per_class, c, h, w), 255, dtype=torch.uint8)  # blank (white) where a class has fewer
         row[: len(picked)] = picked
         rows.append(row)
+        shown.append(len(picked))
     grid = make_grid(torch.cat(rows).float() / 255, nrow=per_class, padding=2, pad_value=1.0)
     arr = (grid.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
     picture = Image.fromarray(arr).resize((grid.shape[2] * scale, grid.shape[1] * scale), Image.NEAREST)
     font = _font()
-    names = [class_names[k] for k in classes]
+    names = [class_names[k] + ("" if n == per_class else f" ({n})") for k, n in zip(classes, shown)]
     left = 10 + max(int(font.getlength(n)) for n in names)
-    canvas = Image.new("RGB", (left + picture.width, picture.height), "white")
-    canvas.paste(picture, (left, 0))
+    top = 18 if title else 0
+    canvas = Image.new("RGB", (max(left + picture.width, int(font.getlength(title)) + 8), top + picture.height),
+                       "white")
+    canvas.paste(picture, (left, top))
     draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 3), title, fill="black", font=font)
     cell = (h + 2) * scale
     for i, name in enumerate(names):
-        draw.text((4, 2 * scale + i * cell + cell // 2 - 6), name, fill="black", font=font)
+        draw.text((4, top + 2 * scale + i * cell + cell // 2 - 6), name, fill="black", font=font)
     return canvas
 
 
-def _legend_column(font: ImageFont.ImageFont, names: Iterable[str]) -> float:
-    """Width of a legend column: the colour swatch, the longest name and a gap."""
-    return 14 + max((font.getlength(name) for name in names), default=0) + 16
+def series_colors(n: int) -> list[tuple[float, float, float]]:
+    """n distinct colours: matplotlib's tab10 up to 10, tab20 up to 20, then evenly spaced hues."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i)[:3] for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i)[:3] for i in range(n)]
+    return [colormaps["hsv"](i / n)[:3] for i in range(n)]
+
+
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure of `width` x `height` inches, not registered with pyplot."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _image(fig: Any) -> Image.Image:
+    """The figure rendered (Agg) to an RGB PIL image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor="white")
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def label_count_plot(counts: np.ndarray, class_names: Sequence[str] = (), title: str = "") -> Image.Image:
+    """A dot per (node, class), its area proportional to the count, the count written beside it.
+    counts: [num_nodes, num_classes]."""
+    counts = np.asarray(counts)
+    nodes, classes = counts.shape
+    names = list(class_names) or [str(k) for k in range(classes)]
+    fig = _figure(max(4.0, 1.6 + 0.55 * nodes), 1.2 + 0.38 * classes)
+    ax = fig.add_subplot()
+    peak = max(int(counts.max()), 1)
+    ii, kk = np.nonzero(counts)
+    ax.scatter(ii, kk, s=600 * counts[ii, kk] / peak, color=series_colors(1)[0], alpha=0.8)
+    for i, k in zip(ii, kk):
+        ax.annotate(str(int(counts[i, k])), (i, k), xytext=(0, -9), textcoords="offset points", ha="center",
+                    va="top", fontsize=6, color="0.3")
+    ax.set_xticks(range(nodes))
+    ax.set_yticks(range(classes), names)
+    ax.set_xlim(-0.6, nodes - 0.4)
+    ax.set_ylim(classes - 0.5, -0.7)
+    ax.set_xlabel("node (dot area ~ samples)")
+    ax.set_ylabel("class")
+    ax.grid(True, color="0.92")
+    ax.set_axisbelow(True)
+    ax.set_title(title or "samples per node and class", fontsize=10)
+    return _image(fig)
 
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], title: str = "",
-              colors: Sequence[tuple[int, int, int]] = ((66, 114, 196), (237, 125, 49), (112, 173, 71),
-                                                        (165, 165, 165)),
-              height: int = 220) -> Image.Image:
-    """Grouped vertical bars of values in [0, 1], one group per entry of `groups`."""
-    font = _font()
-    n_series, bar, gap = len(series), 12, 14
-    group_w = n_series * bar + gap
-    left, top, bottom = 36, 30, 70
-    column = _legend_column(font, series)
-    # wide enough for the bars, the legend (one row) and the title
-    width = int(max(left + len(groups) * group_w + 20, left + n_series * column, left + font.getlength(title) + 10,
-                    300))
-    img = Image.new("RGB", (width, top + height + bottom), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((left, 6), title, fill="black", font=font)
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = top + height - tick * height
-        draw.line((left, y, width - 10, y), fill=(225, 225, 225))
-        draw.text((4, y - 6), f"{tick:.2f}", fill="black", font=font)
-    for s, (name, values) in enumerate(series.items()):
-        for g, v in enumerate(values):
-            x0 = left + g * group_w + s * bar + gap // 2
-            v = 0.0 if v != v else max(0.0, min(1.0, float(v)))  # NaN (no images) draws nothing
-            draw.rectangle((x0, top + height - v * height, x0 + bar - 2, top + height), fill=colors[s % len(colors)])
-        lx = left + s * column
-        draw.rectangle((lx, top + height + 48, lx + 10, top + height + 58), fill=colors[s % len(colors)])
-        draw.text((lx + 14, top + height + 46), name, fill="black", font=font)
-    for g, name in enumerate(groups):
-        x0 = left + g * group_w + gap // 2
-        draw.text((x0, top + height + 4), name[:10], fill="black", font=font)
-    return img
+              y_label: str = "share") -> Image.Image:
+    """Grouped vertical bars of values in [0, 1], one group per entry of `groups` (names slanted so that
+    long class names do not run into each other); NaN draws no bar."""
+    n = max(len(series), 1)
+    fig = _figure(max(5.0, 1.5 + len(groups) * (0.18 * n + 0.25)), 3.6)
+    ax = fig.add_subplot()
+    width = 0.8 / n
+    x = np.arange(len(groups))
+    for s, ((name, values), color) in enumerate(zip(series.items(), series_colors(len(series)))):
+        ax.bar(x + (s - (n - 1) / 2) * width, [0.0 if v != v else float(v) for v in values], width, label=name,
+               color=color)
+    ax.set_xticks(x, list(groups), rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(y_label)
+    ax.grid(True, axis="y", color="0.92")
+    ax.set_axisbelow(True)
+    ax.set_title(title, fontsize=10)
+    if len(series) > 1:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=min(len(series), 4), frameon=False)
+    return _image(fig)
 
 
-def confusion_plot(cm: np.ndarray, class_names: Sequence[str], cell: int = 34) -> Image.Image:
-    """A confusion matrix (rows: true label, columns: predicted), each row shaded by its share."""
+def confusion_plot(cm: np.ndarray, class_names: Sequence[str], title: str = "confusion matrix") -> Image.Image:
+    """A confusion matrix (rows: true label, columns: predicted): each cell shaded by its share of its
+    row (the normalized view: the diagonal is each class's recall) and labelled with its count; the
+    title gives the accuracy."""
     cm = np.asarray(cm)
     k = len(cm)
-    font = _font()
-    left = 12 + max(int(font.getlength(n)) for n in class_names)
-    top = 24
-    img = Image.new("RGB", (left + k * cell + 10, top + k * cell + 40), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((left, 6), "predicted ->", fill="black", font=font)
     shares = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    accuracy = np.trace(cm) / max(cm.sum(), 1)
+    fig = _figure(2.2 + 0.5 * k, 1.6 + 0.45 * k)
+    ax = fig.add_subplot()
+    shown = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
-        draw.text((6, top + i * cell + cell // 2 - 6), class_names[i], fill="black", font=font)
-        draw.text((left + i * cell + cell // 2 - 4, top + k * cell + 6), str(i), fill="black", font=font)
         for j in range(k):
-            shade = int(255 * (1 - shares[i, j]))
-            x0, y0 = left + j * cell, top + i * cell
-            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=(shade, shade, 255), outline=(230, 230, 230))
-            text = str(int(cm[i, j]))
-            draw.text((x0 + 3, y0 + cell // 2 - 6), text, fill="white" if shares[i, j] > 0.5 else "black", font=font)
-    return img
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), list(class_names), rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(k), list(class_names), fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title}: accuracy {100 * accuracy:.2f}% of {int(cm.sum())}", fontsize=10)
+    fig.colorbar(shown, ax=ax, label="share of the true class", shrink=0.8)
+    return _image(fig)
 
 
 def epoch_curves(histories: dict[str, list[dict[str, Any]]], keys: Sequence[str], title: str) -> Image.Image:
-    """Per-epoch curves of training histories ({name: [{"loss": ..., key: ...}, ...]}): each of `keys`
-    (accuracies in [0, 1]) and the loss divided by its largest value, against the epoch."""
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for name, history in histories.items():
-        for key in keys:
-            points = [(i + 1.0, float(h[key])) for i, h in enumerate(history) if h.get(key) is not None]
-            if points:
-                curves[f"{name}{key.replace('_', ' ')}"] = points
-        top = max((h["loss"] for h in history), default=0.0) or 1.0
-        curves[f"{name}loss / max"] = [(i + 1.0, h["loss"] / top) for i, h in enumerate(history)]
-    return line_plot(curves, title=title, x_label="epoch")
+    """Training histories ({name: [{"loss": ..., key: ...}, ...]}) against the epoch: each of `keys`
+    (accuracies in [0, 1]; an epoch without the key is skipped) on the left, the loss on the right."""
+    fig = _figure(9.0, 3.4)
+    acc, loss = fig.subplots(1, 2)
+    curves = [(name, key) for name, history in histories.items() for key in keys
+              if any(h.get(key) is not None for h in history)]
+    colors = dict(zip(curves, series_colors(len(curves))))
+    for (name, key), color in colors.items():
+        points = [(i + 1, float(h[key])) for i, h in enumerate(histories[name]) if h.get(key) is not None]
+        acc.plot(*zip(*points), color=color, marker="o" if len(points) < 20 else None, markersize=3,
+                 label=f"{name.strip()} {key.replace('_', ' ')}".strip())
+    names = list(histories)
+    for name, color in zip(names, series_colors(len(names))):
+        history = histories[name]
+        loss.plot(range(1, len(history) + 1), [h["loss"] for h in history], color=color, label=name.strip() or "loss")
+    acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for ax in (acc, loss):
+        ax.grid(True, color="0.92")
+        if ax.get_legend_handles_labels()[0] and (ax is acc or len(names) > 1):
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    return _image(fig)
 
 
 def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "", x_label: str = "round",
-              width: int = 560, height: int = 300) -> Image.Image:
-    """One polyline per entry of `curves` ({name: [(x, y), ...]}), axes scaled to the data, legend below."""
-    font = _font()
-    palette = ((66, 114, 196), (237, 125, 49), (112, 173, 71), (165, 165, 165), (255, 192, 0), (91, 155, 213),
-               (158, 72, 14), (99, 37, 110), (38, 68, 120), (200, 30, 30))
-    points = [p for c in curves.values() for p in c]
-    x_max = max((p[0] for p in points), default=1.0)
-    y_lo = min((p[1] for p in points), default=0.0)
-    y_lo, y_hi = math.floor(y_lo * 10) / 10, 1.0
-    left, top, right, bottom = 44, 28, 16, 40
-    column = _legend_column(font, curves)  # as many columns as fit in the width
-    columns = max(1, min(len(curves), int((width - left) // column)))
-    legend_rows = -(-len(curves) // columns)
-    img = Image.new("RGB", (width, top + height + bottom + 16 * legend_rows), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((left, 6), title, fill="black", font=font)
-
-    def xy(x: float, y: float) -> tuple[float, float]:
-        return (left + x / max(x_max, 1e-9) * (width - left - right),
-                top + height - (y - y_lo) / max(y_hi - y_lo, 1e-9) * height)
-
-    for i in range(6):
-        tick = y_lo + (y_hi - y_lo) * i / 5
-        _, y = xy(0, tick)
-        draw.line((left, y, width - right, y), fill=(225, 225, 225))
-        draw.text((2, y - 6), f"{tick:.2f}", fill="black", font=font)
-    draw.text((width - right - 6 * len(f"{x_label} {x_max:g}"), top + height + 4), f"{x_label} {x_max:g}",
-              fill="black", font=font)
-    draw.text((left, top + height + 4), "0", fill="black", font=font)
-    for i, (name, curve) in enumerate(curves.items()):
-        color = palette[i % len(palette)]
-        pts = [xy(x, y) for x, y in curve]
-        if len(pts) > 1:
-            draw.line(pts, fill=color, width=2)
-        elif pts:
-            draw.ellipse((pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2), fill=color)
-        lx, ly = left + (i % columns) * column, top + height + 22 + (i // columns) * 16
-        draw.rectangle((lx, ly + 2, lx + 10, ly + 12), fill=color)
-        draw.text((lx + 14, ly), name, fill="black", font=font)
-    return img
+              y_label: str = "test accuracy") -> Image.Image:
+    """One line per entry of `curves` ({name: [(x, y), ...]}), distinct colours, the legend below the
+    axes (it never covers the data)."""
+    fig = _figure(7.0, 3.6 + 0.2 * -(-len(curves) // 2))
+    ax = fig.add_subplot()
+    for (name, curve), color in zip(curves.items(), series_colors(len(curves))):
+        if curve:
+            ax.plot(*zip(*curve), color=color, label=name, marker="o" if len(curve) == 1 else None)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, color="0.92")
+    ax.set_title(title, fontsize=10)
+    if curves:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=7, frameon=False)
+    return _image(fig)

@@ -47,6 +47,8 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
                               f"continue it by rerunning its `fedinv synthesize` command")
         names = meta["dataset"]["class_names"]
         labels = read_labels(store).numpy()
+        method = (meta.get("config") or {}).get("method", "")
+        title = f"{store.name}: {meta['n_valid']} synthetic images" + (f" ({method})" if method else "")
         wanted = parse_numbers(classes, "--classes") or list(range(len(names)))
         images, labels_t, _ = read_rows(store, rows_per_class(labels, per_class, wanted, seed))
     else:
@@ -55,11 +57,13 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
         wanted = parse_numbers(classes, "--classes") or list(range(len(names)))
         rows = torch.as_tensor(rows_per_class(data.labels.numpy(), per_class, wanted, seed))
         images, labels_t = data.images[rows], data.labels[rows]
+        title = f"{data.info.name}, {split} split: {len(data)} images"
     bad = [k for k in wanted if not 0 <= k < len(names)]
     if bad:
         raise ConfigError(f"classes {bad} out of range 0..{len(names) - 1}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_png(class_grid(images, labels_t, names, per_class, wanted, scale), out)
+    save_png(class_grid(images, labels_t, names, per_class, wanted, scale, title=f"{title}, up to {per_class} a class"),
+             out)
     click.echo(f"{out}: {len(wanted)} classes x up to {per_class} images")
 
 

@@ -165,7 +165,9 @@ def _run_stages(cfg: RunConfig, run: Path, progress: bool) -> dict[str, Any]:
     lap("evaluate")
     labels = read_labels(run / "synthetic.h5").numpy()
     images, labels_t, _ = read_rows(run / "synthetic.h5", rows_per_class(labels, 8, range(train.info.num_classes)))
-    save_png(class_grid(images, labels_t, train.info.class_names, per_class=8, scale=3), run / "synthetic.png")
+    title = f"synthetic.h5: {len(labels)} images ({cfg.synthesis.method}), 8 a class"
+    save_png(class_grid(images, labels_t, train.info.class_names, per_class=8, scale=3, title=title),
+             run / "synthetic.png")
     lap("view")
 
     summary = {"fedavg_accuracy": teacher_report["fedavg_accuracy"],

@@ -182,6 +182,7 @@ def write_teacher_report(out_dir: Path, test: ImageTensors, cfg: TeacherConfig, 
     report = teacher_report(ckpts, test, resolve_device(cfg.device))
     report.update(config=to_dict(cfg), seed=cfg.seed, partition_sha256=partition_hash, **extra)
     histories = {f"node {c.extra.get('node')} ": c.metrics.get("train_history", []) for c in ckpts}
-    save_png(epoch_curves(histories, ("accuracy",), "teachers: training accuracy and loss"), out_dir / "curves.png")
+    save_png(epoch_curves(histories, ("accuracy", "test_accuracy"), "teachers: training (and test) accuracy, loss"),
+             out_dir / "curves.png")
     save_json(report, out_dir / "report.json")
     return report
