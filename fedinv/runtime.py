@@ -23,14 +23,33 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+STEP_KEYS = ("epoch", "round", "batch")  # what counts a metrics line's step, first found
+
+
+def tensorboard_writer(folder: str | os.PathLike) -> Any:
+    """A `torch.utils.tensorboard.SummaryWriter` into `folder`; a clear error where the optional
+    `tensorboard` package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'fedinv[tensorboard]' "
+                          "(or pip install tensorboard)") from e
+    return SummaryWriter(str(folder))
+
+
 class MetricsLog:
     """A stage's metrics.jsonl: one JSON line per epoch, round or batch as it finishes, flushed at
     each line, so that `tail -f` follows a run and a killed run keeps what it did. `start(keep)`
     rewrites the file with the lines a resumed run keeps (those of work it will not redo), so a
-    resume neither duplicates nor loses a line."""
+    resume neither duplicates nor loses a line.
 
-    def __init__(self, path: str | os.PathLike):
+    With `tensorboard` (a folder), every numeric field of every appended line is mirrored there as a
+    TensorBoard scalar at the line's step (its epoch, round or batch), under `node-K/` for a line of
+    node K; `image` adds a picture at a step."""
+
+    def __init__(self, path: str | os.PathLike, tensorboard: str | os.PathLike | None = None):
         self.path = Path(path)
+        self.board = tensorboard_writer(tensorboard) if tensorboard is not None else None
 
     def lines(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -59,6 +78,24 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(to_json(line) + "\n")
             f.flush()
+        if self.board is not None:
+            step = next((int(line[k]) for k in STEP_KEYS if k in line), None)
+            prefix = f"node-{line['node']}/" if "node" in line else ""
+            for key, value in line.items():
+                if key not in STEP_KEYS and key != "node" and isinstance(value, (int, float)) \
+                        and not isinstance(value, bool) and math.isfinite(value):
+                    self.board.add_scalar(prefix + key, value, step)
+            self.board.flush()
+
+    def image(self, tag: str, picture: torch.Tensor, step: int) -> None:
+        """A [C, H, W] picture in [0, 1] to TensorBoard (nothing without it)."""
+        if self.board is not None:
+            self.board.add_image(tag, picture, step)
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 def progress_bar(iterable: Any = None, *, show: bool = True, **kwargs: Any) -> Any:

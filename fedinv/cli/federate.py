@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from ..config import to_toml
+from ..errors import ConfigError
 from ..federated.config import FederatedRunConfig
 from ..federated.report import compare, load_run
 from ..federated.rounds import federate
 from ..runtime import save_json, save_png, to_json
 from .engines import engine_option, flower_module
-from .parsing import print_config_option, progress_option, seed_option, with_seed
+from .parsing import print_config_option, progress_option, seed_option, tensorboard_option, with_seed
 
 SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
 
@@ -29,8 +30,9 @@ SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
 @seed_option(SEEDED)
 @print_config_option
 @progress_option()
+@tensorboard_option
 def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, overrides: tuple[str, ...],
-                 seed: int | None, print_config: bool, progress: bool) -> None:
+                 seed: int | None, print_config: bool, progress: bool, tensorboard: bool) -> None:
     """Multi-round federated training from a TOML CONFIG.
 
     CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
@@ -55,9 +57,11 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
         return
     out = out or Path("runs") / config.stem
     if engine == "flower":
+        if tensorboard:
+            raise ConfigError("--tensorboard works with the in-process engine only")
         report = flower_module("simulation").federate_flower(cfg, out)
     else:
-        report = federate(cfg, out, progress=progress)
+        report = federate(cfg, out, progress=progress, tensorboard=tensorboard)
     click.echo(to_json({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
 
 

@@ -77,3 +77,9 @@ def progress_option(what: str = "progress bars") -> Callable:
     `fedinv -q` turns them off unless --progress asks for them."""
     return click.option("--progress/--no-progress", default=None, callback=_progress,
                         help=f"show {what} (on a terminal only; default: on, off with fedinv -q)")
+
+
+tensorboard_option = click.option(
+    "--tensorboard", is_flag=True,
+    help="also write the metrics as TensorBoard event files in the output's tensorboard folder (follow with "
+         "`tensorboard --logdir OUT`); needs pip install 'fedinv[tensorboard]'")

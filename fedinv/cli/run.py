@@ -9,7 +9,7 @@ import click
 from ..config import to_toml
 from ..oneshot.pipeline import RunConfig, run_pipeline
 from ..runtime import to_json
-from .parsing import print_config_option, progress_option, seed_option, with_seed
+from .parsing import print_config_option, progress_option, seed_option, tensorboard_option, with_seed
 
 SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose seed --seed sets
 
@@ -24,8 +24,9 @@ SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose s
 @seed_option(SEEDED)
 @print_config_option
 @progress_option()
+@tensorboard_option
 def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], seed: int | None, print_config: bool,
-            progress: bool) -> None:
+            progress: bool, tensorboard: bool) -> None:
     """Run the one-shot pipeline from a TOML CONFIG in one run folder:
     partition -> train-teachers -> synthesize -> train-student -> evaluate -> view.
 
@@ -39,6 +40,6 @@ def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], seed: in
     if print_config:
         click.echo(to_toml(cfg.to_dict()), nl=False)
         return
-    summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress)
+    summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress, tensorboard=tensorboard)
     click.echo(to_json({k: v for k, v in summary.items() if k != "student_history"}, indent=2))
 

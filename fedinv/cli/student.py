@@ -16,7 +16,7 @@ from ..oneshot.student.config import StudentConfig
 from ..oneshot.student.train import train_student
 from ..runtime import resolve_device, save_json, save_png, to_json
 from ..store import read_meta
-from .parsing import check_option, progress_option, trust_model_option
+from .parsing import check_option, progress_option, tensorboard_option, trust_model_option
 
 
 @click.command("train-student")
@@ -36,11 +36,12 @@ from .parsing import check_option, progress_option, trust_model_option
               help="partition manifest, to mix in one node's real data (with --local-node, --local-weight)")
 @click.option("--local-node", type=int, default=None, help="the node whose real data the student holds")
 @progress_option()
+@tensorboard_option
 @trust_model_option
 @click_options(StudentConfig)
 def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_root: str, test: bool,
                       eval_every: int, local_partition: Path | None, local_node: int | None, progress: bool,
-                      trust: tuple[str, ...], **kwargs) -> None:
+                      tensorboard: bool, trust: tuple[str, ...], **kwargs) -> None:
     """Train a student on a synthetic store by distillation from the teacher ensemble.
 
     Reads the store in shuffled blocks (memory does not grow with its size). Resumable: rerun
@@ -61,7 +62,8 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
         local = load_dataset(part.data, "train").subset(part.indices[local_node])
     test_data = load_dataset(data_cfg, "test") if test else None
     report = train_student(store, out, cfg, teachers_dir=teachers_dir, local=local, test=test_data,
-                           eval_every=eval_every, progress=progress, trust=trust)
+                           eval_every=eval_every, progress=progress, trust=trust,
+                           tensorboard=tensorboard)
     keys = ("test_accuracy", "ensemble_accuracy", "fedavg_accuracy", "store_images")
     if report:  # under torchrun, rank 0 alone reports (the other ranks return nothing)
         click.echo(to_json({k: report.get(k) for k in keys}, indent=2))

@@ -13,7 +13,7 @@ from ..oneshot.synthesis.config import SynthesisConfig
 from ..oneshot.synthesis.registry import METHODS, method_class
 from ..oneshot.synthesis.synthesize import synthesize_distributed
 from ..runtime import resolve_device, to_json
-from .parsing import progress_option, trust_model_option
+from .parsing import progress_option, tensorboard_option, trust_model_option
 
 
 @click.command("synthesize")
@@ -25,11 +25,12 @@ from .parsing import progress_option, trust_model_option
 @click.option("--student", "student_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="adaptive mode: a model checkpoint to compete with (the --a-comp Jensen-Shannon term)")
 @progress_option("a progress bar")
+@tensorboard_option
 @trust_model_option
 @click_options(SynthesisConfig)
 @choice_options(METHODS, "--method")
 def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Path | None, progress: bool,
-                   trust: tuple[str, ...], **kwargs) -> None:
+                   tensorboard: bool, trust: tuple[str, ...], **kwargs) -> None:
     """Synthesize training images from the teachers by sampling DeepInversion.
 
     One objective, several methods (--method), each with its own options (their help names the
@@ -56,6 +57,6 @@ def synthesize_cmd(teachers_dir: Path, out: Path, resume: bool, student_path: Pa
         student = load_checkpoint(student_path, kind=MODEL_KINDS).build(
             resolve_device(rank_device(cfg.device, world)))
     stats = synthesize_distributed(teachers_dir, out, cfg, student=student, progress=progress,
-                                   world=world, trust=trust)
+                                   world=world, trust=trust, tensorboard=tensorboard)
     if world.rank == 0:
         click.echo(to_json({"out": str(out), **stats}, indent=2))

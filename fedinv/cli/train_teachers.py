@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..oneshot.teachers import TeacherConfig, train_teachers
 from ..runtime import to_json
 from .engines import engine_option, flower_module
-from .parsing import parse_numbers, progress_option
+from .parsing import parse_numbers, progress_option, tensorboard_option
 
 
 @click.command("train-teachers")
@@ -25,9 +25,10 @@ from .parsing import parse_numbers, progress_option
 @engine_option("each node trains in a Flower ClientApp (simulation engine) and the ServerApp collects the "
                "teachers (all nodes, no resume)")
 @progress_option()
+@tensorboard_option
 @click_options(TeacherConfig)
 def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engine: str, progress: bool,
-                       **kwargs) -> None:
+                       tensorboard: bool, **kwargs) -> None:
     """Train one teacher per node on its split of the partition.
 
     Resumable: rerun the same command after an interruption; finished nodes are skipped and a
@@ -38,10 +39,12 @@ def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engin
     if engine == "flower":
         if nodes:
             raise ConfigError("--nodes works with the in-process engine only; the Flower engine trains every node")
+        if tensorboard:
+            raise ConfigError("--tensorboard works with the in-process engine only")
         report = flower_module("teacher_upload").train_teachers_flower(load_partition(partition_path), cfg, out)
     else:
         report = train_teachers(load_partition(partition_path), cfg, out, nodes=parse_numbers(nodes, "--nodes"),
-                                progress=progress)
+                                progress=progress, tensorboard=tensorboard)
     summary = {k: report[k] for k in ("node_accuracy", "ensemble_accuracy", "ensemble_mean_accuracy",
                                       "fedavg_accuracy")}
     click.echo(to_json(summary, indent=2))

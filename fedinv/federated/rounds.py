@@ -282,13 +282,14 @@ EngineFactory = Callable[[Federation, NodeData, dict[int, dict[str, Any]]], Node
 def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
              train: ImageTensors | None = None, test: ImageTensors | None = None,
              stop_after: int | None = None, engine: EngineFactory = InProcessNodes,
-             engine_name: str = "in-process") -> dict[str, Any]:
+             engine_name: str = "in-process", tensorboard: bool = False) -> dict[str, Any]:
     """Run a multi-round run in `out_dir`, continuing the one there (same config and partition) from
     its last finished round; returns the report. `resume=False` refuses a folder that holds a run.
 
     `stop_after` ends the call after that many rounds in all (the run can be resumed), for
     tests and for splitting a long run over sessions. `engine` makes the node engine from the
-    federation, the nodes' data and the node states of a resumed run.
+    federation, the nodes' data and the node states of a resumed run. `tensorboard`: the round
+    metrics also go to OUT/tensorboard.
     """
     out = Path(out_dir)
     train = train if train is not None else load_dataset(cfg.data, "train")
@@ -296,12 +297,13 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Tru
     data = node_data(cfg, train)
     fed = Federation(cfg, train.info, data.validation)
     with folder_lock(out, RUN_RECORDS):  # a second run into `out` is refused
-        return _rounds(cfg, fed, data, out, train, test, resume, progress, stop_after, engine, engine_name)
+        return _rounds(cfg, fed, data, out, train, test, resume, progress, stop_after, engine, engine_name,
+                       tensorboard)
 
 
 def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path, train: ImageTensors,
             test: ImageTensors, resume: bool, progress: bool, stop_after: int | None, engine: EngineFactory,
-            engine_name: str) -> dict[str, Any]:
+            engine_name: str, tensorboard: bool = False) -> dict[str, Any]:
     fc, phash = cfg.federate, data.partition.content_hash()
     start, history, (global_state, server_state), node_states = 0, [], fed.initial_states(), {}
     saved = load_run_checkpoint(out, cfg, phash, resume, engine_name)
@@ -314,7 +316,8 @@ def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path,
         save_partition(data.partition, data.pool.labels.numpy(), out / "partition.json", train.info.class_names)
         save_json(cfg.to_dict(), out / "config.json")
     nodes = engine(fed, data, node_states)
-    metrics_log = MetricsLog(out / "metrics.jsonl").start(keep=lambda line: line.get("round", 0) <= start)
+    metrics_log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if tensorboard else None).start(
+        keep=lambda line: line.get("round", 0) <= start)
     end = fc.rounds if stop_after is None else min(fc.rounds, stop_after)
     bar = progress_bar(range(start, end), initial=start, total=fc.rounds, desc=method_name(fc), unit="round",
                        show=progress)
@@ -333,6 +336,7 @@ def _rounds(cfg: FederatedRunConfig, fed: Federation, data: NodeData, out: Path,
                     "config": cfg.to_dict(), "seed": fc.seed, "partition_sha256": phash,
                     "global": global_state, "server": server_state,
                     "nodes": {str(k): v for k, v in nodes.states().items()}, "history": history}, out / "checkpoint.pt")
+    metrics_log.close()
     return finish(cfg, fed, global_state, history, test, out, phash, engine_name)
 
 

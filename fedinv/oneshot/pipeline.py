@@ -106,24 +106,27 @@ def partition_stage(cfg: RunConfig, manifest: Path, train: ImageTensors) -> Part
     return part
 
 
-def student_stage(cfg: RunConfig, run: Path, test: ImageTensors, progress: bool) -> dict[str, Any]:
+def student_stage(cfg: RunConfig, run: Path, test: ImageTensors, progress: bool,
+                  tensorboard: bool = False) -> dict[str, Any]:
     """The student's report: read back when a finished student of this config is there, else trained."""
     done = finished_student(run / "student", cfg.student)
     if done is not None:
         log.info("student: %s is complete, skipped", run / "student")
         return done
     return train_student(run / "synthetic.h5", run / "student", cfg.student, teachers_dir=run / "teachers",
-                         test=test, progress=progress)
+                         test=test, progress=progress, tensorboard=tensorboard)
 
 
-def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True,
+                 tensorboard: bool = False) -> dict[str, Any]:
     """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json). A second
-    process writing into `run_dir` is refused."""
+    process writing into `run_dir` is refused. `tensorboard`: every stage's metrics also go to
+    TensorBoard event files (teachers/tensorboard, synthetic.h5.tensorboard, student/tensorboard)."""
     with folder_lock(run_dir, RUN_RECORDS):
-        return _run_stages(cfg, Path(run_dir), progress)
+        return _run_stages(cfg, Path(run_dir), progress, tensorboard)
 
 
-def _run_stages(cfg: RunConfig, run: Path, progress: bool) -> dict[str, Any]:
+def _run_stages(cfg: RunConfig, run: Path, progress: bool, tensorboard: bool = False) -> dict[str, Any]:
     saved = run / "config.json"
     diff = changes(json.loads(saved.read_text()), cfg) if saved.is_file() else []
     held = [k for k in diff if has_work(run, k.split(".")[0])]
@@ -150,13 +153,15 @@ def _run_stages(cfg: RunConfig, run: Path, progress: bool) -> dict[str, Any]:
     part = partition_stage(cfg, run / "partition.json", train)
     lap("partition")
 
-    teacher_report = train_teachers(part, cfg.teachers, run / "teachers", progress=progress, train=train, test=test)
+    teacher_report = train_teachers(part, cfg.teachers, run / "teachers", progress=progress, train=train, test=test,
+                                    tensorboard=tensorboard)
     lap("train_teachers")
-    syn = synthesize(run / "teachers", run / "synthetic.h5", cfg.synthesis, resume=True, progress=progress)
+    syn = synthesize(run / "teachers", run / "synthetic.h5", cfg.synthesis, resume=True, progress=progress,
+                     tensorboard=tensorboard)
     log.info("synthesis: %s", {k: syn[k] for k in ("batches", "n_valid")})
     lap("synthesize")
 
-    student_report = student_stage(cfg, run, test, progress)
+    student_report = student_stage(cfg, run, test, progress, tensorboard)
     lap("train_student")
     ckpt = load_checkpoint(run / "student" / "student.pt", kind=STUDENT)
     evaluation, picture = evaluate_checkpoint(ckpt, test, resolve_device(cfg.student.device))

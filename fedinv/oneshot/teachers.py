@@ -69,8 +69,9 @@ def initial_model(cfg: TeacherConfig, info: DatasetInfo, node: int) -> nn.Module
 
 
 def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherConfig, out_dir: str | Path, *,
-               partition_hash: str = "", progress: bool = True) -> ModelCheckpoint:
-    """Train (or continue training) the teacher of `node` on `split`; writes `node-K.pt`."""
+               partition_hash: str = "", progress: bool = True, tensorboard: bool = False) -> ModelCheckpoint:
+    """Train (or continue training) the teacher of `node` on `split`; writes `node-K.pt` (and, with
+    `tensorboard`, its metrics to OUT/tensorboard)."""
     out_dir = Path(out_dir)
     final, partial = out_dir / f"node-{node}.pt", out_dir / "partial" / f"node-{node}.pt"
     device = resolve_device(cfg.device)
@@ -87,7 +88,8 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
     if saved is not None:
         start_epoch, history, seconds = saved["epoch"], saved["history"], saved["seconds"]
         log.info("node %d: resuming after epoch %d of %d", node, start_epoch, cfg.epochs)
-    metrics_log = MetricsLog(final.parent / "metrics.jsonl").start(
+    board = final.parent / "tensorboard" if tensorboard else None
+    metrics_log = MetricsLog(final.parent / "metrics.jsonl", board).start(
         keep=lambda line: line.get("node") != node or line.get("epoch", 0) <= start_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -126,6 +128,7 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
         extra={"node": node, "num_samples": len(split), "partition_sha256": partition_hash,
                "ran_on": ran_on(device, amp_dtype)})
     save_checkpoint(ckpt, final)
+    metrics_log.close()
     partial.unlink(missing_ok=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):
         partial.parent.rmdir()
@@ -133,13 +136,14 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
 
 
 def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path, *,
-                   nodes: Sequence[int] | None = None, progress: bool = True,
+                   nodes: Sequence[int] | None = None, progress: bool = True, tensorboard: bool = False,
                    train: ImageTensors | None = None, test: ImageTensors | None = None) -> dict[str, Any]:
     """Train the teachers of `nodes` (default: all) and write `report.json` over every finished node.
 
     A node whose `node-K.pt` exists is skipped when it was trained with the same config and
     partition; a different one is an error (use another output folder). `train`/`test` are the
-    partition's dataset splits, loaded here unless given.
+    partition's dataset splits, loaded here unless given. `tensorboard`: the metrics also go to
+    OUT/tensorboard (TensorBoard event files).
     """
     out_dir = Path(out_dir)
     nodes = list(range(partition.num_nodes)) if nodes is None else list(nodes)
@@ -152,11 +156,11 @@ def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path
         raise ConfigError(f"the partition ({partition.num_classes} classes) does not fit dataset "
                           f"{train.info.name!r} ({len(train)} samples, {train.info.num_classes} classes)")
     with folder_lock(out_dir):
-        return _train_nodes(partition, cfg, out_dir, nodes, train, test, progress)
+        return _train_nodes(partition, cfg, out_dir, nodes, train, test, progress, tensorboard)
 
 
 def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes: list[int], train: ImageTensors,
-                 test: ImageTensors, progress: bool) -> dict[str, Any]:
+                 test: ImageTensors, progress: bool, tensorboard: bool) -> dict[str, Any]:
     phash = partition.content_hash()
     for node in progress_bar(nodes, desc="teachers", unit="node", show=progress):
         final = out_dir / f"node-{node}.pt"
@@ -170,7 +174,7 @@ def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes:
             log.info("node %d: %s is complete, skipped", node, final)
             continue
         train_node(node, train.subset(partition.indices[node]), test, cfg, out_dir, partition_hash=phash,
-                   progress=progress)
+                   progress=progress, tensorboard=tensorboard)
     report = write_teacher_report(out_dir, test, cfg, phash)
     return report
 

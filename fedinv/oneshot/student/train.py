@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                   teachers_dir: str | Path | Teachers | None = None, local: ImageTensors | None = None,
                   test: ImageTensors | str | None = "auto", eval_every: int = 10, progress: bool = True,
-                  world: World | None = None, trust: Collection[str] = ()) -> dict[str, Any]:
+                  world: World | None = None, trust: Collection[str] = (), tensorboard: bool = False
+                  ) -> dict[str, Any]:
     """Train a student on the store; writes OUT/student.pt and OUT/report.json (resumable). A finished
     student of the same settings in `out_dir` is read back, not retrained; one of other settings is an
     error; a second process writing into `out_dir` is refused.
@@ -75,7 +76,7 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
             if test != "auto":
                 raise ConfigError(f"test must be a dataset split, None or 'auto', got {test!r}")
             test = available_test_split(run.info)
-        history = run.train(Path(out_dir), test, eval_every, progress and world.rank == 0)
+        history = run.train(Path(out_dir), test, eval_every, progress and world.rank == 0, tensorboard)
         if world.rank != 0:
             return {}
         return write_student(Path(out_dir), run.student, cfg, run.info, store=run.store, history=history,
@@ -151,7 +152,8 @@ class StudentRun:
         return cls(store, cfg, meta, info, device, world, teachers, source, student,
                    Stepper(optimizer, device, resolve_precision(cfg.precision, device)), local, adaptive)
 
-    def train(self, out_dir: Path, test: ImageTensors | None, eval_every: int, progress: bool) -> list[dict]:
+    def train(self, out_dir: Path, test: ImageTensors | None, eval_every: int, progress: bool,
+              tensorboard: bool = False) -> list[dict]:
         """Every epoch from the last saved one; returns the history of all epochs."""
         cfg, partial = self.cfg, out_dir / "partial.pt"
         start, history, pool = 0, [], self.meta["n_valid"]  # pool: the rows before any adaptive round
@@ -172,7 +174,8 @@ class StudentRun:
                 save_progress(partial, epoch=epoch, model=self.student, stepper=self.stepper, config=cfg,
                               history=history, pool=pool, **weights)
 
-        metrics_log = MetricsLog(out_dir / "metrics.jsonl") if self.world.rank == 0 else None
+        metrics_log = (MetricsLog(out_dir / "metrics.jsonl", out_dir / "tensorboard" if tensorboard else None)
+                       if self.world.rank == 0 else None)
         if metrics_log is not None:
             metrics_log.start(keep=lambda line: line.get("epoch", 0) <= start)
         if cfg.adaptive_batches and start == 0:
@@ -210,6 +213,8 @@ class StudentRun:
                      ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                if k != "epoch" and isinstance(v, (int, float))))
             save(epoch + 1)
+        if metrics_log is not None:
+            metrics_log.close()
         return history
 
     def objective(self, epoch: int) -> Callable[..., dict[str, torch.Tensor]]:

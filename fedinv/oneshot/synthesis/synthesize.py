@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...data.datasets import DatasetInfo
 from ...distributed import World, process_group, rank_device, shard_path, world_from_env
 from ...errors import ConfigError, RunStateError
 from ...models import place
@@ -70,8 +71,9 @@ def check_shardable(cfg: SynthesisConfig) -> None:
 
 def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *, resume: bool = True,
                student: nn.Module | None = None, progress: bool = True, shard: tuple[int, int] = (0, 1),
-               trust: Collection[str] = ()) -> dict[str, Any]:
-    """Synthesize `cfg.num_images` images from `teachers` into the store `out`.
+               trust: Collection[str] = (), tensorboard: bool = False) -> dict[str, Any]:
+    """Synthesize `cfg.num_images` images from `teachers` into the store `out` (with `tensorboard`,
+    each batch's losses and a grid of its first images also go to OUT.tensorboard/).
 
     `teachers`: a teachers folder (`node-K.pt` checkpoints; `trust` names the `module:factory`
     models they may use, see `load_checkpoint`), or `TeacherModels` held in memory.
@@ -113,7 +115,8 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
             if claims is not None:
                 store.record_claims(claims.record())
                 stats["claims"] = claims.record()
-            write_batches(store, synth, cfg, mine, sizes, stats, student, progress)
+            write_batches(store, synth, cfg, mine, sizes, stats, student, progress,
+                          tensorboard_path(Path(out)) if tensorboard else None, ensemble.info)
     except BaseException:
         if fresh:
             discard_if_empty(Path(out))  # a first batch that failed leaves nothing a rerun would refuse
@@ -122,8 +125,11 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
 
 
 def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, mine: list[int], sizes: list[int],
-                  stats: dict[str, Any], student: nn.Module | None, progress: bool) -> None:
-    """Append the batches `mine` (of `sizes` images) the store does not hold yet; counts into `stats`."""
+                  stats: dict[str, Any], student: nn.Module | None, progress: bool,
+                  tensorboard: Path | None = None, info: DatasetInfo | None = None) -> None:
+    """Append the batches `mine` (of `sizes` images) the store does not hold yet; counts into `stats`.
+    `tensorboard`: a folder for the batches' losses and a grid of each batch's first 64 images
+    (denormalized by `info`)."""
     n = store.n_valid
     ends = list(itertools.accumulate(sizes))
     if n and n not in ends:
@@ -133,7 +139,7 @@ def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, 
         log.info("resuming %s after %d of %d batches", store.path, start, len(mine))
     bar = progress_bar(total=len(mine), initial=start, desc=f"synthesize ({cfg.method})", unit="batch", show=progress)
     done = set(mine[:start])
-    metrics_log = MetricsLog(metrics_path(store.path)).start(keep=lambda line: line.get("batch") in done)
+    metrics_log = MetricsLog(metrics_path(store.path), tensorboard).start(keep=lambda line: line.get("batch") in done)
 
     def show(step: int, losses: dict[str, float]) -> None:
         bar.set_postfix(step=step, **{k: f"{v:.3g}" for k, v in losses.items()})
@@ -146,17 +152,34 @@ def write_batches(store: StoreWriter, synth: Synthesizer, cfg: SynthesisConfig, 
         stats["seconds"] += time.perf_counter() - t0
         stats["last_losses"] = inv.losses
         metrics_log.append({"batch": b, "images": size, **inv.losses, "seconds": time.perf_counter() - t0})
+        if tensorboard is not None and info is not None:
+            metrics_log.image("synthetic batch", batch_grid(inv.x, info), b)
         bar.update(1)
         bar.set_postfix(img_per_s=f"{stats['images'] / stats['seconds']:.2f}",
                         **{k: f"{v:.3g}" for k, v in inv.losses.items()})
         log.debug("batch %d: %s", b, inv.losses)
     bar.close()
+    metrics_log.close()
     stats["n_valid"] = store.n_valid
+
+
+def batch_grid(x: torch.Tensor, info: DatasetInfo, count: int = 64) -> torch.Tensor:
+    """[3 or 1, H, W] in [0, 1]: the first `count` normalized images of a batch, denormalized, 8 a row."""
+    from torchvision.utils import make_grid
+
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return make_grid((x[:count].detach().float().cpu() * std + mean).clamp(0, 1), nrow=8, padding=1, pad_value=1.0)
 
 
 def metrics_path(store: Path) -> Path:
     """OUT.metrics.jsonl beside the store OUT: a line per synthesized batch."""
     return store.with_name(store.name + ".metrics.jsonl")
+
+
+def tensorboard_path(store: Path) -> Path:
+    """OUT.tensorboard/ beside the store OUT: its TensorBoard event files."""
+    return store.with_name(store.name + ".tensorboard")
 
 
 def discard_if_empty(store: Path) -> None:
