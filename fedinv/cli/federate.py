@@ -13,13 +13,13 @@ from ..federated.report import compare, load_run
 from ..federated.rounds import federate
 from ..runtime import save_json, save_png, to_json
 from .engines import engine_option, flower_module
-from .parsing import print_config_option, progress_option, seed_option, tensorboard_option, with_seed
+from .parsing import ConfigFile, print_config_option, progress_option, seed_option, tensorboard_option, with_seed
 
 SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
 
 
 @click.command("federate")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=ConfigFile())
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
 @click.option("--resume", is_flag=True, hidden=True, help="accepted for old scripts; continuing is the rule")
@@ -45,11 +45,11 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
     validation_size, server_epochs) and one named after the server step for its own ([ftg] and
     [feddf]: the fine-tuning, bn_stats, save_every, ...; [ftg] ensemble, lambda_md; [fedgen]
     weight). Every field and its default: fedinv/federated/config.py, the algorithm's and the server
-    step's file, and assets/configs/fmnist-rounds.toml. Writes OUT/metrics.jsonl (a line per round),
-    OUT/checkpoint.pt (every round), and at the end OUT/global.pt and OUT/report.json. Rerunning the
-    same command continues the run in OUT from its last finished round (in-process engine; a
-    finished run rerun with a larger `rounds` is extended); a run of another config there is
-    refused.
+    step's file, and fedinv/configs/fmnist-rounds.toml (a shipped config: `fedinv federate
+    fmnist-rounds`). Writes OUT/metrics.jsonl (a line per round), OUT/checkpoint.pt (every round),
+    and at the end OUT/global.pt and OUT/report.json. Rerunning the same command continues the run
+    in OUT from its last finished round (in-process engine; a finished run rerun with a larger
+    `rounds` is extended); a run of another config there is refused.
     """
     cfg = FederatedRunConfig.from_toml(config, with_seed(overrides, seed, SEEDED))
     if print_config:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -83,3 +84,27 @@ tensorboard_option = click.option(
     "--tensorboard", is_flag=True,
     help="also write the metrics as TensorBoard event files in the output's tensorboard folder (follow with "
          "`tensorboard --logdir OUT`); needs pip install 'fedinv[tensorboard]'")
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "configs"  # shipped with the package
+
+
+def examples() -> list[str]:
+    """The names of the configs shipped with fedinv."""
+    return sorted(p.stem for p in EXAMPLES.glob("*.toml"))
+
+
+class ConfigFile(click.ParamType):
+    """A TOML file, or the name of a config shipped with fedinv (`demo` for fedinv/configs/demo.toml)."""
+
+    name = "CONFIG"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(value)
+        if path.is_file():
+            return path
+        shipped = EXAMPLES / f"{path.name}.toml" if path.suffix == "" and len(path.parts) == 1 else None
+        if shipped is not None and shipped.is_file():
+            return shipped
+        self.fail(f"{value!r} is neither a file nor a config shipped with fedinv ({', '.join(examples())})", param,
+                  ctx)

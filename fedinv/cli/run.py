@@ -9,13 +9,13 @@ import click
 from ..config import to_toml
 from ..oneshot.pipeline import RunConfig, run_pipeline
 from ..runtime import to_json
-from .parsing import print_config_option, progress_option, seed_option, tensorboard_option, with_seed
+from .parsing import ConfigFile, print_config_option, progress_option, seed_option, tensorboard_option, with_seed
 
 SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose seed --seed sets
 
 
 @click.command("run")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=ConfigFile())
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run folder (default: runs/<config file name>)")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.FIELD=VALUE",
@@ -34,7 +34,9 @@ def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], seed: in
     fields of that stage (the options of the matching command, with underscores); the synthesis
     method's own settings go in [synthesis.METHOD] (e.g. [synthesis.fast] steps = 5). A complete
     stage is skipped and an interrupted one continues, so rerunning a killed run finishes it.
-    Examples: assets/configs/.
+    CONFIG may also name a config shipped with fedinv (fedinv/configs/NAME.toml, assets/configs in
+    the repository): `fedinv run demo` (make demo's), `fedinv run tiny` (seconds, generated data),
+    `fedinv run fmnist-dirichlet-0.1`, ...
     """
     cfg = RunConfig.from_toml(config, with_seed(overrides, seed, SEEDED))
     if print_config:

@@ -18,7 +18,7 @@ def test_cli_synthesize_view_and_audit(tmp_path):
                               "--classes", "0-4"])
     assert res.exit_code == 0, res.output
     from PIL import Image
-    assert Image.open(tmp_path / "g.png").size[1] == 5 * (16 + 2) * 2 + 2 * 2
+    assert Image.open(tmp_path / "g.png").size[1] == 18 + 5 * (16 + 2) * 2 + 2 * 2  # the title, 5 rows
     res = runner.invoke(cli, ["view", "--dataset", "synthetic-tiny", "--out", str(tmp_path / "d.png")])
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["audit", "--store", str(tmp_path / "s.h5"),
