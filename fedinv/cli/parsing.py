@@ -38,9 +38,9 @@ def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
 # The commands that read teachers take models from outside the registry only when named here.
 trust_model_option = click.option(
     "--trust-model", "trust", multiple=True, metavar="MODULE:FACTORY",
-    help="a model that teacher files name as Python code (`fedinv import-teacher --model MODULE:FACTORY`): "
-         "building it imports and runs that code, so fedinv does it only for the factories named here "
-         "(repeat for several)")
+    help="a MODULE:FACTORY model (given as --model, or named by a checkpoint, e.g. one `fedinv import-teacher` "
+         "wrote) that fedinv may build: building it imports and runs that code, so fedinv does it only for "
+         "the factories named here (repeat for several)")
 
 
 def check_option(flag: str, value: float, valid: Range) -> None:

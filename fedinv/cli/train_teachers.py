@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..oneshot.teachers import TeacherConfig, train_teachers
 from ..runtime import to_json
 from .engines import engine_option, flower_module
-from .parsing import parse_numbers, progress_option, tensorboard_option
+from .parsing import parse_numbers, progress_option, tensorboard_option, trust_model_option
 
 
 @click.command("train-teachers")
@@ -26,9 +26,10 @@ from .parsing import parse_numbers, progress_option, tensorboard_option
                "teachers (all nodes, no resume)")
 @progress_option()
 @tensorboard_option
+@trust_model_option
 @click_options(TeacherConfig)
 def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engine: str, progress: bool,
-                       tensorboard: bool, **kwargs) -> None:
+                       tensorboard: bool, trust: tuple[str, ...], **kwargs) -> None:
     """Train one teacher per node on its split of the partition.
 
     Resumable: rerun the same command after an interruption; finished nodes are skipped and a
@@ -39,12 +40,13 @@ def train_teachers_cmd(partition_path: Path, out: Path, nodes: str | None, engin
     if engine == "flower":
         if nodes:
             raise ConfigError("--nodes works with the in-process engine only; the Flower engine trains every node")
-        if tensorboard:
-            raise ConfigError("--tensorboard works with the in-process engine only")
+        if tensorboard or trust:
+            raise ConfigError(f"{'--tensorboard' if tensorboard else '--trust-model'} works with the in-process "
+                              f"engine only")
         report = flower_module("teacher_upload").train_teachers_flower(load_partition(partition_path), cfg, out)
     else:
         report = train_teachers(load_partition(partition_path), cfg, out, nodes=parse_numbers(nodes, "--nodes"),
-                                progress=progress, tensorboard=tensorboard)
+                                progress=progress, tensorboard=tensorboard, trust=trust)
     summary = {k: report[k] for k in ("node_accuracy", "ensemble_accuracy", "ensemble_mean_accuracy",
                                       "fedavg_accuracy")}
     click.echo(to_json(summary, indent=2))

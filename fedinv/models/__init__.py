@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
@@ -22,6 +23,8 @@ from ..runtime import rng
 from .resnet import resnet18, resnet18_gn, resnet34
 from .small import bncnn, cnn1, cnn2, feddyn_cnn, gncnn, lenet5
 from .vgg import vgg11
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,10 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
 
 def call_factory(path: str, **facts: int) -> nn.Module:
     """Import `module:factory` (the factory may be a dotted attribute) and call it with those of
-    `facts` (in_channels, num_classes, image_size) that its signature names."""
+    `facts` (in_channels, num_classes, image_size) that its signature names (num_classes alone when
+    it names none but takes **kwargs, as torchvision's builders do); where it takes no
+    in_channels or num_classes, the model's first convolution and last linear layer are adapted to
+    them (`adapt_ends`), and the log says so."""
     module_name, _, attr = path.partition(":")
     try:
         factory: Any = importlib.import_module(module_name)
@@ -94,14 +100,42 @@ def call_factory(path: str, **facts: int) -> nn.Module:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    given = {k: v for k, v in facts.items() if k in params}
+    if not given and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        given = {"num_classes": facts["num_classes"]}  # **kwargs (torchvision's builders): the common name
     try:
-        model = factory(**{k: v for k, v in facts.items() if takes_all or k in params})
+        model = factory(**given)
     except Exception as e:  # the user's code: whatever it raises is a bad model name or setting
         raise ConfigError(f"model factory {path!r} failed: {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {path!r} returned {type(model).__name__}, not a torch.nn.Module")
+    for change in adapt_ends(model, facts.get("in_channels"), facts.get("num_classes")):
+        log.info("model %s: %s", path, change)
     return model
+
+
+def adapt_ends(model: nn.Module, in_channels: int | None, num_classes: int | None) -> list[str]:
+    """Make `model` take `in_channels` and predict `num_classes`: its first Conv2d and its last Linear
+    are replaced, freshly initialized, where they do not fit (a torchvision ImageNet model on
+    grey 28x28 images of 10 classes). Returns what was changed."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    changes = []
+    if in_channels is not None and convs and convs[0][1].in_channels != in_channels:
+        name, old = convs[0]
+        _replace(model, name, nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                        old.dilation, old.groups, old.bias is not None, old.padding_mode))
+        changes.append(f"first convolution {name} takes {in_channels} channels instead of {old.in_channels}")
+    if num_classes is not None and linears and linears[-1][1].out_features != num_classes:
+        name, old = linears[-1]
+        _replace(model, name, nn.Linear(old.in_features, num_classes, old.bias is not None))
+        changes.append(f"classifier {name} predicts {num_classes} classes instead of {old.out_features}")
+    return changes
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
 def batchnorm_models() -> list[str]:
@@ -120,15 +154,16 @@ def build_model_for(name: str, info, trust: Collection[str] = ()) -> nn.Module:
     return build_model(name, info.channels, info.num_classes, info.image_size, trust)
 
 
-def seeded_model(name: str, info, seed: int, stream: int, *parts: int) -> nn.Module:
-    """`build_model_for` with weights drawn from random stream (seed, stream, *parts).
+def seeded_model(name: str, info, seed: int, stream: int, *parts: int, trust: Collection[str] = ()) -> nn.Module:
+    """`build_model_for` with weights drawn from random stream (seed, stream, *parts); `trust` as in
+    `build_model`.
 
     Module constructors draw from torch's global generator; fork_rng keeps that draw from
     disturbing (or depending on) anything outside this function.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng(seed, stream, *parts).initial_seed())
-        return build_model_for(name, info)
+        return build_model_for(name, info, trust)
 
 
 def place(model: nn.Module, device: torch.device | str) -> nn.Module:

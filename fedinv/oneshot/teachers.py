@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 from torch import nn
@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 class TeacherConfig:
     """How each node trains its teacher."""
 
-    model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
+    model: str = option("bncnn", "model: a registry name (see `fedinv models`) or a MODULE:FACTORY such as "
+                        "torchvision.models:resnet18 (with --trust-model naming it); it needs BatchNorm to be "
+                        "inverted")
     epochs: int = option(15, "training epochs over the node's split", valid=COUNT)
     batch_size: int = option(64, "minibatch size", valid=COUNT)
     lr: float = option(0.05, "SGD learning rate", valid=LEARNING_RATE)
@@ -62,21 +64,23 @@ class TeacherConfig:
         check_fields(self)
 
 
-def initial_model(cfg: TeacherConfig, info: DatasetInfo, node: int) -> nn.Module:
-    """The teacher of `node` before training: one initialization for all nodes when `cfg.same_init`."""
+def initial_model(cfg: TeacherConfig, info: DatasetInfo, node: int, trust: Collection[str] = ()) -> nn.Module:
+    """The teacher of `node` before training: one initialization for all nodes when `cfg.same_init`;
+    `trust` as in `build_model`."""
     stream = (Stream.TEACHER_INIT_SHARED,) if cfg.same_init else (Stream.TEACHER_INIT, node)
-    return seeded_model(cfg.model, info, cfg.seed, *stream)
+    return seeded_model(cfg.model, info, cfg.seed, *stream, trust=trust)
 
 
 def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherConfig, out_dir: str | Path, *,
-               partition_hash: str = "", progress: bool = True, tensorboard: bool = False) -> ModelCheckpoint:
+               partition_hash: str = "", progress: bool = True, tensorboard: bool = False,
+               trust: Collection[str] = ()) -> ModelCheckpoint:
     """Train (or continue training) the teacher of `node` on `split`; writes `node-K.pt` (and, with
-    `tensorboard`, its metrics to OUT/tensorboard)."""
+    `tensorboard`, its metrics to OUT/tensorboard). `trust`: the `module:factory` model it may be."""
     out_dir = Path(out_dir)
     final, partial = out_dir / f"node-{node}.pt", out_dir / "partial" / f"node-{node}.pt"
     device = resolve_device(cfg.device)
     info = split.info
-    model = place(initial_model(cfg, info, node), device)
+    model = place(initial_model(cfg, info, node, trust), device)
     amp_dtype = resolve_precision(cfg.precision, device)
     stepper = Stepper(torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                       weight_decay=cfg.weight_decay), device, amp_dtype)
@@ -137,13 +141,14 @@ def train_node(node: int, split: ImageTensors, test: ImageTensors, cfg: TeacherC
 
 def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path, *,
                    nodes: Sequence[int] | None = None, progress: bool = True, tensorboard: bool = False,
-                   train: ImageTensors | None = None, test: ImageTensors | None = None) -> dict[str, Any]:
+                   train: ImageTensors | None = None, test: ImageTensors | None = None,
+                   trust: Collection[str] = ()) -> dict[str, Any]:
     """Train the teachers of `nodes` (default: all) and write `report.json` over every finished node.
 
     A node whose `node-K.pt` exists is skipped when it was trained with the same config and
     partition; a different one is an error (use another output folder). `train`/`test` are the
     partition's dataset splits, loaded here unless given. `tensorboard`: the metrics also go to
-    OUT/tensorboard (TensorBoard event files).
+    OUT/tensorboard (TensorBoard event files). `trust`: the `module:factory` model `cfg.model` may be.
     """
     out_dir = Path(out_dir)
     nodes = list(range(partition.num_nodes)) if nodes is None else list(nodes)
@@ -156,16 +161,16 @@ def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path
         raise ConfigError(f"the partition ({partition.num_classes} classes) does not fit dataset "
                           f"{train.info.name!r} ({len(train)} samples, {train.info.num_classes} classes)")
     with folder_lock(out_dir):
-        return _train_nodes(partition, cfg, out_dir, nodes, train, test, progress, tensorboard)
+        return _train_nodes(partition, cfg, out_dir, nodes, train, test, progress, tensorboard, tuple(trust))
 
 
 def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes: list[int], train: ImageTensors,
-                 test: ImageTensors, progress: bool, tensorboard: bool) -> dict[str, Any]:
+                 test: ImageTensors, progress: bool, tensorboard: bool, trust: tuple[str, ...] = ()) -> dict[str, Any]:
     phash = partition.content_hash()
     for node in progress_bar(nodes, desc="teachers", unit="node", show=progress):
         final = out_dir / f"node-{node}.pt"
         if final.is_file():
-            done = load_checkpoint(final)
+            done = load_checkpoint(final, trust=trust)
             diff = changes(done.config, cfg)
             if diff or done.extra.get("partition_sha256") != phash:
                 raise RunStateError(f"{final} was trained with another "
@@ -174,15 +179,15 @@ def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes:
             log.info("node %d: %s is complete, skipped", node, final)
             continue
         train_node(node, train.subset(partition.indices[node]), test, cfg, out_dir, partition_hash=phash,
-                   progress=progress, tensorboard=tensorboard)
-    report = write_teacher_report(out_dir, test, cfg, phash)
+                   progress=progress, tensorboard=tensorboard, trust=trust)
+    report = write_teacher_report(out_dir, test, cfg, phash, trust=trust)
     return report
 
 
 def write_teacher_report(out_dir: Path, test: ImageTensors, cfg: TeacherConfig, partition_hash: str,
-                         **extra: Any) -> dict[str, Any]:
+                         trust: Collection[str] = (), **extra: Any) -> dict[str, Any]:
     """OUT/report.json over every finished `node-K.pt` in `out_dir`."""
-    ckpts = load_teacher_checkpoints(sorted(out_dir.glob("node-*.pt")))
+    ckpts = load_teacher_checkpoints(sorted(out_dir.glob("node-*.pt")), trust)
     report = teacher_report(ckpts, test, resolve_device(cfg.device))
     report.update(config=to_dict(cfg), seed=cfg.seed, partition_sha256=partition_hash, **extra)
     histories = {f"node {c.extra.get('node')} ": c.metrics.get("train_history", []) for c in ckpts}

@@ -74,3 +74,40 @@ def test_groupnorm_models_have_no_running_statistics_to_aggregate():
         for k in avg:
             torch.testing.assert_close(avg[k], (states[0][k].double() / 4 + 3 * states[1][k].double() / 4).float())
     assert build_model("gncnn", 1, 10, 28)[1].num_groups == 2
+
+
+def test_an_outside_model_is_adapted_to_the_images_and_classes_and_says_so(caplog):
+    import logging
+
+    from fedinv.models import adapt_ends, build_model
+
+    name = "torchvision.models:resnet18"
+    with caplog.at_level(logging.INFO, logger="fedinv.models"):
+        model = build_model(name, 1, 7, 28, trust=(name,))  # ImageNet's 3 channels, 1000 classes otherwise
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 7
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
+    assert "first convolution conv1 takes 1 channels instead of 3" in caplog.text
+    assert adapt_ends(model, 1, 7) == []  # what fits stays
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_torchvision_models_train_as_teacher_and_student(tmp_path, tiny_partition, tiny_train, role):
+    from fedinv.data.partition import load_partition
+    from fedinv.oneshot.student.config import StudentConfig
+    from fedinv.oneshot.student.train import train_student
+    from fedinv.oneshot.teachers import train_teachers
+    from tests.helpers import real_store, tiny_teacher_config
+
+    name = "torchvision.models:resnet18"
+    if role == "teacher":
+        with pytest.raises(ConfigError, match="--trust-model"):
+            train_teachers(load_partition(tiny_partition), tiny_teacher_config(model=name, epochs=1), tmp_path / "t",
+                           nodes=[0], progress=False, train=tiny_train)
+        report = train_teachers(load_partition(tiny_partition), tiny_teacher_config(model=name, epochs=1),
+                                tmp_path / "t", nodes=[0], progress=False, train=tiny_train, trust=(name,))
+        assert 0.0 <= report["node_accuracy"][0] <= 1.0
+    else:
+        real_store(tmp_path / "s.h5", n=200)
+        report = train_student(tmp_path / "s.h5", tmp_path / "st", StudentConfig(model=name, epochs=1, batch_size=32,
+                               device="cpu"), test=None, progress=False, trust=(name,))
+        assert report["store_images"] == 200

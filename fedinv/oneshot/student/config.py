@@ -14,7 +14,8 @@ from ...train import SCHEDULES
 class StudentConfig:
     """How the student learns from the synthetic store (one-shot-dataset-distillation.txt §III-A)."""
 
-    model: str = option("bncnn", "student model name from the registry")
+    model: str = option("bncnn", "student model: a registry name (see `fedinv models`) or a MODULE:FACTORY "
+                        "such as torchvision.models:resnet18 (with --trust-model naming it)")
     epochs: int = option(30, "passes over the store", valid=COUNT)
     batch_size: int = option(256, "minibatch size", valid=COUNT)
     steps_per_epoch: int = option(0, "steps per epoch, drawn from a fresh shuffle of the whole pool (0 = one pass "

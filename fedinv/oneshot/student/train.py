@@ -52,7 +52,7 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
     error; a second process writing into `out_dir` is refused.
 
     `teachers_dir`: a teachers folder or `TeacherModels` (KD targets, adaptive mode); `trust` as in
-    `load_checkpoint`.
+    `load_checkpoint`: the `module:factory` models the teachers and the student (`cfg.model`) may be.
 
     `test`: test accuracy is recorded every `eval_every` epochs and after the last on this split;
     "auto" (the default) reads the test split of the store's dataset where it is on this machine (a
@@ -140,7 +140,7 @@ class StudentRun:
         if teachers is not None and teachers.info.name != info.name:
             raise ConfigError(f"the teachers were trained on {teachers.info.name}, the store holds {info.name} images: "
                               f"give the teachers that made the store")
-        student = place(seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT), device)
+        student = place(seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT, trust=trust), device)
         if teachers is not None:
             check_student(student, teachers, device)
         optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
