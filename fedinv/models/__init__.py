@@ -1,5 +1,6 @@
 """Model registry: name -> constructor taking (in_channels, num_classes, image_size); models from
-outside it are `module:factory` paths, built only when trusted (`fedinv import-teacher`).
+outside it are `module:factory` paths (e.g. torchvision.models:resnet18) or `timm:NAME`, built only
+when trusted (`--trust-model`).
 
 Teachers need BatchNorm, because inversion matches its running statistics (the paper CNNs
 cnn1 / cnn2 have their optional BN on). `ModelSpec.batchnorm` says which models have it: the
@@ -72,6 +73,8 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
         if name not in trust:
             raise ConfigError(f"model {name!r} is Python code named by a file; fedinv runs it only when you "
                               f"trust it: pass --trust-model {name}")
+        if name.startswith(TIMM):
+            return timm_model(name[len(TIMM):], in_channels, num_classes)
         return call_factory(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     if name not in MODELS:
         raise unknown("model", name, MODELS)
@@ -79,6 +82,21 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
     if image_size < spec.min_image_size:
         raise ConfigError(f"model {name!r} needs images of at least {spec.min_image_size} px, got {image_size}")
     return spec.build(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+
+
+TIMM = "timm:"  # timm:NAME is timm.create_model(NAME), freshly initialized
+
+
+def timm_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    """timm's model `name` (randomly initialized) for `in_channels` and `num_classes`."""
+    try:
+        import timm
+    except ImportError as e:
+        raise ConfigError(f"model timm:{name} needs timm: pip install 'fedinv[timm]' (or pip install timm)") from e
+    try:
+        return timm.create_model(name, pretrained=False, in_chans=in_channels, num_classes=num_classes)
+    except RuntimeError as e:  # timm's "Unknown model"
+        raise ConfigError(f"model timm:{name}: {e}") from e
 
 
 def call_factory(path: str, **facts: int) -> nn.Module:

@@ -91,23 +91,39 @@ def test_an_outside_model_is_adapted_to_the_images_and_classes_and_says_so(caplo
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
-def test_torchvision_models_train_as_teacher_and_student(tmp_path, tiny_partition, tiny_train, role):
+@pytest.mark.parametrize("name", ["torchvision.models:resnet18", "timm:resnet18"])
+def test_outside_models_train_as_teacher_and_student(tmp_path, tiny_partition, tiny_train, role, name):
     from fedinv.data.partition import load_partition
     from fedinv.oneshot.student.config import StudentConfig
     from fedinv.oneshot.student.train import train_student
     from fedinv.oneshot.teachers import train_teachers
     from tests.helpers import real_store, tiny_teacher_config
 
-    name = "torchvision.models:resnet18"
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
     if role == "teacher":
         with pytest.raises(ConfigError, match="--trust-model"):
             train_teachers(load_partition(tiny_partition), tiny_teacher_config(model=name, epochs=1), tmp_path / "t",
                            nodes=[0], progress=False, train=tiny_train)
-        report = train_teachers(load_partition(tiny_partition), tiny_teacher_config(model=name, epochs=1),
-                                tmp_path / "t", nodes=[0], progress=False, train=tiny_train, trust=(name,))
+        # lr 0.01 in fp32: an ImageNet ResNet on 16 px images (1 x 1 maps in its last block) at lenet5's lr 0.05,
+        # or under bf16 autocast even at 0.01, diverged in about 1 run of 4 (not reproducibly: left open)
+        cfg = tiny_teacher_config(model=name, epochs=1, lr=0.01, precision="fp32")
+        report = train_teachers(load_partition(tiny_partition), cfg, tmp_path / "t", nodes=[0], progress=False,
+                                train=tiny_train, trust=(name,))
         assert 0.0 <= report["node_accuracy"][0] <= 1.0
     else:
         real_store(tmp_path / "s.h5", n=200)
         report = train_student(tmp_path / "s.h5", tmp_path / "st", StudentConfig(model=name, epochs=1, batch_size=32,
                                device="cpu"), test=None, progress=False, trust=(name,))
         assert report["store_images"] == 200
+
+
+def test_a_timm_model_is_built_for_the_data_when_trusted():
+    pytest.importorskip("timm")
+    name = "timm:resnet18"
+    with pytest.raises(ConfigError, match="--trust-model timm:resnet18"):
+        build_model(name, 1, 10, 28)
+    model = build_model(name, 1, 10, 28, trust=(name,))
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and has_batchnorm(model)
+    with pytest.raises(ConfigError, match="timm:no-such-net"):
+        build_model("timm:no-such-net", 1, 10, 28, trust=("timm:no-such-net",))
