@@ -103,8 +103,8 @@ class ConfigFile(click.ParamType):
         path = Path(value)
         if path.is_file():
             return path
-        shipped = EXAMPLES / f"{path.name}.toml" if path.suffix == "" and len(path.parts) == 1 else None
-        if shipped is not None and shipped.is_file():
+        shipped = EXAMPLES / f"{value}.toml"
+        if len(path.parts) == 1 and not str(value).endswith(".toml") and shipped.is_file():
             return shipped
         self.fail(f"{value!r} is neither a file nor a config shipped with fedinv ({', '.join(examples())})", param,
                   ctx)
