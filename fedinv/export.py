@@ -1,5 +1,6 @@
 """A trained model for use without fedinv: `torch.export`'s program (.pt2, loaded with
-`torch.export.load(path).module()`, PyTorch alone), or ONNX where the `onnx` package is installed.
+`torch.export.load(path).module()`, PyTorch alone), or ONNX where the `onnx` and `onnxscript`
+packages are installed (`fedinv[onnx]`).
 
 The exported model takes normalized images [B, C, H, W] (any batch size) and returns logits [B, K];
 the file carries what a user needs to feed it (`fedinv.json`: the dataset's normalization, image
@@ -59,9 +60,11 @@ def export_model(checkpoint: str | Path | ModelCheckpoint, out: str | Path, fmt:
             tmp.write_bytes(buffer.getvalue())
         else:
             try:
-                import onnx  # noqa: F401  (torch.onnx writes through it)
+                import onnx
+                import onnxscript  # noqa: F401  (torch.onnx's exporter writes through both)
             except ImportError as e:
-                raise ConfigError("ONNX export needs the onnx package: pip install onnx") from e
+                raise ConfigError("ONNX export needs the onnx and onnxscript packages: pip install 'fedinv[onnx]' "
+                                  "(or pip install onnx onnxscript)") from e
             torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), dynamo=True)
             model_proto = onnx.load(str(tmp))

@@ -45,14 +45,33 @@ def test_an_exported_model_computes_the_same_logits_without_fedinv(tmp_path):
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), load_model(tmp_path / "s.pt")(x), atol=1e-5, rtol=1e-5)
 
 
-def test_export_errors_name_the_way_out(tmp_path):
+def test_an_onnx_export_computes_the_same_logits(tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = seeded_model("bncnn", INFO, 0, 0)
+    save_checkpoint(ModelCheckpoint.of(STUDENT, "bncnn", INFO, model.state_dict()), tmp_path / "s.pt")
+    export_model(tmp_path / "s.pt", tmp_path / "s.onnx", "onnx")
+    session = ort.InferenceSession(str(tmp_path / "s.onnx"))
+    x = torch.randn(5, *INFO.image_shape)
+    logits = session.run(None, {"images": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(logits), load_model(tmp_path / "s.pt")(x).detach(), atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_export_errors_name_the_way_out(tmp_path, monkeypatch):
     model = seeded_model("lenet5", INFO, 0, 0)
     save_checkpoint(ModelCheckpoint.of(STUDENT, "lenet5", INFO, model.state_dict()), tmp_path / "s.pt")
     with pytest.raises(ConfigError, match="one of pt2, onnx"):
         export_model(tmp_path / "s.pt", tmp_path / "s.x", "torchscript")
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="pip install onnx"):
-            export_model(tmp_path / "s.pt", tmp_path / "s.onnx", "onnx")
-        assert not (tmp_path / "s.onnx").exists()
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnx(name, *a, **kw):
+        if name.split(".")[0] in ("onnx", "onnxscript"):
+            raise ImportError(name)
+        return real(name, *a, **kw)
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(ConfigError, match=r"pip install 'fedinv\[onnx\]'"):
+        export_model(tmp_path / "s.pt", tmp_path / "s.onnx", "onnx")
+    assert not (tmp_path / "s.onnx").exists()
