@@ -8,6 +8,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import pickle
@@ -303,7 +304,22 @@ def folder_lock(folder: str | os.PathLike, records: Collection[str] = ()) -> Ite
             remove_if_only(folder, records if failed else ())
 
 
-RUN_RECORDS = ("config.json", "partition.json", "partition.png")  # what a run folder gets before any work
+RUN_RECORDS = ("config.json", "partition.json", "partition.png", "run.log")  # what a run folder gets before any work
+
+
+@contextlib.contextmanager
+def log_file(folder: str | os.PathLike) -> Iterator[None]:
+    """While the block runs, what fedinv's loggers print (at the level the command runs at) is also
+    appended to FOLDER/run.log, timestamped: a run folder keeps what its commands said."""
+    handler = logging.FileHandler(Path(folder) / "run.log", mode="a", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logger = logging.getLogger("fedinv")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def remove_if_only(folder: Path, records: Collection[str]) -> None:

@@ -29,7 +29,7 @@ from ..data.partition import Partition, make_partition, save_partition
 from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
-from ..runtime import (RUN_RECORDS, MetricsLog, RoundStream, folder_lock, progress_bar, ran_on, read_torch,
+from ..runtime import (RUN_RECORDS, MetricsLog, RoundStream, folder_lock, log_file, progress_bar, ran_on, read_torch,
                        remove_stale_temporaries, resolve_device, resolve_precision, rng, save_json, save_torch)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
@@ -296,7 +296,7 @@ def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = Tru
     test = test if test is not None else load_dataset(cfg.data, "test")
     data = node_data(cfg, train)
     fed = Federation(cfg, train.info, data.validation)
-    with folder_lock(out, RUN_RECORDS):  # a second run into `out` is refused
+    with folder_lock(out, RUN_RECORDS), log_file(out):  # a second run into `out` is refused
         return _rounds(cfg, fed, data, out, train, test, resume, progress, stop_after, engine, engine_name,
                        tensorboard)
 

@@ -24,7 +24,7 @@ from ..data.partition import Partition, load_partition, make_partition, save_par
 from ..errors import ConfigError, RunStateError
 from ..evaluate import evaluate_checkpoint
 from ..models import build_model_for
-from ..runtime import RUN_RECORDS, folder_lock, resolve_device, save_json, save_png
+from ..runtime import RUN_RECORDS, folder_lock, log_file, resolve_device, save_json, save_png
 from ..store import read_labels, read_rows
 from ..train.resume import changes
 from ..viz import class_grid, rows_per_class
@@ -122,7 +122,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True,
     """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json). A second
     process writing into `run_dir` is refused. `tensorboard`: every stage's metrics also go to
     TensorBoard event files (teachers/tensorboard, synthetic.h5.tensorboard, student/tensorboard)."""
-    with folder_lock(run_dir, RUN_RECORDS):
+    with folder_lock(run_dir, RUN_RECORDS), log_file(run_dir):
         return _run_stages(cfg, Path(run_dir), progress, tensorboard)
 
 

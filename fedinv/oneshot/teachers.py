@@ -8,6 +8,7 @@ their last finished epoch, drawing the same batches an uninterrupted run would.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from ..train import SCHEDULES, Stepper, lr_at, train_epoch
 from ..train.objectives import classification_objective
 from ..train.resume import changes, load_progress, save_progress
 from ..viz import epoch_curves
-from .teacher_files import load_teacher_checkpoints
+from .teacher_files import load_teacher_checkpoints, node_index
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def train_teachers(partition: Partition, cfg: TeacherConfig, out_dir: str | Path
 def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes: list[int], train: ImageTensors,
                  test: ImageTensors, progress: bool, tensorboard: bool, trust: tuple[str, ...] = ()) -> dict[str, Any]:
     phash = partition.content_hash()
+    trained = False
     for node in progress_bar(nodes, desc="teachers", unit="node", show=progress):
         final = out_dir / f"node-{node}.pt"
         if final.is_file():
@@ -180,8 +182,14 @@ def _train_nodes(partition: Partition, cfg: TeacherConfig, out_dir: Path, nodes:
             continue
         train_node(node, train.subset(partition.indices[node]), test, cfg, out_dir, partition_hash=phash,
                    progress=progress, tensorboard=tensorboard, trust=trust)
-    report = write_teacher_report(out_dir, test, cfg, phash, trust=trust)
-    return report
+        trained = True
+    saved = out_dir / "report.json"
+    finished = sorted(k for k in map(node_index, out_dir.glob("node-*.pt")) if k is not None)
+    if not trained and saved.is_file():  # nothing new: the report over these nodes is read back, not redrawn
+        report = json.loads(saved.read_text())
+        if sorted(report.get("nodes") or []) == finished and report.get("partition_sha256") == phash:
+            return report
+    return write_teacher_report(out_dir, test, cfg, phash, trust=trust)
 
 
 def write_teacher_report(out_dir: Path, test: ImageTensors, cfg: TeacherConfig, partition_hash: str,

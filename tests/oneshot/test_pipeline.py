@@ -1,6 +1,7 @@
 """Tests of fedinv.oneshot.pipeline."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -47,7 +48,7 @@ def test_fedinv_run_view_and_audit_per_method(tmp_path, method):
     assert json.loads((run / "summary.json").read_text())["student_accuracy"] == summary["student_accuracy"]
 
 
-def test_run_on_synthetic_tiny_end_to_end(tmp_path):
+def test_run_on_synthetic_tiny_end_to_end(tmp_path, caplog):
     res = CliRunner().invoke(cli, ["-q", "run", str(TINY_TOML), "--out", str(tmp_path / "run"), "--no-progress"])
     assert res.exit_code == 0, res.output
     run = tmp_path / "run"
@@ -65,9 +66,12 @@ def test_run_on_synthetic_tiny_end_to_end(tmp_path):
     assert read_meta(run / "synthetic.h5")["ran_on"] == ran
     assert json.loads((run / "student" / "report.json").read_text())["ran_on"] == ran
     assert load_checkpoint(run / "student" / "student.pt", kind=STUDENT).extra["ran_on"] == ran
-    # a second run finds every stage complete
+    # a second run finds every stage complete, and its log lines go to the run folder's run.log
     stamp = (run / "student" / "student.pt").stat().st_mtime_ns
-    again = run_pipeline(RunConfig.from_toml(TINY_TOML), run, progress=False)
+    with caplog.at_level(logging.INFO, logger="fedinv"):
+        again = run_pipeline(RunConfig.from_toml(TINY_TOML), run, progress=False)
+    logged = (run / "run.log").read_text()
+    assert "student: " in logged and "is complete, skipped" in logged and " INFO: " in logged
     assert (run / "student" / "student.pt").stat().st_mtime_ns == stamp
     assert again["student_accuracy"] == summary["student_accuracy"]
     # ... and keeps what the run cost: its stage seconds grow by the rerun's checks, never shrink
