@@ -191,7 +191,7 @@ def checks(records: list[dict]) -> Table:
                          "dropped" if 0 in check["dropped"] else f"{used:.0f} of {claimed:.0f}"])
     return Table(["attack", "seed", "ensemble % (claims as sent)", "node scores (0 first)", "node 0 counted"], rows,
                  "Node score: the node's teacher's agreement with the others' ensemble on probe images of the "
-                 "classes it claims (fedinv/oneshot/synthesis/claims.py); under half the median: dropped.")
+                 "classes it claims (fedinv/oneshot/synthesis/claims.py); under 0.6 x the median: dropped.")
 
 
 TABLES = {"summary": summary, "checks": checks}

@@ -17,8 +17,11 @@ two tests before the ensemble uses its claim:
 
 The test is per node, not per class: on Fashion-MNIST's probe images an honest teacher's agreement
 on one class ranges from 0.2 to 1.0 (T-shirts and shirts are easily confused), so a per-class
-threshold would strip honest claims; a node's weighted mean separates honest teachers (0.5-0.9)
-from the two poisoned kinds (under 0.1) (experiments/robust). All of it is pure functions of the
+threshold would strip honest claims. Per node (experiments/robust, seed 0, Dirichlet 0.5): honest
+teachers score 0.60-0.85, at least 0.79 of the median; random weights 0.01; a teacher trained on
+flipped labels 0.23, 0.52 of the median, because it also spoils the probe images and so lowers the
+others' scores (0.37-0.54). DROP_RATIO = 0.6 sits between; it was set after seeing that flip run
+(0.5 kept the flipped node), so seeds 1 and 2 are its test. All of it is pure functions of the
 teachers' outputs and the claims, plus the seeded probe; the stages log every node whose weight
 changed and the store records the check (`ClaimsCheck.record`).
 """
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 CLAIMS = ("trusted", "checked", "median")
 MAX_RATIO = 2.0  # no node claims more than twice the median node's samples
 PEER_SHARE = 0.25  # a class is tested where the other nodes claim at least a quarter of it
-DROP_RATIO = 0.5  # a node scoring under half the median node's score is dropped
+DROP_RATIO = 0.6  # a node scoring under 0.6 x the median node's score is dropped
 MIN_IMAGES = 4  # fewer probe images than this that the peers call k: class k is untested
 PROBE_PER_CLASS = 32
 PROBE_ITERATIONS = 200
