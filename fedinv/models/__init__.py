@@ -62,7 +62,7 @@ def is_factory(name: str) -> bool:
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
-                trust: Collection[str] = ()) -> nn.Module:
+                trust: Collection[str] = (), adapt: bool = True) -> nn.Module:
     """Construct model `name` for inputs [B, in_channels, image_size, image_size].
 
     `name` is a registry name, or a `module:factory` path listed in `trust`: building it imports
@@ -75,7 +75,7 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int,
                               f"trust it: pass --trust-model {name}")
         if name.startswith(TIMM):
             return timm_model(name[len(TIMM):], in_channels, num_classes)
-        return call_factory(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+        return call_factory(name, adapt, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     if name not in MODELS:
         raise unknown("model", name, MODELS)
     spec = MODELS[name]
@@ -99,12 +99,13 @@ def timm_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
         raise ConfigError(f"model timm:{name}: {e}") from e
 
 
-def call_factory(path: str, **facts: int) -> nn.Module:
+def call_factory(path: str, adapt: bool = True, **facts: int) -> nn.Module:
     """Import `module:factory` (the factory may be a dotted attribute) and call it with those of
     `facts` (in_channels, num_classes, image_size) that its signature names (num_classes alone when
-    it names none but takes **kwargs, as torchvision's builders do); where it takes no
+    it names none but takes **kwargs, as torchvision's builders do); with `adapt`, where it takes no
     in_channels or num_classes, the model's first convolution and last linear layer are adapted to
-    them (`adapt_ends`), and the log says so."""
+    them (`adapt_ends`), and the log says so (not for weights trained elsewhere: `import-teacher`
+    checks that the model as its factory makes it takes the data)."""
     module_name, _, attr = path.partition(":")
     try:
         factory: Any = importlib.import_module(module_name)
@@ -127,7 +128,7 @@ def call_factory(path: str, **facts: int) -> nn.Module:
         raise ConfigError(f"model factory {path!r} failed: {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {path!r} returned {type(model).__name__}, not a torch.nn.Module")
-    for change in adapt_ends(model, facts.get("in_channels"), facts.get("num_classes")):
+    for change in adapt_ends(model, facts.get("in_channels"), facts.get("num_classes")) if adapt else ():
         log.info("model %s: %s", path, change)
     return model
 
@@ -166,10 +167,10 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def build_model_for(name: str, info, trust: Collection[str] = ()) -> nn.Module:
-    """Model `name` for a dataset's images and classes (`info`: a `DatasetInfo`); `trust` as in
-    `build_model`."""
-    return build_model(name, info.channels, info.num_classes, info.image_size, trust)
+def build_model_for(name: str, info, trust: Collection[str] = (), adapt: bool = True) -> nn.Module:
+    """Model `name` for a dataset's images and classes (`info`: a `DatasetInfo`); `trust` and `adapt`
+    as in `build_model`."""
+    return build_model(name, info.channels, info.num_classes, info.image_size, trust, adapt)
 
 
 def seeded_model(name: str, info, seed: int, stream: int, *parts: int, trust: Collection[str] = ()) -> nn.Module:

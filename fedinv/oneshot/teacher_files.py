@@ -173,7 +173,7 @@ def import_teacher(model: str, weights: str | Path, label_counts: Sequence[int],
     written; node: K (default: the next free index in the folder).
     """
     state = read_weights(weights)
-    module = build_model_for(model, info, trust=(model,))
+    module = build_model_for(model, info, trust=(model,), adapt=False)  # the weights say what the model is
     load_weights(module, state, f"{weights}: weights do not fit model {model!r}")
     counts = [int(c) for c in label_counts]
     check_teacher_model(module, counts, info, f"model {model!r} with {Path(weights).name}")
