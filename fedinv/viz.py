@@ -165,26 +165,31 @@ def confusion_plot(cm: np.ndarray, class_names: Sequence[str], title: str = "con
 
 def epoch_curves(histories: dict[str, list[dict[str, Any]]], keys: Sequence[str], title: str) -> Image.Image:
     """Training histories ({name: [{"loss": ..., key: ...}, ...]}) against the epoch: each of `keys`
-    (accuracies in [0, 1]; an epoch without the key is skipped) on the left, the loss on the right."""
-    fig = _figure(9.0, 3.4)
+    (accuracies in [0, 1]; an epoch without the key is skipped) on the left, one colour per history
+    and one line style per key (solid, dashed, dotted), the loss on the right."""
+    fig = _figure(9.0, 3.6)
     acc, loss = fig.subplots(1, 2)
-    curves = [(name, key) for name, history in histories.items() for key in keys
-              if any(h.get(key) is not None for h in history)]
-    colors = dict(zip(curves, series_colors(len(curves))))
-    for (name, key), color in colors.items():
-        points = [(i + 1, float(h[key])) for i, h in enumerate(histories[name]) if h.get(key) is not None]
-        acc.plot(*zip(*points), color=color, marker="o" if len(points) < 20 else None, markersize=3,
-                 label=f"{name.strip()} {key.replace('_', ' ')}".strip())
     names = list(histories)
-    for name, color in zip(names, series_colors(len(names))):
+    colors = dict(zip(names, series_colors(len(names))))
+    styles = dict(zip(keys, ("-", "--", ":", "-.")))
+    for name in names:
+        for key in keys:
+            points = [(i + 1, float(h[key])) for i, h in enumerate(histories[name]) if h.get(key) is not None]
+            if points:
+                acc.plot(*zip(*points), color=colors[name], linestyle=styles.get(key, "-"),
+                         marker="o" if len(points) < 20 else None, markersize=3,
+                         label=f"{name.strip()} {key.replace('_', ' ')}".strip())
         history = histories[name]
-        loss.plot(range(1, len(history) + 1), [h["loss"] for h in history], color=color, label=name.strip() or "loss")
+        loss.plot(range(1, len(history) + 1), [h["loss"] for h in history], color=colors[name],
+                  label=name.strip() or "loss")
     acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     for ax in (acc, loss):
         ax.grid(True, color="0.92")
-        if ax.get_legend_handles_labels()[0] and (ax is acc or len(names) > 1):
-            ax.legend(fontsize=7, loc="best")
+    if acc.get_legend_handles_labels()[0]:
+        acc.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
+    if len(names) > 1:
+        loss.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, frameon=False)
     fig.suptitle(title, fontsize=10)
     return _image(fig)
 
