@@ -151,6 +151,11 @@ def groups(records: list[dict]) -> dict[tuple[str, str], dict[int, dict]]:
     return out
 
 
+def costs(runs: dict[int, dict], honest: dict[int, dict], setting: str) -> list[float]:
+    """Per seed that both have: the run's accuracy with `setting` less the honest run's with the defaults."""
+    return [runs[s][f"{setting}_accuracy"] - honest[s]["default_accuracy"] for s in runs if s in honest]
+
+
 def summary(records: list[dict]) -> Table:
     """Per mode and attack: the test accuracy with the default and the robust settings, and what the
     attack costs against the honest run of the same seed with the default settings (points)."""
@@ -162,11 +167,10 @@ def summary(records: list[dict]) -> Table:
             if not runs:
                 continue
             honest = g.get((mode, "none"), {})
-            paired = [s for s in runs if s in honest]
 
             def cost(setting: str) -> str:
-                return mean_std(runs[s][f"{setting}_accuracy"] - honest[s]["default_accuracy"] for s in paired) \
-                    if paired else "-"
+                paired = costs(runs, honest, setting)
+                return mean_std(paired) if paired else "-"
             rs = list(runs.values())
             rows.append([mode, attack, len(rs), mean_std(r["default_accuracy"] for r in rs),
                          mean_std(r["robust_accuracy"] for r in rs), cost("default"), cost("robust")])
@@ -205,9 +209,9 @@ def headline(records: list[dict]) -> str:
         for attack in ATTACKS[1:]:
             runs = g.get((mode, attack), {})
             for setting in SETTINGS:
-                costs = [runs[s][f"{setting}_accuracy"] - honest[s]["default_accuracy"] for s in runs if s in honest]
-                if costs:
-                    worst.append((mode, setting, min(costs)))
+                paired = costs(runs, honest, setting)
+                if paired:
+                    worst.append((mode, setting, min(paired)))
     if not worst:
         return ""
     parts = [f"{mode} {setting}: {-100 * min(c for m, s, c in worst if (m, s) == (mode, setting)):.1f}"

@@ -144,10 +144,10 @@ class ClaimsCheck:
 
     def changes(self) -> list[str]:
         """One line per node whose weight the check changed."""
-        lines = []
+        lines, dropped = [], self.dropped
         for i in range(len(self.claimed)):
             claimed, used = float(self.claimed[i].sum()), float(self.used[i].sum())
-            if i in self.dropped:
+            if i in dropped:
                 lines.append(f"node {i} dropped: its teacher agrees with the others' on {self.scores[i]:.2f} of "
                              f"what it claims, under {DROP_RATIO} x the median node's {self.scores.nanmedian():.2f}")
             elif used < claimed:

@@ -113,8 +113,8 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
         with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
             store.record_run(stats["ran_on"])
             if claims is not None:
-                store.record_claims(claims.record())
                 stats["claims"] = claims.record()
+                store.record_claims(stats["claims"])
             write_batches(store, synth, cfg, mine, sizes, stats, student, progress,
                           tensorboard_path(Path(out)) if tensorboard else None, ensemble.info)
     except BaseException:
