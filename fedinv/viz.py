@@ -163,10 +163,12 @@ def confusion_plot(cm: np.ndarray, class_names: Sequence[str], title: str = "con
     return _image(fig)
 
 
-def epoch_curves(histories: dict[str, list[dict[str, Any]]], keys: Sequence[str], title: str) -> Image.Image:
-    """Training histories ({name: [{"loss": ..., key: ...}, ...]}) against the epoch: each of `keys`
-    (accuracies in [0, 1]; an epoch without the key is skipped) on the left, one colour per history
-    and one line style per key (solid, dashed, dotted), the loss on the right."""
+def epoch_curves(histories: dict[str, list[dict[str, Any]]], keys: Sequence[str], title: str, x_label: str = "epoch",
+                 loss_key: str = "loss") -> Image.Image:
+    """Training histories ({name: [{loss_key: ..., key: ...}, ...]}, one entry per epoch or round)
+    against the epoch (or `x_label`): each of `keys` (accuracies in [0, 1]; an entry without the key
+    is skipped) on the left, one colour per history and one line style per key (solid, dashed,
+    dotted), the loss on the right."""
     fig = _figure(9.0, 3.6)
     acc, loss = fig.subplots(1, 2)
     names = list(histories)
@@ -180,10 +182,11 @@ def epoch_curves(histories: dict[str, list[dict[str, Any]]], keys: Sequence[str]
                          marker="o" if len(points) < 20 else None, markersize=3,
                          label=f"{name.strip()} {key.replace('_', ' ')}".strip())
         history = histories[name]
-        loss.plot(range(1, len(history) + 1), [h["loss"] for h in history], color=colors[name],
-                  label=name.strip() or "loss")
-    acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+        losses = [(i + 1, float(h[loss_key])) for i, h in enumerate(history) if h.get(loss_key) is not None]
+        if losses:
+            loss.plot(*zip(*losses), color=colors[name], label=name.strip() or "loss")
+    acc.set(xlabel=x_label, ylabel="accuracy", title="accuracy")
+    loss.set(xlabel=x_label, ylabel="training loss", title="loss")
     for ax in (acc, loss):
         ax.grid(True, color="0.92")
     if acc.get_legend_handles_labels()[0]:
@@ -195,14 +198,16 @@ def epoch_curves(histories: dict[str, list[dict[str, Any]]], keys: Sequence[str]
 
 
 def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "", x_label: str = "round",
-              y_label: str = "test accuracy") -> Image.Image:
+              y_label: str = "test accuracy", log_y: bool = False) -> Image.Image:
     """One line per entry of `curves` ({name: [(x, y), ...]}), distinct colours, the legend below the
-    axes (it never covers the data)."""
+    axes (it never covers the data); `log_y`: a logarithmic y axis (losses spanning decades)."""
     fig = _figure(7.0, 3.6 + 0.2 * -(-len(curves) // 2))
     ax = fig.add_subplot()
     for (name, curve), color in zip(curves.items(), series_colors(len(curves))):
         if curve:
             ax.plot(*zip(*curve), color=color, label=name, marker="o" if len(curve) == 1 else None)
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(True, color="0.92")
@@ -210,3 +215,11 @@ def line_plot(curves: dict[str, Sequence[tuple[float, float]]], title: str = "",
     if curves:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=7, frameon=False)
     return _image(fig)
+
+
+def side_by_side(left: Image.Image, right: Image.Image, gap: int = 16) -> Image.Image:
+    """Two pictures next to each other on white, tops aligned, `gap` pixels apart."""
+    canvas = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width + gap, 0))
+    return canvas

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -14,7 +15,7 @@ from ..oneshot.audit import audit_store
 from ..oneshot.synthesis.ensemble import load_ensemble
 from ..runtime import finite, resolve_device, save_json, save_png, to_json
 from ..store import read_labels, read_meta, read_rows
-from ..viz import bar_chart, class_grid, rows_per_class
+from ..viz import bar_chart, class_grid, rows_per_class, side_by_side
 from .parsing import check_option, parse_numbers, trust_model_option
 
 
@@ -27,12 +28,16 @@ from .parsing import check_option, parse_numbers, trust_model_option
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="with --dataset: which split to show")
 @click.option("--seed", default=0, show_default=True, help="which images: a seeded random pick per class")
+@click.option("--compare-real", is_flag=True,
+              help="with STORE: beside the synthetic grid, real images of the same classes from the store's dataset "
+                   "(its --split, found under --data-root)")
 @click_options(DataConfig)
 def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None, scale: int, split: str,
-             seed: int, **kwargs) -> None:
+             seed: int, compare_real: bool, **kwargs) -> None:
     """Write an image grid, one row per class, of a synthetic STORE (HDF5) or of --dataset.
 
-    Without STORE, images come from the dataset given by --dataset (and --data-root).
+    Without STORE, images come from the dataset given by --dataset (and --data-root). With STORE and
+    --compare-real, the store's images on the left and real ones of its dataset on the right.
     """
     check_option("--per-class", per_class, Range(1, 1000))
     check_option("--scale", scale, Range(1, 16))  # a scale of 100000 asked for a picture no memory holds
@@ -40,6 +45,9 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
     data_cfg = pick(DataConfig, kwargs)  # checked even when a STORE makes it unused
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: the grid is written as PNG; give a file name ending in .png")
+    if compare_real and store is None:
+        raise ConfigError("--compare-real puts a STORE's images beside real ones; give the STORE")
+    real: DataConfig | None = None
     if store is not None:
         meta = read_meta(store)
         if meta["n_valid"] == 0:
@@ -51,6 +59,8 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
         title = f"{store.name}: {meta['n_valid']} synthetic images" + (f" ({method})" if method else "")
         wanted = parse_numbers(classes, "--classes") or list(range(len(names)))
         images, labels_t, _ = read_rows(store, rows_per_class(labels, per_class, wanted, seed))
+        if compare_real:
+            real = dataclasses.replace(data_cfg, dataset=meta["dataset"]["name"], image_size=meta["image_shape"][1])
     else:
         data = load_dataset(data_cfg, split)
         names = data.info.class_names
@@ -62,9 +72,14 @@ def view_cmd(store: Path | None, out: Path, per_class: int, classes: str | None,
     if bad:
         raise ConfigError(f"classes {bad} out of range 0..{len(names) - 1}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_png(class_grid(images, labels_t, names, per_class, wanted, scale, title=f"{title}, up to {per_class} a class"),
-             out)
-    click.echo(f"{out}: {len(wanted)} classes x up to {per_class} images")
+    picture = class_grid(images, labels_t, names, per_class, wanted, scale, title=f"{title}, up to {per_class} a class")
+    if real is not None:
+        data = load_dataset(real, split)
+        rows = torch.as_tensor(rows_per_class(data.labels.numpy(), per_class, wanted, seed))
+        picture = side_by_side(picture, class_grid(data.images[rows], data.labels[rows], names, per_class, wanted,
+                                                   scale, title=f"real: {data.info.name}, {split} split"))
+    save_png(picture, out)
+    click.echo(f"{out}: {len(wanted)} classes x up to {per_class} images" + (" and as many real" if real else ""))
 
 
 @click.command("audit")

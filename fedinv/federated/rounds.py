@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import __version__
 from ..attacks import flip_labels, inflate_counts, random_with_statistics
@@ -30,10 +31,12 @@ from ..errors import ConfigError, RunStateError
 from ..evaluate import accuracy, class_level_logits, class_shares, ensemble_probs, per_class_accuracy, predict_logits
 from ..models import place, seeded_model
 from ..runtime import (RUN_RECORDS, MetricsLog, RoundStream, folder_lock, log_file, progress_bar, ran_on, read_torch,
-                       remove_stale_temporaries, resolve_device, resolve_precision, rng, save_json, save_torch)
+                       remove_stale_temporaries, resolve_device, resolve_precision, rng, save_json, save_png,
+                       save_torch)
 from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
+from ..viz import epoch_curves
 from .config import FederatedRunConfig, method_name
 from .local import LocalContext, LocalResult, RoundInfo, State, cpu_state, param_names
 from .registry import algorithm_class, server_step_class
@@ -383,6 +386,8 @@ def finish(cfg: FederatedRunConfig, fed: Federation, global_state: State, histor
     report = round_report(cfg, history, done)
     report["engine"] = engine_name
     report["ran_on"] = ran_on(fed.device, fed.amp_dtype)
+    if history:
+        save_png(round_curves(history, report["method"]), out / "curves.png")
     if done:
         model = fed.algo.build()
         model.load_state_dict(global_state)
@@ -395,6 +400,14 @@ def finish(cfg: FederatedRunConfig, fed: Federation, global_state: State, histor
                         out / "global.pt")
         save_json(report, out / "report.json")
     return report
+
+
+def round_curves(history: list[dict[str, Any]], method: str) -> Image.Image:
+    """The run's curves.png: per round the nodes' mean local training accuracy and loss, and the
+    global model's test accuracy where measured."""
+    return epoch_curves({"": history}, ("local_accuracy", "test_accuracy"),
+                        f"{method}: nodes' local training and the global model's test accuracy", x_label="round",
+                        loss_key="local_loss")
 
 
 def round_report(cfg: FederatedRunConfig, history: list[dict[str, Any]], done: bool,

@@ -179,7 +179,7 @@ def _run_stages(cfg: RunConfig, run: Path, progress: bool, tensorboard: bool = F
                "ensemble_accuracy": teacher_report["ensemble_accuracy"],
                "student_accuracy": evaluation["accuracy"], "synthetic_images": int(len(labels)),
                "student_history": student_report["history"], "stage_seconds": seconds,
-               "pictures": ["partition.png", "teachers/curves.png", "synthetic.png", "student/curves.png",
-                            "confusion.png"]}
+               "pictures": ["partition.png", "teachers/curves.png", "synthetic.h5.curves.png", "synthetic.png",
+                            "student/curves.png", "confusion.png"]}
     save_json(summary, run / "summary.json")
     return summary

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 from fedinv.errors import RunStateError
 from fedinv.federated.rounds import Federation, federate, mean_last_accuracy, rounds_to_target
@@ -37,6 +38,7 @@ def test_two_rounds_of_every_method(tmp_path, tiny_train, algorithm, server):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1, 2]
     assert (tmp_path / "global.pt").is_file() and (tmp_path / "report.json").is_file()
+    assert Image.open(tmp_path / "curves.png").size[0] > 300, "accuracy and loss per round drawn into the run folder"
     assert report["ran_on"] == ran_on(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")))
     if server in ("ftg", "feddf"):
         assert report["server_seconds_per_round"] > 0 and "server_distill" in report["history"][0]

@@ -57,6 +57,7 @@ def test_run_on_synthetic_tiny_end_to_end(tmp_path, caplog):
                  "summary.json"):
         assert (run / name).exists(), name
     summary = json.loads((run / "summary.json").read_text())
+    assert all((run / name).is_file() for name in summary["pictures"]), summary["pictures"]
     assert summary["synthetic_images"] == 96 and 0 <= summary["student_accuracy"] <= 1
     assert set(summary["stage_seconds"]) == {"partition", "train_teachers", "synthesize", "train_student",
                                              "evaluate", "view"}

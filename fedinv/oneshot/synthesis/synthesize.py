@@ -19,9 +19,10 @@ from ...data.datasets import DatasetInfo
 from ...distributed import World, process_group, rank_device, shard_path, world_from_env
 from ...errors import ConfigError, RunStateError
 from ...models import place
-from ...runtime import MetricsLog, progress_bar, ran_on, resolve_device, resolve_precision
+from ...runtime import MetricsLog, progress_bar, ran_on, resolve_device, resolve_precision, save_png
 from ...store import StoreWriter, merge_shards, read_meta, store_meta
 from ...train.resume import changes, comparable
+from ...viz import line_plot
 from ..teacher_files import Teachers, as_teachers
 from .claims import apply_claims
 from .config import SynthesisConfig
@@ -117,6 +118,8 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
                 store.record_claims(stats["claims"])
             write_batches(store, synth, cfg, mine, sizes, stats, student, progress,
                           tensorboard_path(Path(out)) if tensorboard else None, ensemble.info)
+        if world == 1:  # a shard's curves are drawn once the shards are merged
+            draw_curves(Path(out), cfg.method)
     except BaseException:
         if fresh:
             discard_if_empty(Path(out))  # a first batch that failed leaves nothing a rerun would refuse
@@ -177,6 +180,21 @@ def metrics_path(store: Path) -> Path:
     return store.with_name(store.name + ".metrics.jsonl")
 
 
+def curves_path(store: Path) -> Path:
+    """OUT.curves.png beside the store OUT: its loss terms per batch."""
+    return store.with_name(store.name + ".curves.png")
+
+
+def draw_curves(store: Path, method: str) -> None:
+    """Each loss term at the last step of each batch, from OUT.metrics.jsonl, into OUT.curves.png."""
+    lines = MetricsLog(metrics_path(store)).lines()
+    positive = {k for line in lines for k, v in line.items() if isinstance(v, (int, float)) and v > 0}  # a log axis
+    terms = sorted(positive - {"batch", "images", "seconds"})
+    curves = {k: [(line["batch"] + 1, line[k]) for line in lines if k in line] for k in terms}
+    save_png(line_plot(curves, title=f"{store.name}: synthesis losses per batch ({method})", x_label="batch",
+                       y_label="loss at the batch's last step", log_y=True), curves_path(store))
+
+
 def tensorboard_path(store: Path) -> Path:
     """OUT.tensorboard/ beside the store OUT: its TensorBoard event files."""
     return store.with_name(store.name + ".tensorboard")
@@ -192,6 +210,7 @@ def discard_if_empty(store: Path) -> None:
         store.unlink(missing_ok=True)
         state_path(store).unlink(missing_ok=True)
         metrics_path(store).unlink(missing_ok=True)
+        curves_path(store).unlink(missing_ok=True)
 
 
 def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisConfig, *,
@@ -229,6 +248,7 @@ def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg
             for s in shards:
                 s.unlink()
                 metrics_path(s).unlink(missing_ok=True)
+            draw_curves(out, cfg.method)
         dist.barrier()
         job = job_stats(stats)
     n_valid = read_meta(out)["n_valid"] if world.rank == 0 else None

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import h5py
 import pytest
 import torch
+from PIL import Image
 from click.testing import CliRunner
 
 from fedinv.checkpoint import TEACHER, ModelCheckpoint, save_checkpoint
@@ -161,6 +162,7 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
     lines = [json.loads(x) for x in (tmp_path / "killed.h5.metrics.jsonl").read_text().splitlines()]
     assert [x["batch"] for x in lines] == [0, 1, 2, 3, 4], "a line per batch, none lost or doubled by the resume"
     assert {"loss", "ce", "bn", "images", "seconds"} <= set(lines[0])
+    assert Image.open(tmp_path / "killed.h5.curves.png").size[0] > 300, "the losses per batch drawn beside the store"
 
 
 def test_bad_teacher_directories_are_clear_errors(tmp_path):
