@@ -13,7 +13,8 @@ from ..federated.report import compare, load_run
 from ..federated.rounds import federate
 from ..runtime import save_json, save_png, to_json
 from .engines import engine_option, flower_module
-from .parsing import ConfigFile, print_config_option, progress_option, seed_option, tensorboard_option, with_seed
+from .parsing import (ConfigFile, print_config_option, progress_option, seed_option, tensorboard_option,
+                      trust_model_option, with_seed)
 
 SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
 
@@ -31,8 +32,10 @@ SEEDED = ("partition", "federate")  # the tables whose seed --seed sets
 @print_config_option
 @progress_option()
 @tensorboard_option
+@trust_model_option
 def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, overrides: tuple[str, ...],
-                 seed: int | None, print_config: bool, progress: bool, tensorboard: bool) -> None:
+                 seed: int | None, print_config: bool, progress: bool, tensorboard: bool,
+                 trust: tuple[str, ...]) -> None:
     """Multi-round federated training from a TOML CONFIG.
 
     CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
@@ -49,7 +52,8 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
     fmnist-rounds`). Writes OUT/metrics.jsonl (a line per round), OUT/checkpoint.pt (every round),
     and at the end OUT/global.pt and OUT/report.json. Rerunning the same command continues the run
     in OUT from its last finished round (in-process engine; a finished run rerun with a larger
-    `rounds` is extended); a run of another config there is refused.
+    `rounds` is extended); a run of another config there is refused. A model from outside the
+    registry (`model = "torchvision.models:resnet18"`, "timm:NAME") needs --trust-model naming it.
     """
     cfg = FederatedRunConfig.from_toml(config, with_seed(overrides, seed, SEEDED))
     if print_config:
@@ -57,11 +61,12 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
         return
     out = out or Path("runs") / config.stem
     if engine == "flower":
-        if tensorboard:
-            raise ConfigError("--tensorboard works with the in-process engine only")
+        if tensorboard or trust:
+            raise ConfigError(f"{'--tensorboard' if tensorboard else '--trust-model'} works with the in-process "
+                              f"engine only")
         report = flower_module("simulation").federate_flower(cfg, out)
     else:
-        report = federate(cfg, out, progress=progress, tensorboard=tensorboard)
+        report = federate(cfg, out, progress=progress, tensorboard=tensorboard, trust=trust)
     click.echo(to_json({k: v for k, v in report.items() if k not in ("history", "config")}, indent=2))
 
 

@@ -9,7 +9,8 @@ import click
 from ..config import to_toml
 from ..oneshot.pipeline import RunConfig, run_pipeline
 from ..runtime import to_json
-from .parsing import ConfigFile, print_config_option, progress_option, seed_option, tensorboard_option, with_seed
+from .parsing import (ConfigFile, print_config_option, progress_option, seed_option, tensorboard_option,
+                      trust_model_option, with_seed)
 
 SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose seed --seed sets
 
@@ -25,8 +26,9 @@ SEEDED = ("partition", "teachers", "synthesis", "student")  # the tables whose s
 @print_config_option
 @progress_option()
 @tensorboard_option
+@trust_model_option
 def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], seed: int | None, print_config: bool,
-            progress: bool, tensorboard: bool) -> None:
+            progress: bool, tensorboard: bool, trust: tuple[str, ...]) -> None:
     """Run the one-shot pipeline from a TOML CONFIG in one run folder:
     partition -> train-teachers -> synthesize -> train-student -> evaluate -> view.
 
@@ -36,12 +38,14 @@ def run_cmd(config: Path, out: Path | None, overrides: tuple[str, ...], seed: in
     stage is skipped and an interrupted one continues, so rerunning a killed run finishes it.
     CONFIG may also name a config shipped with fedinv (fedinv/configs/NAME.toml, assets/configs in
     the repository): `fedinv run demo` (make demo's), `fedinv run tiny` (seconds, generated data),
-    `fedinv run fmnist-dirichlet-0.1`, ...
+    `fedinv run fmnist-dirichlet-0.1`, ... A model from outside the registry (`model =
+    "torchvision.models:resnet18"`, "timm:NAME") needs --trust-model naming it.
     """
     cfg = RunConfig.from_toml(config, with_seed(overrides, seed, SEEDED))
     if print_config:
         click.echo(to_toml(cfg.to_dict()), nl=False)
         return
-    summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress, tensorboard=tensorboard)
+    summary = run_pipeline(cfg, out or Path("runs") / config.stem, progress=progress, tensorboard=tensorboard,
+                           trust=trust)
     click.echo(to_json({k: v for k, v in summary.items() if k != "student_history"}, indent=2))
 

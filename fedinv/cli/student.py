@@ -77,10 +77,12 @@ def train_student_cmd(store: Path, out: Path, teachers_dir: Path | None, data_ro
 @click.option("--dataset", default=None, help="test set to evaluate on (default: the dataset the checkpoint "
               "records; fashion-mnist for a checkpoint that records none)")
 @click_options(DataConfig, exclude=("dataset",))
-def evaluate_cmd(checkpoint: Path, out: Path | None, device: str, dataset: str | None, **kwargs) -> None:
+@trust_model_option
+def evaluate_cmd(checkpoint: Path, out: Path | None, device: str, dataset: str | None, trust: tuple[str, ...],
+                 **kwargs) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a teacher, student or global-model
     CHECKPOINT on a test set: --dataset when given, else the dataset the checkpoint records."""
-    ckpt = load_checkpoint(checkpoint, kind=MODEL_KINDS)
+    ckpt = load_checkpoint(checkpoint, kind=MODEL_KINDS, trust=trust)
     recorded = ckpt.dataset_info.name if ckpt.dataset_info is not None else None
     kwargs["dataset"] = dataset or recorded or DataConfig().dataset
     data_cfg = pick(DataConfig, kwargs)

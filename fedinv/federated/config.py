@@ -31,7 +31,8 @@ class FederateConfig:
     server: str = option("none", "server step after aggregation: none, ftg (FedFTG: generator + fine-tuning), "
                          "feddf (ensemble distillation on generated images), fedgen (feature generator shared "
                          "with the nodes)")
-    model: str = option("bncnn", "model name from the registry (see `fedinv models`)")
+    model: str = option("bncnn", "model: a registry name (see `fedinv models`) or a MODULE:FACTORY such as "
+                        "torchvision.models:resnet18 (with --trust-model naming it)")
     rounds: int = option(50, "communication rounds (a finished run resumed with more rounds is extended: "
                                  "nothing in a round depends on the total)", runtime=True, valid=COUNT)
     participation: float = option(0.5, "fraction of the nodes taking part in each round (at least one)",

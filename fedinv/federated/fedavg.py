@@ -8,7 +8,7 @@ the dataclass of its own constants (`Params`, TOML table [<name>]).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Collection, Sequence
 
 import torch
 
@@ -29,9 +29,11 @@ class FedAvg:
     replaces_aggregation: ClassVar[bool] = False  # the server distills instead of averaging (no server step)
     reports_nodes: ClassVar[bool] = False  # nodes keep models of their own worth evaluating (`evaluate_node`)
 
-    def __init__(self, cfg: FederateConfig, params: Any, info: DatasetInfo, validation: ImageTensors | None = None):
-        self.cfg, self.params, self.info = cfg, params, info
-        self.build = partial(build_model_for, cfg.model, info)
+    def __init__(self, cfg: FederateConfig, params: Any, info: DatasetInfo, validation: ImageTensors | None = None,
+                 trust: Collection[str] = ()):
+        """`trust`: the `module:factory` models (`models.build_model`) `cfg.model` may be."""
+        self.cfg, self.params, self.info, self.trust = cfg, params, info, tuple(trust)
+        self.build = partial(build_model_for, cfg.model, info, self.trust)
 
     @classmethod
     def holdout(cls, params: Any) -> int:

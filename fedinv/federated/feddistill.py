@@ -12,7 +12,7 @@ validation set (training samples no node holds).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 from torch import nn
@@ -52,7 +52,8 @@ class FedDistill(FedAvg):
         return self.params.personal_model or self.cfg.model
 
     def personal_model(self, node: int, state: State | None, device: torch.device) -> nn.Module:
-        model = seeded_model(self.personal_name, self.info, self.cfg.seed, RoundStream.PERSONAL_INIT, node)
+        model = seeded_model(self.personal_name, self.info, self.cfg.seed, RoundStream.PERSONAL_INIT, node,
+                             trust=self.trust)
         if state is not None:
             model.load_state_dict(state)
         return place(model, device)
@@ -109,8 +110,8 @@ class FedDistillQuery(FedAvg):
               "server_epochs": "server_epochs"}
     replaces_aggregation = True
 
-    def __init__(self, cfg, params, info, validation: ImageTensors | None = None):
-        super().__init__(cfg, params, info)
+    def __init__(self, cfg, params, info, validation: ImageTensors | None = None, trust: Collection[str] = ()):
+        super().__init__(cfg, params, info, trust=trust)
         self.validation = validation
 
     @classmethod

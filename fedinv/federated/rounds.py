@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -107,19 +107,20 @@ class Federation:
     """What runs the rounds, whichever engine the nodes run on: the algorithm, the server step, and
     the two halves of a round (a node's update; the server's aggregation and step)."""
 
-    def __init__(self, cfg: FederatedRunConfig, info: DatasetInfo, validation: ImageTensors | None = None):
+    def __init__(self, cfg: FederatedRunConfig, info: DatasetInfo, validation: ImageTensors | None = None,
+                 trust: Collection[str] = ()):
         fc = cfg.federate
-        self.cfg, self.fc, self.info = cfg, fc, info
+        self.cfg, self.fc, self.info, self.trust = cfg, fc, info, tuple(trust)
         self.device = resolve_device(fc.device)
         self.amp_dtype = resolve_precision(fc.precision, self.device)
-        self.algo = algorithm_class(fc.algorithm)(fc, cfg.params, info, validation)
+        self.algo = algorithm_class(fc.algorithm)(fc, cfg.params, info, validation, trust=self.trust)
         step = server_step_class(fc.server)
         self.server_step = (step(fc, cfg.generator, cfg.server_params, info, self.algo.build) if step is not None
                             else None)
 
     def initial_states(self) -> tuple[State, dict[str, Any]]:
         """(global model state, server state) before round 1, both from the seed."""
-        model = seeded_model(self.fc.model, self.info, self.fc.seed, RoundStream.GLOBAL_INIT)
+        model = seeded_model(self.fc.model, self.info, self.fc.seed, RoundStream.GLOBAL_INIT, trust=self.trust)
         global_state = {k: v.clone() for k, v in model.state_dict().items()}
         server_state = self.algo.init_server(global_state, param_names(model))
         if self.server_step is not None:
@@ -158,7 +159,8 @@ class Federation:
             result.num_samples = int(result.num_samples * attack.factor)
             result.label_counts = inflate_counts(label_counts, attack.factor)
         if attack.attacks(k) and attack.kind == "random":
-            fresh = seeded_model(self.fc.model, self.info, self.fc.seed, RoundStream.ATTACK_INIT, rnd, k)
+            fresh = seeded_model(self.fc.model, self.info, self.fc.seed, RoundStream.ATTACK_INIT, rnd, k,
+                                 trust=self.trust)
             result.state = random_with_statistics(cpu_state(fresh), result.state)
         return result
 
@@ -285,20 +287,22 @@ EngineFactory = Callable[[Federation, NodeData, dict[int, dict[str, Any]]], Node
 def federate(cfg: FederatedRunConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
              train: ImageTensors | None = None, test: ImageTensors | None = None,
              stop_after: int | None = None, engine: EngineFactory = InProcessNodes,
-             engine_name: str = "in-process", tensorboard: bool = False) -> dict[str, Any]:
+             engine_name: str = "in-process", tensorboard: bool = False,
+             trust: Collection[str] = ()) -> dict[str, Any]:
     """Run a multi-round run in `out_dir`, continuing the one there (same config and partition) from
     its last finished round; returns the report. `resume=False` refuses a folder that holds a run.
 
     `stop_after` ends the call after that many rounds in all (the run can be resumed), for
     tests and for splitting a long run over sessions. `engine` makes the node engine from the
     federation, the nodes' data and the node states of a resumed run. `tensorboard`: the round
-    metrics also go to OUT/tensorboard.
+    metrics also go to OUT/tensorboard. `trust`: the `module:factory` models (`models.build_model`)
+    the global (and personal) model may be.
     """
     out = Path(out_dir)
     train = train if train is not None else load_dataset(cfg.data, "train")
     test = test if test is not None else load_dataset(cfg.data, "test")
     data = node_data(cfg, train)
-    fed = Federation(cfg, train.info, data.validation)
+    fed = Federation(cfg, train.info, data.validation, trust)
     with folder_lock(out, RUN_RECORDS), log_file(out):  # a second run into `out` is refused
         return _rounds(cfg, fed, data, out, train, test, resume, progress, stop_after, engine, engine_name,
                        tensorboard)

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 
@@ -107,26 +107,28 @@ def partition_stage(cfg: RunConfig, manifest: Path, train: ImageTensors) -> Part
 
 
 def student_stage(cfg: RunConfig, run: Path, test: ImageTensors, progress: bool,
-                  tensorboard: bool = False) -> dict[str, Any]:
+                  tensorboard: bool = False, trust: Collection[str] = ()) -> dict[str, Any]:
     """The student's report: read back when a finished student of this config is there, else trained."""
     done = finished_student(run / "student", cfg.student)
     if done is not None:
         log.info("student: %s is complete, skipped", run / "student")
         return done
     return train_student(run / "synthetic.h5", run / "student", cfg.student, teachers_dir=run / "teachers",
-                         test=test, progress=progress, tensorboard=tensorboard)
+                         test=test, progress=progress, tensorboard=tensorboard, trust=trust)
 
 
-def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True,
-                 tensorboard: bool = False) -> dict[str, Any]:
+def run_pipeline(cfg: RunConfig, run_dir: str | Path, *, progress: bool = True, tensorboard: bool = False,
+                 trust: Collection[str] = ()) -> dict[str, Any]:
     """Run (or continue) every stage in `run_dir`; returns the final summary (also summary.json). A second
     process writing into `run_dir` is refused. `tensorboard`: every stage's metrics also go to
-    TensorBoard event files (teachers/tensorboard, synthetic.h5.tensorboard, student/tensorboard)."""
+    TensorBoard event files (teachers/tensorboard, synthetic.h5.tensorboard, student/tensorboard).
+    `trust`: the `module:factory` models (`models.build_model`) the teachers and the student may be."""
     with folder_lock(run_dir, RUN_RECORDS), log_file(run_dir):
-        return _run_stages(cfg, Path(run_dir), progress, tensorboard)
+        return _run_stages(cfg, Path(run_dir), progress, tensorboard, tuple(trust))
 
 
-def _run_stages(cfg: RunConfig, run: Path, progress: bool, tensorboard: bool = False) -> dict[str, Any]:
+def _run_stages(cfg: RunConfig, run: Path, progress: bool, tensorboard: bool = False,
+                trust: tuple[str, ...] = ()) -> dict[str, Any]:
     saved = run / "config.json"
     diff = changes(json.loads(saved.read_text()), cfg) if saved.is_file() else []
     held = [k for k in diff if has_work(run, k.split(".")[0])]
@@ -138,8 +140,8 @@ def _run_stages(cfg: RunConfig, run: Path, progress: bool, tensorboard: bool = F
     for stage in (cfg.teachers, cfg.synthesis, cfg.student):
         resolve_device(stage.device)
     with torch.device("meta"):  # unknown model names fail here
-        teacher = build_model_for(cfg.teachers.model, train.info)
-        build_model_for(cfg.student.model, train.info)
+        teacher = build_model_for(cfg.teachers.model, train.info, trust)
+        build_model_for(cfg.student.model, train.info, trust)
     require_batchnorm([teacher], cfg.synthesis, [f"teachers.model {cfg.teachers.model!r}"])
     save_json(cfg.to_dict(), saved)
     seconds = spent_seconds(run / "summary.json")
@@ -154,16 +156,16 @@ def _run_stages(cfg: RunConfig, run: Path, progress: bool, tensorboard: bool = F
     lap("partition")
 
     teacher_report = train_teachers(part, cfg.teachers, run / "teachers", progress=progress, train=train, test=test,
-                                    tensorboard=tensorboard)
+                                    tensorboard=tensorboard, trust=trust)
     lap("train_teachers")
     syn = synthesize(run / "teachers", run / "synthetic.h5", cfg.synthesis, resume=True, progress=progress,
-                     tensorboard=tensorboard)
+                     tensorboard=tensorboard, trust=trust)
     log.info("synthesis: %s", {k: syn[k] for k in ("batches", "n_valid")})
     lap("synthesize")
 
-    student_report = student_stage(cfg, run, test, progress, tensorboard)
+    student_report = student_stage(cfg, run, test, progress, tensorboard, trust)
     lap("train_student")
-    ckpt = load_checkpoint(run / "student" / "student.pt", kind=STUDENT)
+    ckpt = load_checkpoint(run / "student" / "student.pt", kind=STUDENT, trust=trust)
     evaluation, picture = evaluate_checkpoint(ckpt, test, resolve_device(cfg.student.device))
     save_json(evaluation, run / "evaluation.json")
     save_png(picture, run / "confusion.png")

@@ -127,3 +127,39 @@ def test_a_timm_model_is_built_for_the_data_when_trusted():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10) and has_batchnorm(model)
     with pytest.raises(ConfigError, match="timm:no-such-net"):
         build_model("timm:no-such-net", 1, 10, 28, trust=("timm:no-such-net",))
+
+
+def test_run_federate_and_evaluate_build_an_outside_model_only_when_trusted(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from fedinv.cli.main import cli
+    from tests.helpers import TINY_TOML
+
+    name = "torchvision.models:resnet18"
+    small = ["teachers.epochs=1", "synthesis.num_images=32", "synthesis.batch_size=16",
+             "synthesis.deepinversion.iterations=2", "student.epochs=1", "teachers.precision='fp32'",
+             "synthesis.precision='fp32'", "student.precision='fp32'", "teachers.lr=0.01",
+             f"teachers.model='{name}'", f"student.model='{name}'"]
+    run = ["-q", "run", str(TINY_TOML), "--out", str(tmp_path / "run"), "--no-progress",
+           *[a for s in small for a in ("--set", s)]]
+    res = CliRunner().invoke(cli, run)
+    assert res.exit_code == 2 and f"--trust-model {name}" in res.output and not (tmp_path / "run").exists()
+    res = CliRunner().invoke(cli, [*run, "--trust-model", name])
+    assert res.exit_code == 0, res.output
+    assert 0.0 <= json.loads((tmp_path / "run" / "summary.json").read_text())["student_accuracy"] <= 1.0
+    student = str(tmp_path / "run" / "student" / "student.pt")
+    assert CliRunner().invoke(cli, ["evaluate", student, "--dataset", "synthetic-tiny"]).exit_code != 0
+    res = CliRunner().invoke(cli, ["evaluate", student, "--dataset", "synthetic-tiny", "--trust-model", name])
+    assert res.exit_code == 0 and 0.0 <= json.loads(res.output)["accuracy"] <= 1.0
+
+    cfg = tmp_path / "rounds.toml"
+    cfg.write_text(f'[data]\ndataset = "synthetic-tiny"\n[partition]\nnum_nodes = 2\n[federate]\nmodel = "{name}"\n'
+                   f'rounds = 1\nbatch_size = 32\nlr = 0.01\nprecision = "fp32"\n')
+    fed = ["-q", "federate", str(cfg), "--out", str(tmp_path / "fed"), "--no-progress"]
+    res = CliRunner().invoke(cli, fed)
+    assert res.exit_code == 2 and f"--trust-model {name}" in res.output and not (tmp_path / "fed").exists()
+    res = CliRunner().invoke(cli, [*fed, "--trust-model", name])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "fed" / "global.pt").is_file() and (tmp_path / "fed" / "curves.png").is_file()
