@@ -18,8 +18,9 @@ FedDistill's personal model) lives in its `Context.state`. Participants are draw
 with the in-process engine's seeded draw, and replies are used in partition order, so both
 engines compute the same models and reports.
 
-Deployment (several machines): `client_app` and `server_app` below read the run's TOML from the
-run config key `fedinv-config` (see README, "Flower").
+`client_app` and `server_app` below read the run's TOML from the file named by run config key
+`fedinv-config` (the app folder apps/rounds names them for `flwr run`: fedinv.flower.simulation on one
+machine, or across machines, README "Flower").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -59,12 +60,12 @@ def _node_side(cfg_json: str) -> tuple[Federation, NodeData, ImageTensors]:
     return Federation(cfg, train.info, data.validation), data, load_dataset(cfg.data, "test")
 
 
-def make_client_app(cfg: FederatedRunConfig | None = None) -> ClientApp:
-    """The ClientApp of run `cfg` (None: read the TOML named by run config `fedinv-config`)."""
+def make_client_app() -> ClientApp:
+    """The ClientApp: the run's TOML is the file named by run config `fedinv-config`."""
     app = ClientApp()
 
     def setting(context: Context) -> tuple[Federation, NodeData, ImageTensors, int]:
-        c = cfg if cfg is not None else FederatedRunConfig.from_toml(str(context.run_config["fedinv-config"]))
+        c = FederatedRunConfig.from_toml(str(context.run_config["fedinv-config"]))
         fed, data, test = _node_side(json.dumps(c.to_dict(), sort_keys=True))
         k = int(context.node_config["partition-id"])
         if not 0 <= k < data.partition.num_nodes:
@@ -166,22 +167,19 @@ def discover(grid: Grid, num_nodes: int, timeout: float = 600.0) -> tuple[dict[i
     return node_ids, counts
 
 
-def make_server_app(cfg: FederatedRunConfig | None = None, out: str | Path | None = None,
-                    on_done: Callable[[dict[str, Any]], None] | None = None) -> ServerApp:
-    """The ServerApp of run `cfg` (None: read the TOML named by run config `fedinv-config`, and the
-    output folder from `fedinv-out`). It writes what the in-process engine writes (metrics.jsonl,
-    checkpoint.pt, generated.h5, global.pt, report.json); `on_done` receives the report."""
+def make_server_app() -> ServerApp:
+    """The ServerApp: the run's TOML is the file named by run config `fedinv-config`, its output
+    folder `fedinv-out`. It writes what the in-process engine writes (metrics.jsonl, checkpoint.pt,
+    generated.h5, global.pt, report.json)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        c = cfg if cfg is not None else FederatedRunConfig.from_toml(str(context.run_config["fedinv-config"]))
-        folder = Path(out) if out is not None else Path(str(context.run_config.get("fedinv-out", "runs/flower")))
+        c = FederatedRunConfig.from_toml(str(context.run_config["fedinv-config"]))
+        folder = Path(str(context.run_config.get("fedinv-out", "runs/flower")))
         node_ids, _ = discover(grid, c.partition.num_nodes)
-        report = federate(c, folder, progress=False, engine=lambda fed, data, states: FlowerNodes(grid, node_ids),
-                          engine_name=ENGINE)
-        if on_done is not None:
-            on_done(report)
+        federate(c, folder, progress=False, engine=lambda fed, data, states: FlowerNodes(grid, node_ids),
+                 engine_name=ENGINE)
 
     return app
 

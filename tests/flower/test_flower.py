@@ -6,10 +6,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from fedinv.federated.config import FederateConfig, FederatedRunConfig, Generato
 from fedinv.federated.ftg import FTGParams  # noqa: E402
 from fedinv.federated.rounds import federate  # noqa: E402
 from fedinv.flower.records import flatten, from_record, to_record, unflatten  # noqa: E402
-from fedinv.flower.simulation import federate_flower  # noqa: E402
+from fedinv.flower.simulation import federate_flower, free_port, wait_for_port  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
 
@@ -98,24 +96,6 @@ def test_teachers_over_flower_equal_in_process_teachers(tmp_path, tiny_partition
     assert flower["ensemble_accuracy"] == local["ensemble_accuracy"] and flower["engine"] == "flower"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Block until something listens on 127.0.0.1:port (a cold start of the SuperLink takes a while)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the SuperLink exited during start-up"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
-
-
 DEPLOY_TOML = """
 [data]
 dataset = "synthetic-tiny"
@@ -172,7 +152,7 @@ def test_deployment_runtime_matches_in_process(tmp_path):
                                "--enable-supernode-auth", "--disable-runtime-dependency-installation",
                                "--port", str(link)], env=env, stdout=log, stderr=log, start_new_session=True)]
     try:
-        wait_for_port(link, procs[0])
+        wait_for_port(link, procs[0], tmp_path / "flower.log")
         for k in range(2):
             reg = subprocess.run(["flwr", "supernode", "register", str(creds / f"node-{k}.pub"), "fedinv"],
                                  env=env, capture_output=True, text=True, timeout=120)
