@@ -19,8 +19,12 @@ SEEDS = (0, 1)
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
     rc = RunConfig.from_toml(ROOT / cfg["study"]["config"])
     student = cfg["study"].get("student", {})  # the variant's student fields over the config's
+    synthesis = cfg["study"].get("synthesis", {})  # its synthesis fields, the method's own ones among them
+    own = {k: v for k, v in synthesis.items() if k in {f.name for f in dataclasses.fields(rc.synthesis.params)}}
+    shared = {k: v for k, v in synthesis.items() if k not in own}
     rc = dataclasses.replace(rc, teachers=dataclasses.replace(rc.teachers, device=device),
-                             synthesis=dataclasses.replace(rc.synthesis, seed=seed, device=device),
+                             synthesis=dataclasses.replace(rc.synthesis, seed=seed, device=device,
+                                                           **shared).with_method(rc.synthesis.method, **own),
                              student=dataclasses.replace(rc.student, seed=seed, device=device, **student))
     summary = run_pipeline(rc, out, progress=False)
     yield {"student_accuracy": summary["student_accuracy"], "ensemble_accuracy": summary["ensemble_accuracy"],
