@@ -26,7 +26,7 @@ from .parsing import check_option, parse_numbers, trust_model_option
 @click.option("--classes", default=None, help="only these classes, e.g. 0,3 or 0-4 (default: all)")
 @click.option("--scale", default=2, show_default=True, help="pixel magnification (nearest neighbour), in [1, 16]")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
-              help="with --dataset: which split to show")
+              help="which split of real images to show (without STORE, or with --compare-real)")
 @click.option("--seed", default=0, show_default=True, help="which images: a seeded random pick per class")
 @click.option("--compare-real", is_flag=True,
               help="with STORE: beside the synthetic grid, real images of the same classes from the store's dataset "
