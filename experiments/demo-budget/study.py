@@ -11,6 +11,8 @@ from typing import Any, Iterator
 from bench.study import ROOT
 from bench.tables import Table, mean_std
 from fedinv.oneshot.pipeline import RunConfig, run_pipeline
+from fedinv.oneshot.synthesis.registry import method_class
+from fedinv.store import read_rows
 
 QUESTION = "At the demo's budget, which synthesis method gives the better student?"
 SEEDS = (0, 1)
@@ -19,15 +21,18 @@ SEEDS = (0, 1)
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
     rc = RunConfig.from_toml(ROOT / cfg["study"]["config"])
     student = cfg["study"].get("student", {})  # the variant's student fields over the config's
-    synthesis = cfg["study"].get("synthesis", {})  # its synthesis fields, the method's own ones among them
-    own = {k: v for k, v in synthesis.items() if k in {f.name for f in dataclasses.fields(rc.synthesis.params)}}
+    synthesis = dict(cfg["study"].get("synthesis", {}))  # its synthesis fields, the method's own ones among them
+    method = synthesis.pop("method", rc.synthesis.method)
+    own = {k: v for k, v in synthesis.items() if k in {f.name for f in dataclasses.fields(method_class(method).Params)}}
     shared = {k: v for k, v in synthesis.items() if k not in own}
     rc = dataclasses.replace(rc, teachers=dataclasses.replace(rc.teachers, device=device),
                              synthesis=dataclasses.replace(rc.synthesis, seed=seed, device=device,
-                                                           **shared).with_method(rc.synthesis.method, **own),
+                                                           **shared).with_method(method, **own),
                              student=dataclasses.replace(rc.student, seed=seed, device=device, **student))
     summary = run_pipeline(rc, out, progress=False)
+    _, targets, soft = read_rows(out / "synthetic.h5")[:3]
     yield {"student_accuracy": summary["student_accuracy"], "ensemble_accuracy": summary["ensemble_accuracy"],
+           "target_agreement": (soft.float().argmax(1) == targets).float().mean().item(),
            "fedavg_accuracy": summary["fedavg_accuracy"], "stage_seconds": summary.get("stage_seconds"),
            "student_config": dataclasses.asdict(rc.student)}
 
