@@ -156,6 +156,14 @@ def costs(runs: dict[int, dict], honest: dict[int, dict], setting: str, measure:
     return [runs[s][f"{setting}_{measure}"] - honest[s][f"default_{measure}"] for s in runs if s in honest]
 
 
+def setting_cells(runs: dict[int, dict], honest: dict[int, dict], measure: str = "accuracy") -> list[str]:
+    """`measure` with the default and the robust settings, then each one's cost against the honest
+    run with the defaults (mean ± std over the seeds; "-" without a paired honest run)."""
+    rs = list(runs.values())
+    cells = [mean_std(r[f"{setting}_{measure}"] for r in rs) for setting in SETTINGS]
+    return cells + [mean_std(p) if (p := costs(runs, honest, setting, measure)) else "-" for setting in SETTINGS]
+
+
 def summary(records: list[dict]) -> Table:
     """Per mode and attack: the test accuracy with the default and the robust settings, and what the
     attack costs against the honest run of the same seed with the default settings (points)."""
@@ -166,14 +174,7 @@ def summary(records: list[dict]) -> Table:
             runs = g.get((mode, attack))
             if not runs:
                 continue
-            honest = g.get((mode, "none"), {})
-
-            def cost(setting: str) -> str:
-                paired = costs(runs, honest, setting)
-                return mean_std(paired) if paired else "-"
-            rs = list(runs.values())
-            rows.append([mode, attack, len(rs), mean_std(r["default_accuracy"] for r in rs),
-                         mean_std(r["robust_accuracy"] for r in rs), cost("default"), cost("robust")])
+            rows.append([mode, attack, len(runs), *setting_cells(runs, g.get((mode, "none"), {}))])
     return Table(["mode", "attack", "seeds", "default %", "robust %", "cost, default (points)",
                   "cost, robust (points)"], rows,
                  "One-shot: 5 nodes, node 0 dishonest, claims trusted (default) or checked (robust); multi-round: "
@@ -208,10 +209,7 @@ def rounds_last5(records: list[dict]) -> Table:
         runs = g.get(("rounds", attack))
         if not runs:
             continue
-        rs = list(runs.values())
-        cells = [mean_std(p) if (p := costs(runs, honest, setting, "last5_accuracy")) else "-" for setting in SETTINGS]
-        rows.append([attack, len(rs), mean_std(r["default_last5_accuracy"] for r in rs),
-                     mean_std(r["robust_last5_accuracy"] for r in rs), *cells])
+        rows.append([attack, len(runs), *setting_cells(runs, honest, "last5_accuracy")])
     return Table(["attack", "seeds", "default %", "robust %", "cost, default (points)", "cost, robust (points)"],
                  rows, "FedAvg, 10 nodes, half a round: the mean test accuracy of rounds 26-30, mean (default) or "
                        "trimmed mean (robust); costs against the honest run with the mean, same seed.")

@@ -21,7 +21,8 @@ threshold would strip honest claims. Per node (experiments/robust, seed 0, Diric
 teachers score 0.60-0.85, at least 0.79 of the median; random weights 0.01; a teacher trained on
 flipped labels 0.23, 0.52 of the median, because it also spoils the probe images and so lowers the
 others' scores (0.37-0.54). DROP_RATIO = 0.6 sits between; it was set after seeing that flip run
-(0.5 kept the flipped node), so seeds 1 and 2 are its test. All of it is pure functions of the
+(0.5 kept the flipped node); on seeds 1 and 2 it dropped every flipped or random model (0.00-0.47 of
+the median) and kept every honest one (0.68 and up). All of it is pure functions of the
 teachers' outputs and the claims, plus the seeded probe; the stages log every node whose weight
 changed and the store records the check (`ClaimsCheck.record`).
 """
