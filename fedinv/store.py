@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import h5py
 import numpy as np
@@ -65,10 +65,13 @@ class StoreWriter:
     """Append batches to a store, flushing after each so a killed run loses at most one batch.
 
     `resume=True` reopens an existing store made with the same metadata (config, teachers) and
-    truncates it to its `n_valid` rows; without it an existing file is an error.
+    truncates it to its `n_valid` rows; without it an existing file is an error. `renew`: metadata
+    keys that may differ from the store's and are rewritten on resume (a store grown to more images
+    records its new config; the caller has checked what may change).
     """
 
-    def __init__(self, path: str | Path, meta: dict[str, Any], *, resume: bool = False, chunk_rows: int = 256):
+    def __init__(self, path: str | Path, meta: dict[str, Any], *, resume: bool = False, chunk_rows: int = 256,
+                 renew: Collection[str] = ()):
         self.path = Path(path)
         num_classes, image_shape = int(meta["num_classes"]), tuple(meta["image_shape"])
         attrs = _encode(meta)
@@ -77,7 +80,7 @@ class StoreWriter:
                 raise RunStateError(f"{self.path} exists (resume=False asks for a fresh store); choose another --out")
             self.file = _open_for_append(self.path)
             mismatch = [k for k, v in attrs.items()
-                        if k != "fedinv_version" and _attr(self.file, k) != _comparable(v)]
+                        if k not in ("fedinv_version", *renew) and _attr(self.file, k) != _comparable(v)]
             if mismatch:
                 self.file.close()
                 raise RunStateError(f"{self.path} was made with other settings ({', '.join(mismatch)}); "
@@ -88,6 +91,9 @@ class StoreWriter:
                 self.file.close()
                 raise
             self._truncate(n)
+            for k in renew:
+                self.file.attrs[k] = attrs[k]
+            self.file.flush()
             self.created = False
             return
         self.created = True

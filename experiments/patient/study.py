@@ -44,11 +44,14 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
     _, test = splits(rc.data)
     store = out / "synthetic.h5"
     synthesis_file = out / "synthesis.json"
-    if not synthesis_file.is_file():  # the initial pool; its CPU time (this process's) is part of the budget
+    # The initial pool; its CPU time (this process's) is part of the budget. A pool copied from a smaller
+    # variant's run (with its synthesis.json) grows to this one's size, and the CPU times add up.
+    synthesis = json.loads(synthesis_file.read_text()) if synthesis_file.is_file() else {"n_valid": 0}
+    if synthesis["n_valid"] < rc.synthesis.num_images:
         cpu = time.process_time()
         stats = synthesize(teachers_dir, store, rc.synthesis, progress=False)
-        save_json({**stats, "cpu_seconds": time.process_time() - cpu}, synthesis_file)
-    synthesis = json.loads(synthesis_file.read_text())
+        synthesis = {**stats, "cpu_seconds": synthesis.get("cpu_seconds", 0.0) + time.process_time() - cpu}
+        save_json(synthesis, synthesis_file)
     report = finished_student(out / "student", student_cfg) or train_student(
         store, out / "student", student_cfg, teachers_dir=teachers_dir, test=test, eval_every=study["eval_every"],
         progress=False)

@@ -34,7 +34,9 @@ class SynthesisConfig:
                          "(Sampling DeepInversion); fast: a generator whose meta-learned start is refined for a few "
                          "steps per batch (Fast-Datafree); dense: one generator trained on, batch after batch "
                          "(DENSE); its own settings in table [synthesis.METHOD]")
-    num_images: int = option(2560, "how many images to synthesize in all", valid=COUNT)
+    num_images: int = option(2560, "how many images to synthesize in all; asked of a store made for fewer with "
+                                   "the same settings, the store grows to it (what one run of this many writes)",
+                             valid=COUNT)
     batch_size: int = option(256, "images optimized together (one batch = one optimizer run)", valid=COUNT)
     teachers_per_step: int = option(3, "teachers sampled at each step and averaged (Algorithm 1); "
                                        "0 = all; 1 = cycling (batch b uses teacher b mod N throughout); more than "

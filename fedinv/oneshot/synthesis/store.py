@@ -12,7 +12,7 @@ import contextlib
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import torch
 from torch import nn
@@ -73,15 +73,15 @@ def copy_synthesis_store(src: str | Path, dst: str | Path) -> None:
 
 @contextlib.contextmanager
 def open_synthesis_store(path: str | Path, meta: dict[str, Any], synth: Synthesizer, *, resume: bool,
-                         chunk_rows: int) -> Iterator[StoreWriter]:
-    """A StoreWriter on `path` with `synth` at the state of its last row.
+                         chunk_rows: int, renew: Collection[str] = ()) -> Iterator[StoreWriter]:
+    """A StoreWriter on `path` with `synth` at the state of its last row (`renew`: see StoreWriter).
 
     A stateful method reloads the state saved beside the store and rewinds the store to the rows
     that state has seen (a kill between a batch's rows and its state loses that batch, which is
     then written again). A state file without its store, or rows without their state, is an error.
     """
     sp = state_path(path)
-    with StoreWriter(path, meta, resume=resume, chunk_rows=chunk_rows) as writer:
+    with StoreWriter(path, meta, resume=resume, chunk_rows=chunk_rows, renew=renew) as writer:
         if not synth.cfg.per_batch:
             remove_stale_temporaries(sp)
             if writer.created:

@@ -33,26 +33,48 @@ from .store import append_batch, open_synthesis_store, state_path
 log = logging.getLogger(__name__)
 
 
-def synthesis_meta(folder: Teachers, cfg: SynthesisConfig, existing: Path | None = None) -> dict[str, Any]:
-    """The store metadata of a synthesis run from `folder` with `cfg`. When `existing` is a store
-    made by the same run (by `changes`: e.g. by an older fedinv, without fields added since at
-    their defaults, or with teachers recorded by file hash), what it records is kept, so it can be
-    continued."""
+def synthesis_meta(folder: Teachers, cfg: SynthesisConfig, existing: Path | None = None
+                   ) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The store metadata of a synthesis run from `folder` with `cfg`, and the metadata keys to
+    rewrite in `existing`. When `existing` is a store made by the same run (by `changes`: e.g. by an
+    older fedinv, without fields added since at their defaults, or with teachers recorded by file
+    hash), what it records is kept, so it can be continued. A store made with fewer `num_images`
+    and otherwise the same settings grows: its batches are the first ones of this run (batch b
+    depends on (seed, b) and the carried state alone), so it is continued up to `num_images` and
+    records the new config."""
     config, teachers = comparable(cfg), folder.hashes()
+    renew: tuple[str, ...] = ()
     if existing is not None and existing.is_file():
         try:
             saved = read_meta(existing)
         except ConfigError:
             saved = None  # not a store: the writer says so
         diff = changes(saved["config"], cfg) if saved is not None else []
-        if diff:
+        if diff == ["num_images"]:
+            check_growth(existing, saved["config"], cfg)
+            saved["config"] = {**saved["config"], "num_images": cfg.num_images}
+            renew = ("config",)
+        elif diff:
             raise RunStateError(f"{existing} was made with other settings ({', '.join(diff)}); continue it with the "
                                 f"options that made it, or choose another --out")
         if saved is not None:
             config = saved["config"]
         if saved is not None and saved["teachers"] == folder.file_hashes():  # recorded by file, as before
             teachers = saved["teachers"]
-    return store_meta(folder.info, seed=cfg.seed, config=config, teachers=teachers)
+    return store_meta(folder.info, seed=cfg.seed, config=config, teachers=teachers), renew
+
+
+def check_growth(existing: Path, saved: dict[str, Any], cfg: SynthesisConfig) -> None:
+    """A store asked for more images than it was made for grows only from whole batches; one asked
+    for fewer is an error (it would be cut)."""
+    made = int(saved["num_images"])
+    if cfg.num_images < made:
+        raise RunStateError(f"{existing} was made for {made} images; --num-images {cfg.num_images} would cut it: "
+                            f"ask for {made} or more to continue (or grow) it, or choose another --out")
+    if made % cfg.batch_size:
+        raise RunStateError(f"{existing} was made for {made} images, which ends in a partial batch of "
+                            f"{made % cfg.batch_size} (batch size {cfg.batch_size}); only a store of whole "
+                            f"batches can grow: choose another --out")
 
 
 def check_teachers_per_step(cfg: SynthesisConfig, num_teachers: int) -> None:
@@ -107,11 +129,11 @@ def synthesize(teachers: str | Path | Teachers, out: str | Path, cfg: SynthesisC
     mine = list(range(rank, num_batches, world))
     sizes = [min(cfg.batch_size, cfg.num_images - b * cfg.batch_size) for b in mine]
     synth = make_synthesizer(ensemble, cfg, amp_dtype)
-    meta = synthesis_meta(folder, cfg, Path(out) if resume else None)
+    meta, renew = synthesis_meta(folder, cfg, Path(out) if resume else None)
     stats["ran_on"] = ran_on(device, amp_dtype)
     fresh = not Path(out).exists()
     try:
-        with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size) as store:
+        with open_synthesis_store(out, meta, synth, resume=resume, chunk_rows=cfg.batch_size, renew=renew) as store:
             store.record_run(stats["ran_on"])
             if claims is not None:
                 stats["claims"] = claims.record()
@@ -230,6 +252,9 @@ def synthesize_distributed(teachers: str | Path | Teachers, out: str | Path, cfg
     out = Path(out)
     if out.exists() and not resume:
         raise RunStateError(f"{out} exists (resume=False asks for a fresh store); choose another --out")
+    if out.exists() and read_meta(out)["config"].get("num_images", cfg.num_images) < cfg.num_images:
+        raise RunStateError(f"{out} holds a finished store of fewer images; a store grows in one process: run "
+                            f"`fedinv synthesize` with the same options without torchrun")
     cfg = dataclasses.replace(cfg, device=rank_device(cfg.device, world))
     with process_group(world, cfg.device):
         stats: dict[str, Any] = {}

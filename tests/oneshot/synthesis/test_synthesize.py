@@ -20,7 +20,8 @@ from fedinv.oneshot.synthesis.ensemble import TeacherEnsemble
 from fedinv.oneshot.synthesis.synthesize import synthesize
 from fedinv.oneshot.teacher_files import load_teacher_folder
 from fedinv.store import StoreWriter, read_meta, read_rows
-from tests.helpers import INFO, TINY_TOML, model_dict, random_teachers, small_cfg, tiny_teacher_config, write_teachers
+from tests.helpers import (INFO, TINY_TOML, gen_cfg, model_dict, random_teachers, small_cfg, tiny_teacher_config,
+                           write_teachers)
 
 
 def test_a_teacher_with_nan_weights_writes_no_synthetic_batch():
@@ -163,6 +164,29 @@ def test_store_resumes_after_a_kill_with_exactly_the_expected_images(tmp_path, m
     assert [x["batch"] for x in lines] == [0, 1, 2, 3, 4], "a line per batch, none lost or doubled by the resume"
     assert {"loss", "ce", "bn", "images", "seconds"} <= set(lines[0])
     assert Image.open(tmp_path / "killed.h5.curves.png").size[0] > 300, "the losses per batch drawn beside the store"
+
+
+@pytest.mark.parametrize("method", ["deepinversion", "fast"])
+def test_a_store_asked_for_more_images_grows_to_what_one_run_of_that_many_writes(tmp_path, method):
+    models, counts = random_teachers(3)
+    write_teachers(tmp_path / "t", models, counts)
+    cfg = small_cfg(num_images=24) if method == "deepinversion" else gen_cfg(method, num_images=24)
+    synthesize(tmp_path / "t", tmp_path / "straight.h5", dataclasses.replace(cfg, num_images=50), progress=False)
+    synthesize(tmp_path / "t", tmp_path / "grown.h5", cfg, progress=False)
+    stats = synthesize(tmp_path / "t", tmp_path / "grown.h5", dataclasses.replace(cfg, num_images=50), progress=False)
+    assert stats["batches"] == 3 and read_meta(tmp_path / "grown.h5")["config"]["num_images"] == 50
+    for a, b in zip(read_rows(tmp_path / "grown.h5"), read_rows(tmp_path / "straight.h5")):
+        assert torch.equal(a, b)
+    lines = [json.loads(x) for x in (tmp_path / "grown.h5.metrics.jsonl").read_text().splitlines()]
+    assert [x["batch"] for x in lines] == [0, 1, 2, 3, 4]
+    with pytest.raises(RunStateError, match="would cut it"):
+        synthesize(tmp_path / "t", tmp_path / "grown.h5", cfg, progress=False)
+    with pytest.raises(RunStateError, match="partial batch"):  # 50 images end in a batch of 2
+        synthesize(tmp_path / "t", tmp_path / "grown.h5", dataclasses.replace(cfg, num_images=60), progress=False)
+    with pytest.raises(RunStateError, match="other settings"):  # growth changes num_images, nothing else
+        synthesize(tmp_path / "t", tmp_path / "grown.h5", dataclasses.replace(cfg, num_images=50, a_bn=1.0),
+                   progress=False)
+    assert read_meta(tmp_path / "grown.h5")["n_valid"] == 50
 
 
 def test_bad_teacher_directories_are_clear_errors(tmp_path):
