@@ -1,7 +1,7 @@
 """Aggregation rules as pure functions of state dicts.
 
 `weighted_average` is FedAvg's mean, weighted by the sizes the nodes report. The robust rules
-(`trimmed_mean`, `coordinate_median`, `krum`, chosen by name through `combine`) ignore the reported
+(`trimmed_mean`, `coordinate_median`, `krum`, `multi_krum`, chosen by name through `combine`) ignore the reported
 sizes, which a dishonest node can inflate, and bound how far one poisoned state moves the result.
 """
 
@@ -101,7 +101,15 @@ def krum(states: Sequence[State], byzantine: int) -> State:
     return dict(states[best])
 
 
-AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum")
+def multi_krum(states: Sequence[State], byzantine: int) -> State:
+    """Multi-Krum (El Mhamdi et al. 2018): the unweighted mean of the M - f states with the smallest
+    `krum_scores`, so that the f most outlying states are left out whole and the honest ones still
+    average (Krum keeps one state: at non-IID splits one node's model alone)."""
+    keep = krum_scores(states, byzantine).argsort(stable=True)[:len(states) - byzantine].tolist()
+    return weighted_average([states[i] for i in sorted(keep)], [1.0] * len(keep))
+
+
+AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
 
 
 def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean", trim: float = 0.2,
@@ -116,6 +124,8 @@ def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean
         return coordinate_median(states)
     if rule == "krum":
         return krum(states, byzantine)
+    if rule == "multi-krum":
+        return multi_krum(states, byzantine)
     raise ValueError(f"unknown aggregation {rule!r}; one of {', '.join(AGGREGATIONS)}")
 
 

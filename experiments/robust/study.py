@@ -5,9 +5,10 @@ One-shot (5 nodes): node 0's teacher file is altered as a dishonest node would s
 claims inflated, its model retrained on flipped labels, or random weights with its BatchNorm
 statistics), the others' are the honest ones; then synthesis and a student with claims trusted
 (default) and checked (robust: `synthesis.claims`). Multi-round (10 nodes, FedAvg): node 0 attacks
-in every round it takes part in; the global model with the weighted mean (default) and the trimmed
-mean (robust: `federate.aggregation`). One record per (variant, seed): both settings' test accuracy;
-the costs are read against the honest variant of the same seed. Everything resumes.
+in every round it takes part in; the global model with the weighted mean (default) and a robust rule
+(`federate.aggregation`: the trimmed mean, or multi-Krum in the -mkrum variants). One record per
+(variant, seed): both settings' test accuracy; the costs are read against the honest variant of the
+same seed and robust rule. Everything resumes.
 """
 
 from __future__ import annotations
@@ -143,12 +144,22 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
 ATTACKS = ("none", "inflate", "flip", "random")
 
 
-def groups(records: list[dict]) -> dict[tuple[str, str], dict[int, dict]]:
-    """(mode, attack) -> seed -> record (the last line of a seed counts)."""
-    out: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+def robust_rule(r: dict) -> str:
+    """What the robust setting of a record was: the one-shot claims check, or the multi-round aggregation."""
+    return r.get("robust_aggregation", "claims checked")
+
+
+def groups(records: list[dict]) -> dict[tuple[str, str, str], dict[int, dict]]:
+    """(mode, attack, robust rule) -> seed -> record (the last line of a seed counts)."""
+    out: dict[tuple[str, str, str], dict[int, dict]] = defaultdict(dict)
     for r in latest(records):
-        out[(r["mode"], r["attack"])][r["seed"]] = r
+        out[(r["mode"], r["attack"], robust_rule(r))][r["seed"]] = r
     return out
+
+
+def rules(g: dict[tuple[str, str, str], dict[int, dict]], mode: str) -> list[str]:
+    """The robust rules measured in `mode`, the study's base one first."""
+    return sorted({rule for m, _, rule in g if m == mode}, key=lambda rule: (rule != "trimmed-mean", rule))
 
 
 def costs(runs: dict[int, dict], honest: dict[int, dict], setting: str, measure: str = "accuracy") -> list[float]:
@@ -165,27 +176,28 @@ def setting_cells(runs: dict[int, dict], honest: dict[int, dict], measure: str =
 
 
 def summary(records: list[dict]) -> Table:
-    """Per mode and attack: the test accuracy with the default and the robust settings, and what the
-    attack costs against the honest run of the same seed with the default settings (points)."""
+    """Per mode, robust rule and attack: the test accuracy with the default and the robust settings, and
+    what the attack costs against the honest run of the same seed with the default settings (points)."""
     g = groups(records)
     rows = []
     for mode in ("oneshot", "rounds"):
-        for attack in ATTACKS:
-            runs = g.get((mode, attack))
-            if not runs:
-                continue
-            rows.append([mode, attack, len(runs), *setting_cells(runs, g.get((mode, "none"), {}))])
-    return Table(["mode", "attack", "seeds", "default %", "robust %", "cost, default (points)",
+        for rule in rules(g, mode):
+            for attack in ATTACKS:
+                runs = g.get((mode, attack, rule))
+                if not runs:
+                    continue
+                rows.append([mode, rule, attack, len(runs), *setting_cells(runs, g.get((mode, "none", rule), {}))])
+    return Table(["mode", "robust", "attack", "seeds", "default %", "robust %", "cost, default (points)",
                   "cost, robust (points)"], rows,
                  "One-shot: 5 nodes, node 0 dishonest, claims trusted (default) or checked (robust); multi-round: "
-                 "FedAvg, 10 nodes, half a round, 30 rounds, mean (default) or trimmed mean (robust). Cost: the "
+                 "FedAvg, 10 nodes, half a round, 30 rounds, the mean (default) or the robust rule. Cost: the "
                  "run's accuracy less the honest run's with the default settings, same seed; mean ± std.")
 
 
 def checks(records: list[dict]) -> Table:
     """What the one-shot claims check did with node 0's claim, per attack and seed."""
     rows = []
-    for (mode, attack), runs in sorted(groups(records).items()):
+    for (mode, attack, _), runs in sorted(groups(records).items()):
         for seed, r in sorted(runs.items()):
             check = r.get("claims_check")
             if mode != "oneshot" or not check:
@@ -203,16 +215,18 @@ def rounds_last5(records: list[dict]) -> Table:
     """The multi-round runs by the mean test accuracy of their last 5 rounds (a single round's accuracy
     swings by points from round to round under FedAvg at alpha 0.5)."""
     g = groups(records)
-    honest = g.get(("rounds", "none"), {})
     rows = []
-    for attack in ATTACKS:
-        runs = g.get(("rounds", attack))
-        if not runs:
-            continue
-        rows.append([attack, len(runs), *setting_cells(runs, honest, "last5_accuracy")])
-    return Table(["attack", "seeds", "default %", "robust %", "cost, default (points)", "cost, robust (points)"],
-                 rows, "FedAvg, 10 nodes, half a round: the mean test accuracy of rounds 26-30, mean (default) or "
-                       "trimmed mean (robust); costs against the honest run with the mean, same seed.")
+    for rule in rules(g, "rounds"):
+        honest = g.get(("rounds", "none", rule), {})
+        for attack in ATTACKS:
+            runs = g.get(("rounds", attack, rule))
+            if not runs:
+                continue
+            rows.append([rule, attack, len(runs), *setting_cells(runs, honest, "last5_accuracy")])
+    return Table(["robust", "attack", "seeds", "default %", "robust %", "cost, default (points)",
+                  "cost, robust (points)"],
+                 rows, "FedAvg, 10 nodes, half a round: the mean test accuracy of rounds 26-30, the mean (default) or "
+                       "the robust rule; costs against the honest run with the mean, same seed.")
 
 
 TABLES = {"summary": summary, "checks": checks, "rounds-last5": rounds_last5}
@@ -220,18 +234,16 @@ TABLES = {"summary": summary, "checks": checks, "rounds-last5": rounds_last5}
 
 def headline(records: list[dict]) -> str:
     g = groups(records)
-    worst = []
+    worst = {}
     for mode in ("oneshot", "rounds"):
-        honest = g.get((mode, "none"), {})
-        for attack in ATTACKS[1:]:
-            runs = g.get((mode, attack), {})
-            for setting in SETTINGS:
-                paired = costs(runs, honest, setting)
-                if paired:
-                    worst.append((mode, setting, min(paired)))
+        for rule in rules(g, mode):
+            honest = g.get((mode, "none", rule), {})
+            for attack in ATTACKS[1:]:
+                for setting in SETTINGS:
+                    paired = costs(g.get((mode, attack, rule), {}), honest, setting)
+                    if paired:
+                        label = f"{mode} {setting}" if setting == "default" else f"{mode} {rule}"
+                        worst[label] = min(worst.get(label, 0.0), *paired)
     if not worst:
         return ""
-    parts = [f"{mode} {setting}: {-100 * min(c for m, s, c in worst if (m, s) == (mode, setting)):.1f}"
-             for mode in ("oneshot", "rounds") for setting in SETTINGS
-             if any((m, s) == (mode, setting) for m, s, _ in worst)]
-    return "largest cost of one dishonest node, points: " + "; ".join(parts)
+    return "largest cost of one dishonest node, points: " + "; ".join(f"{k}: {-100 * v:.1f}" for k, v in worst.items())

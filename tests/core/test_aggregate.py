@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedinv.aggregate import (apply_server_lr, combine, coordinate_median, feddyn_aggregate, krum, krum_scores,
-                              trimmed_mean, weighted_average)
+                              multi_krum, trimmed_mean, weighted_average)
 from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 from tests.helpers import t
 
@@ -52,11 +52,24 @@ def test_krum_picks_the_state_closest_to_its_neighbours_by_hand():
         krum(s[:4], 1)
 
 
+def test_multi_krum_averages_all_but_the_f_most_outlying_states_by_hand():
+    s = states([0.0, 2.0], [1.0, 2.0], [3.0, 5.0], [100.0, -50.0], [2.0, 3.0])
+    # squared distances: 01 1, 02 18, 04 5, 12 13, 14 2, 24 5, state 3 over 12,000 from every other;
+    # f = 1: each state's 5 - 1 - 2 = 2 nearest others summed: 0: 1+5, 1: 1+2, 2: 5+13, 4: 2+5
+    torch.testing.assert_close(krum_scores(s, 1)[[0, 1, 2, 4]], torch.tensor([6.0, 3.0, 18.0, 7.0],
+                                                                              dtype=torch.float64))
+    out = multi_krum(s, 1)  # all but state 3, unweighted
+    torch.testing.assert_close(out["w"], torch.tensor([(0 + 1 + 3 + 2) / 4, (2 + 2 + 5 + 3) / 4]))
+    assert out["n"].item() == 11  # counters take the maximum of the kept states
+    with pytest.raises(ValueError, match="more than 6"):
+        multi_krum(s, 2)
+
+
 def test_robust_rules_ignore_the_reported_sizes_and_bound_one_outlier():
     s = states([1.0], [1.2], [0.8], [1.1], [1e6])
     weights = [10, 10, 10, 10, 10 ** 9]  # the outlier also claims to hold almost all the data
     assert combine(s, weights, "mean")["w"].item() > 9e5
-    for rule in ("trimmed-mean", "median", "krum"):
+    for rule in ("trimmed-mean", "median", "krum", "multi-krum"):
         assert 0.8 <= combine(s, weights, rule)["w"].item() <= 1.2, rule
     with pytest.raises(ValueError, match="one of mean, trimmed-mean"):
         combine(s, weights, "average")

@@ -56,7 +56,7 @@ def test_a_dishonest_node_sends_what_its_attack_says_and_the_others_stay_honest(
 
 
 @pytest.mark.parametrize("algorithm,aggregation", [("fedavg", "median"), ("feddyn", "trimmed-mean"),
-                                                   ("scaffold", "krum")])
+                                                   ("scaffold", "krum"), ("fedprox", "multi-krum")])
 def test_robust_aggregation_runs_every_averaging_algorithm(tmp_path, tiny_train, algorithm, aggregation):
     cfg = tiny_run(algorithm, participation=1.0, aggregation=aggregation, trim=0.25, byzantine=0)
     report = federate(dataclasses.replace(cfg, attack=AttackConfig(kind="random")), tmp_path, progress=False,
