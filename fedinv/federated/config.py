@@ -48,13 +48,13 @@ class FederateConfig:
     aggregation: str = option("mean", "how the participants' models are combined: mean (weighted by the sizes the "
                               "nodes report), or a rule that ignores the reported sizes and bounds what one poisoned "
                               "model can do: trimmed-mean (per coordinate, drop the `trim` fraction at each end), "
-                              "median (per coordinate), krum (the model closest to its neighbours), multi-krum (the mean of all "
-                              "but the `byzantine` models farthest from their neighbours)",
+                              "median (per coordinate), krum (the model closest to its neighbours), multi-krum (the "
+                              "mean of all but the `byzantine` models farthest from their neighbours)",
                               choices=AGGREGATIONS)
     trim: float = option(0.2, "trimmed-mean: fraction of the participants dropped at each end, per coordinate",
                          valid=Range(0, 0.5, high_open=True))
-    byzantine: int = option(1, "krum, multi-krum: how many malicious participants it tolerates (needs more than 2f + 2 "
-                            "participants)", valid=SIZE)
+    byzantine: int = option(1, "krum, multi-krum: how many malicious participants it tolerates (needs more than "
+                            "2f + 2 participants)", valid=SIZE)
     eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True,
                              valid=COUNT)
     diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "
