@@ -229,7 +229,29 @@ def rounds_last5(records: list[dict]) -> Table:
                        "the robust rule; costs against the honest run with the mean, same seed.")
 
 
-TABLES = {"summary": summary, "checks": checks, "rounds-last5": rounds_last5}
+def overview(records: list[dict]) -> Table:
+    """One row per mode and setting: the honest run's accuracy and what each attack costs (points, against
+    the honest run with the default settings of the same seed); the results page's table."""
+    g = groups(records)
+    rows = []
+    for mode in ("oneshot", "rounds"):
+        measured = rules(g, mode)
+        for setting, rule in [("default", measured[0] if measured else None)] + [("robust", r) for r in measured]:
+            honest = g.get((mode, "none", rule), {})
+            if not honest:
+                continue
+            name = {"oneshot": "claims trusted", "rounds": "mean"}[mode] if setting == "default" else rule
+            cells = [mean_std(p) if (p := costs(g.get((mode, attack, rule), {}), honest, setting)) else "-"
+                     for attack in ATTACKS[1:]]
+            rows.append([mode, name, len(honest), mean_std(r[f"{setting}_accuracy"] for r in honest.values()),
+                         *cells])
+    return Table(["mode", "setting", "seeds", "honest %", "cost: inflate", "cost: flip", "cost: random"], rows,
+                 "Node 0 of 5 (one-shot) or of 10 (FedAvg, half a round, 30 rounds) dishonest. Cost: the run's "
+                 "test accuracy less the honest run's with the default settings, same seed (points, mean ± std); "
+                 "the goal: at most 2 with a robust setting, at most 0.5 lost by the honest run.")
+
+
+TABLES = {"overview": overview, "summary": summary, "checks": checks, "rounds-last5": rounds_last5}
 
 
 def headline(records: list[dict]) -> str:
