@@ -1,8 +1,9 @@
 """Aggregation rules as pure functions of state dicts.
 
 `weighted_average` is FedAvg's mean, weighted by the sizes the nodes report. The robust rules
-(`trimmed_mean`, `coordinate_median`, `krum`, `multi_krum`, chosen by name through `combine`) ignore the reported
-sizes, which a dishonest node can inflate, and bound how far one poisoned state moves the result.
+(`trimmed_mean`, `coordinate_median`, `krum`, `multi_krum`, chosen by name through `combine`) ignore
+the reported sizes, which a dishonest node can inflate, and bound how far one poisoned state moves
+the result.
 """
 
 from __future__ import annotations

@@ -41,9 +41,9 @@ def federate_cmd(config: Path, out: Path | None, resume: bool, engine: str, over
     CONFIG has the tables [data], [partition], [federate] (algorithm: fedavg, fedprox, feddyn,
     scaffold, moon, feddistill, feddistill-query; server: none, ftg, feddf, fedgen; rounds,
     participation, local epochs, learning rates, aggregation: mean, or trimmed-mean, median, krum,
-    multi-krum against poisoned models, ...), [generator] (the generator every server step trains), [attack]
-    (simulated dishonest nodes: inflate, flip, random; none by default), one named after the
-    algorithm for its own constants ([fedprox] mu, [feddyn] alpha, [moon] mu and temperature,
+    multi-krum against poisoned models, ...), [generator] (the generator every server step
+    trains), [attack] (simulated dishonest nodes: inflate, flip, random; none by default), one
+    named after the algorithm for its own constants ([fedprox] mu, [feddyn] alpha, [moon] mu and temperature,
     [feddistill] temperature, weight, personal_model, [feddistill-query] temperature,
     validation_size, server_epochs) and one named after the server step for its own ([ftg] and
     [feddf]: the fine-tuning, bn_stats, save_every, ...; [ftg] ensemble, lambda_md; [fedgen]
