@@ -102,19 +102,30 @@ def krum(states: Sequence[State], byzantine: int) -> State:
     return dict(states[best])
 
 
-def multi_krum(states: Sequence[State], byzantine: int) -> State:
+def multi_krum(states: Sequence[State], byzantine: int, threshold: float = 0.0) -> State:
     """Multi-Krum (El Mhamdi et al. 2018): the unweighted mean of the M - f states with the smallest
     `krum_scores`, so that the f most outlying states are left out whole and the honest ones still
-    average (Krum keeps one state: at non-IID splits one node's model alone)."""
-    keep = krum_scores(states, byzantine).argsort(stable=True)[:len(states) - byzantine].tolist()
-    return weighted_average([states[i] for i in sorted(keep)], [1.0] * len(keep))
+    average (Krum keeps one state: at non-IID splits one node's model alone).
+
+    `threshold` > 0 leaves out one of those f only where its score is above `threshold` times the
+    median score (the lower middle one for even M): a round without an outlier then averages every
+    state, and an honest federation loses no node's update. 0 is the paper's rule.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    scores = krum_scores(states, byzantine)
+    drop = scores.argsort(stable=True)[len(states) - byzantine:].tolist()
+    if threshold > 0:
+        drop = [i for i in drop if scores[i] > threshold * scores.median()]
+    keep = [i for i in range(len(states)) if i not in drop]
+    return weighted_average([states[i] for i in keep], [1.0] * len(keep))
 
 
 AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
 
 
 def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean", trim: float = 0.2,
-            byzantine: int = 1) -> State:
+            byzantine: int = 1, krum_threshold: float = 0.0) -> State:
     """The nodes' states combined by `rule` (AGGREGATIONS): mean = `weighted_average` by `weights`;
     the robust rules ignore the weights (they are what a node reports about itself)."""
     if rule == "mean":
@@ -126,7 +137,7 @@ def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean
     if rule == "krum":
         return krum(states, byzantine)
     if rule == "multi-krum":
-        return multi_krum(states, byzantine)
+        return multi_krum(states, byzantine, krum_threshold)
     raise ValueError(f"unknown aggregation {rule!r}; one of {', '.join(AGGREGATIONS)}")
 
 

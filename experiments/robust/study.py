@@ -129,14 +129,17 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
     base = FederatedRunConfig.from_dict(tables, defaults=FederatedRunConfig())
     train, test = splits(base.data)
     accuracy, last5 = {}, {}
+    threshold = study.get("krum_threshold", 0.0)
     for setting, rule in zip(SETTINGS, ("mean", study["robust_aggregation"])):
-        fc = dataclasses.replace(base.federate, aggregation=rule, seed=seed, device=device)
+        fc = dataclasses.replace(base.federate, aggregation=rule, seed=seed, device=device,
+                                 krum_threshold=threshold if rule == "multi-krum" else 0.0)
         report = federate(dataclasses.replace(base, federate=fc, attack=attack), out / setting, progress=False,
                           train=train, test=test)
         accuracy[setting], last5[setting] = report["final_accuracy"], mean_last_accuracy(report["history"], 5)
     return {"mode": "rounds", "attack": attack.kind, "alpha": base.partition.alpha,
             "num_nodes": base.partition.num_nodes, "rounds": base.federate.rounds,
-            "robust_aggregation": study["robust_aggregation"], "default_accuracy": accuracy["default"],
+            "robust_aggregation": study["robust_aggregation"], "krum_threshold": threshold,
+            "default_accuracy": accuracy["default"],
             "robust_accuracy": accuracy["robust"], "default_last5_accuracy": last5["default"],
             "robust_last5_accuracy": last5["robust"]}
 
@@ -145,8 +148,10 @@ ATTACKS = ("none", "inflate", "flip", "random")
 
 
 def robust_rule(r: dict) -> str:
-    """What the robust setting of a record was: the one-shot claims check, or the multi-round aggregation."""
-    return r.get("robust_aggregation", "claims checked")
+    """What the robust setting of a record was: the one-shot claims check, or the multi-round aggregation
+    (multi-krum with its threshold where it had one)."""
+    rule = r.get("robust_aggregation", "claims checked")
+    return f"{rule} > {r['krum_threshold']:g}x median" if rule == "multi-krum" and r.get("krum_threshold") else rule
 
 
 def groups(records: list[dict]) -> dict[tuple[str, str, str], dict[int, dict]]:

@@ -55,6 +55,10 @@ class FederateConfig:
                          valid=Range(0, 0.5, high_open=True))
     byzantine: int = option(1, "krum, multi-krum: how many malicious participants it tolerates (needs more than "
                             "2f + 2 participants)", valid=SIZE)
+    krum_threshold: float = option(0.0, "multi-krum: leave out one of the `byzantine` farthest models only where its "
+                                   "Krum score is above this many times the participants' median score, so that an "
+                                   "honest round averages every model (0: always leave them out, the paper's rule)",
+                                   valid=WEIGHT)
     eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True,
                              valid=COUNT)
     diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "

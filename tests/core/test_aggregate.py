@@ -65,6 +65,20 @@ def test_multi_krum_averages_all_but_the_f_most_outlying_states_by_hand():
         multi_krum(s, 2)
 
 
+def test_multi_krum_with_a_threshold_leaves_out_only_states_far_above_the_median_score():
+    s = states([0.0], [1.0], [3.0], [2.0], [4.0])
+    # f = 1, each state's 2 nearest others: 0: 1+4, 1: 1+1, 3: 1+1, 2: 1+1, 4: 1+4; median 2
+    torch.testing.assert_close(krum_scores(s, 1), torch.tensor([5.0, 2.0, 2.0, 2.0, 5.0], dtype=torch.float64))
+    paper = (0 + 1 + 3 + 2) / 4  # the last of the worst scores (state 4) left out
+    assert multi_krum(s, 1)["w"].item() == paper
+    assert multi_krum(s, 1, threshold=2.0)["w"].item() == paper  # 5 > 2 x 2: left out
+    assert multi_krum(s, 1, threshold=3.0)["w"].item() == 2.0  # 5 <= 3 x 2: every state averaged
+    outlier = states([0.0], [1.0], [3.0], [100.0], [2.0])
+    assert combine(outlier, [1] * 5, "multi-krum", krum_threshold=3.0)["w"].item() == (0 + 1 + 3 + 2) / 4
+    with pytest.raises(ValueError, match="threshold"):
+        multi_krum(s, 1, threshold=-1.0)
+
+
 def test_robust_rules_ignore_the_reported_sizes_and_bound_one_outlier():
     s = states([1.0], [1.2], [0.8], [1.1], [1e6])
     weights = [10, 10, 10, 10, 10 ** 9]  # the outlier also claims to hold almost all the data
