@@ -39,6 +39,16 @@ def test_every_study_runs_quick_and_tabulates_its_records(name, tmp_path):
     assert again == held
 
 
+def test_every_robust_variant_names_a_known_mode_attack_and_rule():
+    from fedinv.aggregate import AGGREGATIONS
+    s = Study.find("robust")
+    for variant in s.variants:
+        study = s.config(variant)["study"]
+        assert study["mode"] in ("oneshot", "rounds"), variant
+        assert study["attack"] in s.module.ATTACKS, variant
+        assert study["robust_aggregation"] in AGGREGATIONS and study["krum_threshold"] >= 0, variant
+
+
 def test_the_pages_and_the_records_agree():
     assert stale_pages(write=False) == [], "run: python -m bench docs"
     assert len((ROOT / "docs" / "results.md").read_text().splitlines()) <= 150
