@@ -11,6 +11,7 @@ from bench.docs import stale_pages
 from bench.records import append_records, read_records
 from bench.study import ROOT, Study, all_studies
 from bench.tables import Table, mean_std
+from fedinv.aggregate import AGGREGATIONS
 
 STUDIES = [s.name for s in all_studies()]
 
@@ -40,7 +41,6 @@ def test_every_study_runs_quick_and_tabulates_its_records(name, tmp_path):
 
 
 def test_every_robust_variant_names_a_known_mode_attack_and_rule():
-    from fedinv.aggregate import AGGREGATIONS
     s = Study.find("robust")
     for variant in s.variants:
         study = s.config(variant)["study"]
