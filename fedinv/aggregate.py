@@ -102,22 +102,29 @@ def krum(states: Sequence[State], byzantine: int) -> State:
     return dict(states[best])
 
 
+def multi_krum_keep(scores: torch.Tensor, byzantine: int, threshold: float = 0.0) -> list[int]:
+    """The indices multi-Krum averages, given the states' `krum_scores`: all but the f with the
+    largest scores (ties: the later ones left out); with `threshold` > 0 one of those f is left
+    out only where its score is above `threshold` times the median score (the lower middle one for
+    even M)."""
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    drop = scores.argsort(stable=True)[len(scores) - byzantine:].tolist()
+    if threshold > 0:
+        drop = [i for i in drop if scores[i] > threshold * scores.median()]
+    return [i for i in range(len(scores)) if i not in drop]
+
+
 def multi_krum(states: Sequence[State], byzantine: int, threshold: float = 0.0) -> State:
     """Multi-Krum (El Mhamdi et al. 2018): the unweighted mean of the M - f states with the smallest
     `krum_scores`, so that the f most outlying states are left out whole and the honest ones still
     average (Krum keeps one state: at non-IID splits one node's model alone).
 
-    `threshold` > 0 leaves out one of those f only where its score is above `threshold` times the
-    median score (the lower middle one for even M): a round without an outlier then averages every
-    state, and an honest federation loses no node's update. 0 is the paper's rule.
+    `threshold` > 0 (`multi_krum_keep`) leaves out only states far above the median score: a round
+    without an outlier then averages every state, and an honest federation loses no node's update.
+    0 is the paper's rule.
     """
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    scores = krum_scores(states, byzantine)
-    drop = scores.argsort(stable=True)[len(states) - byzantine:].tolist()
-    if threshold > 0:
-        drop = [i for i in drop if scores[i] > threshold * scores.median()]
-    keep = [i for i in range(len(states)) if i not in drop]
+    keep = multi_krum_keep(krum_scores(states, byzantine), byzantine, threshold)
     return weighted_average([states[i] for i in keep], [1.0] * len(keep))
 
 
@@ -139,6 +146,20 @@ def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean
     if rule == "multi-krum":
         return multi_krum(states, byzantine, krum_threshold)
     raise ValueError(f"unknown aggregation {rule!r}; one of {', '.join(AGGREGATIONS)}")
+
+
+SELECTIVE = ("krum", "multi-krum")  # the rules that leave whole states out (the others weigh every one)
+
+
+def left_out(states: Sequence[State], rule: str, byzantine: int = 1, krum_threshold: float = 0.0) -> list[int]:
+    """The indices of the states `combine` leaves out whole under `rule`: Krum all but its choice,
+    multi-Krum its f farthest (above the threshold); none for the mean, the trimmed mean and the
+    median, which weigh every state (the latter two per coordinate)."""
+    if rule not in SELECTIVE:
+        return []
+    scores = krum_scores(states, byzantine)
+    keep = [int(scores.argmin())] if rule == "krum" else multi_krum_keep(scores, byzantine, krum_threshold)
+    return [i for i in range(len(states)) if i not in keep]
 
 
 def apply_server_lr(global_state: dict[str, torch.Tensor], average: dict[str, torch.Tensor],

@@ -128,7 +128,7 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
     tables["partition"] = {**tables["partition"], "num_nodes": study["rounds_nodes"], "seed": seed}
     base = FederatedRunConfig.from_dict(tables, defaults=FederatedRunConfig())
     train, test = splits(base.data)
-    accuracy, last5 = {}, {}
+    accuracy, last5, left = {}, {}, {}
     threshold = study.get("krum_threshold", 0.0)
     for setting, rule in zip(SETTINGS, ("mean", study["robust_aggregation"])):
         fc = dataclasses.replace(base.federate, aggregation=rule, seed=seed, device=device,
@@ -136,12 +136,13 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
         report = federate(dataclasses.replace(base, federate=fc, attack=attack), out / setting, progress=False,
                           train=train, test=test)
         accuracy[setting], last5[setting] = report["final_accuracy"], mean_last_accuracy(report["history"], 5)
+        left[setting] = report.get("left_out")  # Krum rules: node -> [rounds left out, rounds taken part in]
     return {"mode": "rounds", "attack": attack.kind, "alpha": base.partition.alpha,
             "num_nodes": base.partition.num_nodes, "rounds": base.federate.rounds,
             "robust_aggregation": study["robust_aggregation"], "krum_threshold": threshold,
             "default_accuracy": accuracy["default"],
             "robust_accuracy": accuracy["robust"], "default_last5_accuracy": last5["default"],
-            "robust_last5_accuracy": last5["robust"]}
+            "robust_last5_accuracy": last5["robust"], "robust_left_out": left["robust"]}
 
 
 ATTACKS = ("none", "inflate", "flip", "random")

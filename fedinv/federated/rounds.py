@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from .. import __version__
+from ..aggregate import SELECTIVE, left_out
 from ..attacks import flip_labels, inflate_counts, random_with_statistics
 from ..checkpoint import GLOBAL, ModelCheckpoint, save_checkpoint
 from ..data.datasets import DatasetInfo, ImageTensors, load_dataset
@@ -73,6 +74,18 @@ def mean_last_accuracy(history: list[dict[str, Any]], k: int = 5) -> float | Non
     the global model swings from round to round (non-IID nodes, partial participation)."""
     evaluated = [r["test_accuracy"] for r in history if r.get("test_accuracy") is not None][-k:]
     return sum(evaluated) / len(evaluated) if evaluated else None
+
+
+def left_out_counts(history: list[dict[str, Any]]) -> dict[str, list[int]] | None:
+    """Per node a selective rule (Krum, multi-Krum) left out at least once: [rounds left out, rounds
+    taken part in]; None where the rule weighs every participant (no round records `left_out`)."""
+    rows = [r for r in history if "left_out" in r]
+    if not rows:
+        return None
+    out: dict[str, list[int]] = {}
+    for node in sorted({k for r in rows for k in r["left_out"]}):
+        out[str(node)] = [sum(node in r["left_out"] for r in rows), sum(node in r["nodes"] for r in rows)]
+    return out
 
 
 def mean_node_metrics(per_node: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -180,6 +193,14 @@ class Federation:
                                "aggregate_seconds": time.perf_counter() - t0}
         return global_state, server_state, row, info
 
+    def left_out(self, results: Sequence[LocalResult]) -> list[int] | None:
+        """Which of the round's results (in node order) the aggregation left out whole (Krum,
+        multi-Krum); None where the rule weighs every participant."""
+        fc = self.fc
+        if self.algo.replaces_aggregation or fc.aggregation not in SELECTIVE:
+            return None
+        return left_out([r.state for r in results], fc.aggregation, fc.byzantine, fc.krum_threshold)
+
     def test_accuracy(self, global_state: State, test: ImageTensors) -> float:
         return accuracy(self.logits(global_state, test), test.labels)
 
@@ -263,6 +284,8 @@ def run_round(fed: Federation, rnd: int, num_nodes: int, global_state: State, se
     results = nodes.update(who, rnd, global_state, fed.broadcast(server_state))
     t_local = time.perf_counter() - t0
     aggregate, server_state, metrics, info = fed.aggregate(rnd, global_state, server_state, results, num_nodes)
+    if (left := fed.left_out(results)) is not None:
+        metrics["left_out"] = [who[i] for i in left]
     new_state = aggregate
     if fed.server_step is not None and server_step:
         t1 = time.perf_counter()
@@ -431,6 +454,8 @@ def round_report(cfg: FederatedRunConfig, history: list[dict[str, Any]], done: b
     }
     for t in targets:
         report[f"rounds_to_{round(t * 100)}"] = rounds_to_target(history, t)
+    if (left := left_out_counts(history)) is not None:
+        report["left_out"] = left  # node -> [rounds left out, rounds taken part in]
     for key in ("personal_accuracy", "personal_accuracy_all_classes"):
         if evaluated and key in evaluated[-1]:
             report[key] = evaluated[-1][key]

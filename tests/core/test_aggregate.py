@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedinv.aggregate import (apply_server_lr, combine, coordinate_median, feddyn_aggregate, krum, krum_scores,
-                              multi_krum, trimmed_mean, weighted_average)
+                              left_out, multi_krum, trimmed_mean, weighted_average)
 from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 from tests.helpers import t
 
@@ -77,6 +77,17 @@ def test_multi_krum_with_a_threshold_leaves_out_only_states_far_above_the_median
     assert combine(outlier, [1] * 5, "multi-krum", krum_threshold=3.0)["w"].item() == (0 + 1 + 3 + 2) / 4
     with pytest.raises(ValueError, match="threshold"):
         multi_krum(s, 1, threshold=-1.0)
+
+
+def test_left_out_names_the_states_a_rule_drops_whole_by_hand():
+    s = states([0.0], [1.0], [3.0], [2.0], [4.0])  # Krum scores 5, 2, 2, 2, 5 (test above)
+    assert left_out(s, "krum") == [0, 2, 3, 4]  # keeps state 1, the first of the best
+    assert left_out(s, "multi-krum") == [4]
+    assert left_out(s, "multi-krum", krum_threshold=2.0) == [4]  # 5 > 2 x the median 2
+    assert left_out(s, "multi-krum", krum_threshold=3.0) == []
+    assert left_out(s, "multi-krum", byzantine=0) == []
+    for rule in ("mean", "trimmed-mean", "median"):  # every state weighs (per coordinate for the last two)
+        assert left_out(s, rule) == []
 
 
 def test_robust_rules_ignore_the_reported_sizes_and_bound_one_outlier():

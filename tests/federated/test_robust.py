@@ -66,6 +66,17 @@ def test_robust_aggregation_runs_every_averaging_algorithm(tmp_path, tiny_train,
     assert saved.federate.aggregation == aggregation and saved.attack.kind == "random"
 
 
+def test_a_run_with_multi_krum_says_which_participant_it_left_out(tmp_path, tiny_train):
+    cfg = tiny_run(participation=1.0, aggregation="multi-krum", byzantine=1, krum_threshold=2.0)
+    cfg = dataclasses.replace(cfg, partition=dataclasses.replace(cfg.partition, num_nodes=5))
+    report = federate(dataclasses.replace(cfg, attack=AttackConfig(kind="random")), tmp_path, progress=False,
+                      train=tiny_train)
+    assert [row["left_out"] for row in report["history"]] == [[0], [0]]  # node 0 sends random weights
+    assert report["left_out"] == {"0": [2, 2]}  # left out in both rounds it took part in
+    honest = federate(tiny_run(), tmp_path / "mean", progress=False, train=tiny_train)
+    assert "left_out" not in honest and all("left_out" not in row for row in honest["history"])
+
+
 def test_robust_aggregation_config_errors():
     with pytest.raises(ConfigError, match="aggregation must be mean"):
         tiny_run("feddistill-query", aggregation="median")
