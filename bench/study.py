@@ -107,6 +107,11 @@ class Study:
             path = configs / f"{name}.toml"
             if name and path.is_file():
                 cfg = merged(cfg, tomllib.loads(path.read_text()))
+        if (check := getattr(self.module, "check", None)) is not None:  # the study's own fields, before any run
+            try:
+                check(cfg)
+            except ValueError as e:
+                raise click.BadParameter(f"{variant!r}: {e}", param_hint="--variants") from None
         return cfg
 
     @property

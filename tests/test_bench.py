@@ -2,16 +2,17 @@
 and every page's generated tables agree with the records."""
 
 import json
+import shutil
 import subprocess
 import sys
 
+import click
 import pytest
 
 from bench.docs import stale_pages
 from bench.records import append_records, read_records
 from bench.study import ROOT, Study, all_studies
 from bench.tables import Table, mean_std
-from fedinv.aggregate import AGGREGATIONS
 
 STUDIES = [s.name for s in all_studies()]
 
@@ -40,13 +41,17 @@ def test_every_study_runs_quick_and_tabulates_its_records(name, tmp_path):
     assert again == held
 
 
-def test_every_robust_variant_names_a_known_mode_attack_and_rule():
-    s = Study.find("robust")
-    for variant in s.variants:
-        study = s.config(variant)["study"]
-        assert study["mode"] in ("oneshot", "rounds"), variant
-        assert study["attack"] in s.module.ATTACKS, variant
-        assert study["robust_aggregation"] in AGGREGATIONS and study["krum_threshold"] >= 0, variant
+def test_a_study_refuses_a_variant_its_check_rejects_before_any_work(tmp_path):
+    robust = Study.find("robust")
+    for variant in robust.variants:
+        robust.config(variant)  # the study's `check` passes every variant it holds
+    folder = tmp_path / "robust-copy"  # its own module name, beside the real study's
+    shutil.copytree(robust.folder, folder, ignore=shutil.ignore_patterns("results.jsonl", "__pycache__"))
+    (folder / "configs" / "rounds-lie.toml").write_text('[study]\nmode = "rounds"\nattack = "lie"\n')
+    s = Study.find(str(folder))
+    with pytest.raises(click.BadParameter, match="'rounds-lie'.*attack = 'lie'; one of none, inflate"):
+        s.run(["rounds-honest", "rounds-lie"], [0], tmp_path / "out", device="cpu", quick=True)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_pages_and_the_records_agree():

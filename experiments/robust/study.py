@@ -27,6 +27,7 @@ import torch
 from bench.records import latest
 from bench.setting import run_config, splits, study_fields, teachers
 from bench.tables import Table, mean_std
+from fedinv.aggregate import AGGREGATIONS
 from fedinv.attacks import AttackConfig, flip_labels, inflate_counts, random_with_statistics
 from fedinv.checkpoint import TEACHER, load_checkpoint, save_checkpoint
 from fedinv.data.datasets import ImageTensors
@@ -47,6 +48,17 @@ QUESTION = "Can one dishonest node take over the one-shot ensemble or the FedAvg
            "settings give back?"
 SEEDS = (0, 1, 2)
 SETTINGS = ("default", "robust")
+ATTACKS = ("none", "inflate", "flip", "random")
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """A variant's [study] table names a known mode, attack and robust rule (the runner asks before any run)."""
+    study = study_fields(cfg)
+    for key, known in (("mode", ("oneshot", "rounds")), ("attack", ATTACKS), ("robust_aggregation", AGGREGATIONS)):
+        if study[key] not in known:
+            raise ValueError(f"[study] {key} = {study[key]!r}; one of {', '.join(known)}")
+    if study["krum_threshold"] < 0:
+        raise ValueError(f"[study] krum_threshold = {study['krum_threshold']}; must be >= 0")
 
 
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
@@ -144,8 +156,6 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
             "robust_accuracy": accuracy["robust"], "default_last5_accuracy": last5["default"],
             "robust_last5_accuracy": last5["robust"], "robust_left_out": left["robust"]}
 
-
-ATTACKS = ("none", "inflate", "flip", "random")
 
 
 def robust_rule(r: dict) -> str:
