@@ -34,7 +34,7 @@ from fedinv.data.datasets import ImageTensors
 from fedinv.data.partition import load_partition
 from fedinv.evaluate import teacher_report
 from fedinv.federated.config import FederatedRunConfig
-from fedinv.federated.rounds import federate, mean_last_accuracy
+from fedinv.federated.rounds import federate, mean_last_accuracy, node_data
 from fedinv.models import seeded_model
 from fedinv.oneshot.student.report import finished_student
 from fedinv.oneshot.student.train import train_student
@@ -140,7 +140,7 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
     tables["partition"] = {**tables["partition"], "num_nodes": study["rounds_nodes"], "seed": seed}
     base = FederatedRunConfig.from_dict(tables, defaults=FederatedRunConfig())
     train, test = splits(base.data)
-    accuracy, last5, left = {}, {}, {}
+    accuracy, last5, left, per_class = {}, {}, {}, {}
     threshold = study.get("krum_threshold", 0.0)
     for setting, rule in zip(SETTINGS, ("mean", study["robust_aggregation"])):
         fc = dataclasses.replace(base.federate, aggregation=rule, seed=seed, device=device,
@@ -149,12 +149,17 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
                           train=train, test=test)
         accuracy[setting], last5[setting] = report["final_accuracy"], mean_last_accuracy(report["history"], 5)
         left[setting] = report.get("left_out")  # Krum rules: node -> [rounds left out, rounds taken part in]
+        per_class[setting] = report["per_class_accuracy"]
+    counts = node_data(dataclasses.replace(base, federate=fc), train).counts.double()
     return {"mode": "rounds", "attack": attack.kind, "alpha": base.partition.alpha,
             "num_nodes": base.partition.num_nodes, "rounds": base.federate.rounds,
             "robust_aggregation": study["robust_aggregation"], "krum_threshold": threshold,
             "default_accuracy": accuracy["default"],
             "robust_accuracy": accuracy["robust"], "default_last5_accuracy": last5["default"],
-            "robust_last5_accuracy": last5["robust"], "robust_left_out": left["robust"]}
+            "robust_last5_accuracy": last5["robust"], "robust_left_out": left["robust"],
+            "default_per_class": per_class["default"], "robust_per_class": per_class["robust"],
+            "node0_share": float(counts[0].sum() / counts.sum()),
+            "node0_class_shares": (counts[0] / counts.sum(0)).tolist()}  # of each class's training images
 
 
 
@@ -245,6 +250,35 @@ def rounds_last5(records: list[dict]) -> Table:
                        "the robust rule; costs against the honest run with the mean, same seed.")
 
 
+def node0_loss(records: list[dict]) -> Table:
+    """Where the robust rules' cost under attack goes: node 0's data is lost with its update, and with it
+    much of the one class node 0 holds most of (runs that record per-class accuracy and the partition)."""
+    g = groups(records)
+    rows = []
+    for rule in rules(g, "rounds"):
+        honest = g.get(("rounds", "none", rule), {})
+        for attack in ("flip", "random"):
+            for seed, r in sorted(g.get(("rounds", attack, rule), {}).items()):
+                h = honest.get(seed)
+                if h is None or "node0_class_shares" not in r or "default_per_class" not in h:
+                    continue
+                shares = r["node0_class_shares"]
+                top = max(range(len(shares)), key=shares.__getitem__)
+                cost = [a - b for a, b in zip(r["robust_per_class"], h["default_per_class"])]
+                others = [c for k, c in enumerate(cost) if k != top]
+                left = (r.get("robust_left_out") or {}).get("0")
+                rows.append([rule, attack, seed, f"{100 * r['node0_share']:.1f}%", f"{top}: {100 * shares[top]:.0f}%",
+                             f"{left[0]} of {left[1]}" if left else "-",
+                             ", ".join(f"{k}" for k in sorted((r.get("robust_left_out") or {}), key=int)) or "-",
+                             f"{100 * (r['robust_accuracy'] - h['default_accuracy']):+.2f}",
+                             f"{100 * cost[top]:+.1f}", f"{100 * sum(others) / len(others):+.2f}"])
+    return Table(["robust", "attack", "seed", "node 0's data", "its largest class share", "node 0 left out",
+                  "nodes ever left out", "cost (points)", "cost on that class", "cost, mean of the others"], rows,
+                 "FedAvg, 10 nodes; per-class test accuracy with the robust rule under attack less the honest run's "
+                 "with the mean, same seed. Node 0's data: its share of the training set; its largest class "
+                 "share: the class of which it holds the most, and how much of it.")
+
+
 def overview(records: list[dict]) -> Table:
     """One row per mode and setting: the honest run's accuracy and what each attack costs (points, against
     the honest run with the default settings of the same seed); the results page's table."""
@@ -267,7 +301,8 @@ def overview(records: list[dict]) -> Table:
                  "the goal: at most 2 with a robust setting, at most 0.5 lost by the honest run.")
 
 
-TABLES = {"overview": overview, "summary": summary, "checks": checks, "rounds-last5": rounds_last5}
+TABLES = {"overview": overview, "summary": summary, "checks": checks, "rounds-last5": rounds_last5,
+          "node0-loss": node0_loss}
 
 
 def headline(records: list[dict]) -> str:
