@@ -115,26 +115,42 @@ def multi_krum_keep(scores: torch.Tensor, byzantine: int, threshold: float = 0.0
     return [i for i in range(len(scores)) if i not in drop]
 
 
-def multi_krum(states: Sequence[State], byzantine: int, threshold: float = 0.0) -> State:
+def multi_krum(states: Sequence[State], byzantine: int, threshold: float = 0.0,
+               weights: Sequence[float] | None = None) -> State:
     """Multi-Krum (El Mhamdi et al. 2018): the unweighted mean of the M - f states with the smallest
     `krum_scores`, so that the f most outlying states are left out whole and the honest ones still
     average (Krum keeps one state: at non-IID splits one node's model alone).
 
     `threshold` > 0 (`multi_krum_keep`) leaves out only states far above the median score: a round
     without an outlier then averages every state, and an honest federation loses no node's update.
-    0 is the paper's rule.
+    0 is the paper's rule. `weights` (`capped_sizes`) weigh the kept states' mean; None: equally, the
+    paper's rule.
     """
     keep = multi_krum_keep(krum_scores(states, byzantine), byzantine, threshold)
-    return weighted_average([states[i] for i in keep], [1.0] * len(keep))
+    return weighted_average([states[i] for i in keep], [1.0 if weights is None else weights[i] for i in keep])
+
+
+def capped_sizes(sizes: Sequence[float], cap: float) -> list[float]:
+    """The reported sizes, each at most `cap` times their median (the lower middle one for an even
+    count): an inflated claim then weighs at most `cap` median nodes, and sizes within the cap stay
+    as reported (so an honest federation's mean is unchanged). `cap` >= 1."""
+    if cap < 1:
+        raise ValueError(f"size cap must be >= 1 (x the median size), got {cap}")
+    w = torch.tensor([float(x) for x in sizes], dtype=torch.float64)
+    return w.clamp(max=cap * float(w.median())).tolist()
 
 
 AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
 
 
 def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean", trim: float = 0.2,
-            byzantine: int = 1, krum_threshold: float = 0.0) -> State:
+            byzantine: int = 1, krum_threshold: float = 0.0, size_cap: float = 0.0) -> State:
     """The nodes' states combined by `rule` (AGGREGATIONS): mean = `weighted_average` by `weights`;
-    the robust rules ignore the weights (they are what a node reports about itself)."""
+    the robust rules ignore the weights (they are what a node reports about itself). `size_cap` > 0
+    caps the weights (`capped_sizes`) of the mean, and makes multi-Krum weigh the states it keeps by
+    them instead of equally."""
+    if size_cap:
+        weights = capped_sizes(weights, size_cap)
     if rule == "mean":
         return weighted_average(states, weights)
     if rule == "trimmed-mean":
@@ -144,7 +160,7 @@ def combine(states: Sequence[State], weights: Sequence[float], rule: str = "mean
     if rule == "krum":
         return krum(states, byzantine)
     if rule == "multi-krum":
-        return multi_krum(states, byzantine, krum_threshold)
+        return multi_krum(states, byzantine, krum_threshold, weights if size_cap else None)
     raise ValueError(f"unknown aggregation {rule!r}; one of {', '.join(AGGREGATIONS)}")
 
 

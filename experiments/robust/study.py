@@ -59,6 +59,8 @@ def check(cfg: dict[str, Any]) -> None:
             raise ValueError(f"[study] {key} = {study[key]!r}; one of {', '.join(known)}")
     if study["krum_threshold"] < 0:
         raise ValueError(f"[study] krum_threshold = {study['krum_threshold']}; must be >= 0")
+    if 0 < study["size_cap"] < 1 or study["size_cap"] < 0:
+        raise ValueError(f"[study] size_cap = {study['size_cap']}; 0 (no cap) or at least 1")
 
 
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
@@ -141,10 +143,12 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
     base = FederatedRunConfig.from_dict(tables, defaults=FederatedRunConfig())
     train, test = splits(base.data)
     accuracy, last5, left, per_class = {}, {}, {}, {}
-    threshold = study.get("krum_threshold", 0.0)
+    threshold, cap = study.get("krum_threshold", 0.0), study.get("size_cap", 0.0)
     for setting, rule in zip(SETTINGS, ("mean", study["robust_aggregation"])):
+        robust = setting == "robust"
         fc = dataclasses.replace(base.federate, aggregation=rule, seed=seed, device=device,
-                                 krum_threshold=threshold if rule == "multi-krum" else 0.0)
+                                 krum_threshold=threshold if rule == "multi-krum" else 0.0,
+                                 size_cap=cap if robust else 0.0)
         report = federate(dataclasses.replace(base, federate=fc, attack=attack), out / setting, progress=False,
                           train=train, test=test)
         accuracy[setting], last5[setting] = report["final_accuracy"], mean_last_accuracy(report["history"], 5)
@@ -153,7 +157,7 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
     counts = node_data(dataclasses.replace(base, federate=fc), train).counts.double()
     return {"mode": "rounds", "attack": attack.kind, "alpha": base.partition.alpha,
             "num_nodes": base.partition.num_nodes, "rounds": base.federate.rounds,
-            "robust_aggregation": study["robust_aggregation"], "krum_threshold": threshold,
+            "robust_aggregation": study["robust_aggregation"], "krum_threshold": threshold, "size_cap": cap,
             "default_accuracy": accuracy["default"],
             "robust_accuracy": accuracy["robust"], "default_last5_accuracy": last5["default"],
             "robust_last5_accuracy": last5["robust"], "robust_left_out": left["robust"],
@@ -162,12 +166,13 @@ def rounds(cfg: dict[str, Any], study: dict[str, Any], attack: AttackConfig, see
             "node0_class_shares": (counts[0] / counts.sum(0)).tolist()}  # of each class's training images
 
 
-
 def robust_rule(r: dict) -> str:
     """What the robust setting of a record was: the one-shot claims check, or the multi-round aggregation
-    (multi-krum with its threshold where it had one)."""
+    (multi-krum with its threshold where it had one; the size cap where there was one)."""
     rule = r.get("robust_aggregation", "claims checked")
-    return f"{rule} > {r['krum_threshold']:g}x median" if rule == "multi-krum" and r.get("krum_threshold") else rule
+    if rule == "multi-krum" and r.get("krum_threshold"):
+        rule = f"{rule} > {r['krum_threshold']:g}x median"
+    return f"{rule}, sizes capped at {r['size_cap']:g}x median" if r.get("size_cap") else rule
 
 
 def groups(records: list[dict]) -> dict[tuple[str, str, str], dict[int, dict]]:

@@ -59,6 +59,10 @@ class FederateConfig:
                                    "Krum score is above this many times the participants' median score, so that an "
                                    "honest round averages every model (0: always leave them out, the paper's rule)",
                                    valid=WEIGHT)
+    size_cap: float = option(0.0, "mean, multi-krum: cap each participant's reported size at this many times the "
+                             "participants' median before it weighs the mean, and have multi-krum weigh the models it "
+                             "keeps by those sizes instead of equally (0: no cap; multi-krum unweighted, the paper's "
+                             "rule; else at least 1)", valid=WEIGHT)
     eval_every: int = option(1, "evaluate the global model every k rounds (and after the last)", runtime=True,
                              valid=COUNT)
     diagnose_images: int = option(0, "on every evaluated round, also the accuracy of the aggregate before the server "
@@ -72,6 +76,8 @@ class FederateConfig:
         algorithm_class(self.algorithm)  # names the registered ones when unknown
         server_step_class(self.server)
         check_fields(self)
+        if 0 < self.size_cap < 1:
+            raise ConfigError(f"size_cap = {self.size_cap}: 0 (no cap) or at least 1 (x the median reported size)")
 
 
 @dataclass(frozen=True)

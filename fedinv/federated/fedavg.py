@@ -60,7 +60,7 @@ class FedAvg:
         """The participants' models combined by the configured rule (`aggregate.combine`); `weights`
         are their reported sizes, which only the plain mean uses."""
         fc = self.cfg
-        return combine(states, weights, fc.aggregation, fc.trim, fc.byzantine, fc.krum_threshold)
+        return combine(states, weights, fc.aggregation, fc.trim, fc.byzantine, fc.krum_threshold, fc.size_cap)
 
     def aggregate(self, global_state: State, results: Sequence[LocalResult], server_state: dict[str, Any],
                   rnd: RoundInfo) -> tuple[State, dict[str, Any]]:

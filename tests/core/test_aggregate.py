@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fedinv.aggregate import (apply_server_lr, combine, coordinate_median, feddyn_aggregate, krum, krum_scores,
-                              left_out, multi_krum, trimmed_mean, weighted_average)
+from fedinv.aggregate import (apply_server_lr, capped_sizes, combine, coordinate_median, feddyn_aggregate, krum,
+                              krum_scores, left_out, multi_krum, trimmed_mean, weighted_average)
 from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 from tests.helpers import t
 
@@ -88,6 +88,21 @@ def test_left_out_names_the_states_a_rule_drops_whole_by_hand():
     assert left_out(s, "multi-krum", byzantine=0) == []
     for rule in ("mean", "trimmed-mean", "median"):  # every state weighs (per coordinate for the last two)
         assert left_out(s, rule) == []
+
+
+def test_capped_sizes_bound_an_inflated_claim_and_keep_honest_ones_by_hand():
+    assert capped_sizes([100, 200, 300, 10 ** 6, 250], 2.0) == [100, 200, 300, 500, 250]  # median 250
+    assert capped_sizes([4, 1, 3, 2], 1.0) == [2, 1, 2, 2]  # even count: the lower middle one (2)
+    with pytest.raises(ValueError, match=">= 1"):
+        capped_sizes([1, 2], 0.5)
+    s = states([0.0], [1.0], [3.0], [100.0], [2.0])
+    sizes = [100, 200, 300, 10 ** 6, 250]
+    # the mean: the inflated claim weighs 500, not a million
+    assert combine(s, sizes, "mean", size_cap=2.0)["w"].item() == pytest.approx((0 + 200 + 900 + 50000 + 500) / 1350)
+    # multi-krum leaves state 3 out and weighs the others by their sizes instead of equally
+    assert combine(s, sizes, "multi-krum", size_cap=2.0)["w"].item() == pytest.approx((0 + 200 + 900 + 500) / 850)
+    honest = [100, 200, 300, 250, 250]  # every size within 2 x the median: the plain mean, exactly
+    assert torch.equal(combine(s, honest, "mean", size_cap=2.0)["w"], combine(s, honest, "mean")["w"])
 
 
 def test_robust_rules_ignore_the_reported_sizes_and_bound_one_outlier():

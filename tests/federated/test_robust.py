@@ -82,5 +82,7 @@ def test_robust_aggregation_config_errors():
         tiny_run("feddistill-query", aggregation="median")
     with pytest.raises(ConfigError, match="trim"):
         tiny_run(trim=0.5)
+    with pytest.raises(ConfigError, match="size_cap = 0.5: 0 .no cap. or at least 1"):
+        tiny_run(size_cap=0.5)
     with pytest.raises(ConfigError, match="inflate"):
         AttackConfig(kind="lie")
