@@ -188,6 +188,17 @@ def rules(g: dict[tuple[str, str, str], dict[int, dict]], mode: str) -> list[str
     return sorted({rule for m, _, rule in g if m == mode}, key=lambda rule: (rule != "trimmed-mean", rule))
 
 
+def baseline(g: dict[tuple[str, str, str], dict[int, dict]], mode: str, rule: str) -> dict[int, dict]:
+    """Per seed, an honest record to read the honest run with the default settings from: the rule's own,
+    else another rule's (every honest variant's default run is the same run, the mean without attack)."""
+    out: dict[int, dict] = {}
+    for (m, attack, _), runs in g.items():
+        if m == mode and attack == "none":
+            for seed, r in runs.items():
+                out.setdefault(seed, r)
+    return {**out, **g.get((mode, "none", rule), {})}
+
+
 def costs(runs: dict[int, dict], honest: dict[int, dict], setting: str, measure: str = "accuracy") -> list[float]:
     """Per seed that both have: the run's `measure` with `setting` less the honest run's with the defaults."""
     return [runs[s][f"{setting}_{measure}"] - honest[s][f"default_{measure}"] for s in runs if s in honest]
@@ -212,7 +223,7 @@ def summary(records: list[dict]) -> Table:
                 runs = g.get((mode, attack, rule))
                 if not runs:
                     continue
-                rows.append([mode, rule, attack, len(runs), *setting_cells(runs, g.get((mode, "none", rule), {}))])
+                rows.append([mode, rule, attack, len(runs), *setting_cells(runs, baseline(g, mode, rule))])
     return Table(["mode", "robust", "attack", "seeds", "default %", "robust %", "cost, default (points)",
                   "cost, robust (points)"], rows,
                  "One-shot: 5 nodes, node 0 dishonest, claims trusted (default) or checked (robust); multi-round: "
@@ -243,7 +254,7 @@ def rounds_last5(records: list[dict]) -> Table:
     g = groups(records)
     rows = []
     for rule in rules(g, "rounds"):
-        honest = g.get(("rounds", "none", rule), {})
+        honest = baseline(g, "rounds", rule)
         for attack in ATTACKS:
             runs = g.get(("rounds", attack, rule))
             if not runs:
@@ -261,7 +272,7 @@ def node0_loss(records: list[dict]) -> Table:
     g = groups(records)
     rows = []
     for rule in rules(g, "rounds"):
-        honest = g.get(("rounds", "none", rule), {})
+        honest = baseline(g, "rounds", rule)
         for attack in ("flip", "random"):
             for seed, r in sorted(g.get(("rounds", attack, rule), {}).items()):
                 h = honest.get(seed)
@@ -292,14 +303,14 @@ def overview(records: list[dict]) -> Table:
     for mode in ("oneshot", "rounds"):
         measured = rules(g, mode)
         for setting, rule in [("default", measured[0] if measured else None)] + [("robust", r) for r in measured]:
-            honest = g.get((mode, "none", rule), {})
+            own, honest = g.get((mode, "none", rule), {}), baseline(g, mode, rule)
             if not honest:
                 continue
             name = {"oneshot": "claims trusted", "rounds": "mean"}[mode] if setting == "default" else rule
             cells = [mean_std(p) if (p := costs(g.get((mode, attack, rule), {}), honest, setting)) else "-"
                      for attack in ATTACKS[1:]]
-            rows.append([mode, name, len(honest), mean_std(r[f"{setting}_accuracy"] for r in honest.values()),
-                         *cells])
+            rows.append([mode, name, len(own) or "-",
+                         mean_std(r[f"{setting}_accuracy"] for r in own.values()) if own else "-", *cells])
     return Table(["mode", "setting", "seeds", "honest %", "cost: inflate", "cost: flip", "cost: random"], rows,
                  "Node 0 of 5 (one-shot) or of 10 (FedAvg, half a round, 30 rounds) dishonest. Cost: the run's "
                  "test accuracy less the honest run's with the default settings, same seed (points, mean ± std); "
@@ -315,7 +326,7 @@ def headline(records: list[dict]) -> str:
     worst = {}
     for mode in ("oneshot", "rounds"):
         for rule in rules(g, mode):
-            honest = g.get((mode, "none", rule), {})
+            honest = baseline(g, mode, rule)
             for attack in ATTACKS[1:]:
                 for setting in SETTINGS:
                     paired = costs(g.get((mode, attack, rule), {}), honest, setting)
