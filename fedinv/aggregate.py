@@ -117,7 +117,7 @@ def multi_krum_keep(scores: torch.Tensor, byzantine: int, threshold: float = 0.0
 
 def multi_krum(states: Sequence[State], byzantine: int, threshold: float = 0.0,
                weights: Sequence[float] | None = None) -> State:
-    """Multi-Krum (El Mhamdi et al. 2018): the unweighted mean of the M - f states with the smallest
+    """Multi-Krum (El Mhamdi et al. 2018): the mean of the M - f states with the smallest
     `krum_scores`, so that the f most outlying states are left out whole and the honest ones still
     average (Krum keeps one state: at non-IID splits one node's model alone).
 

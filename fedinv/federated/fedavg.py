@@ -58,7 +58,7 @@ class FedAvg:
 
     def mean(self, states: Sequence[State], weights: Sequence[float]) -> State:
         """The participants' models combined by the configured rule (`aggregate.combine`); `weights`
-        are their reported sizes, which only the plain mean uses."""
+        are their reported sizes, which the plain mean uses (and multi-Krum, capped, with `size_cap`)."""
         fc = self.cfg
         return combine(states, weights, fc.aggregation, fc.trim, fc.byzantine, fc.krum_threshold, fc.size_cap)
 
