@@ -49,7 +49,7 @@ def test_a_study_refuses_a_variant_its_check_rejects_before_any_work(tmp_path):
     shutil.copytree(robust.folder, folder, ignore=shutil.ignore_patterns("results.jsonl", "__pycache__"))
     (folder / "configs" / "rounds-lie.toml").write_text('[study]\nmode = "rounds"\nattack = "lie"\n')
     s = Study.find(str(folder))
-    with pytest.raises(click.BadParameter, match="'rounds-lie'.*attack = 'lie'; one of none, inflate"):
+    with pytest.raises(click.BadParameter, match="'rounds-lie'.*attack: kind must be one of none, inflate"):
         s.run(["rounds-honest", "rounds-lie"], [0], tmp_path / "out", device="cpu", quick=True)
     assert not (tmp_path / "out").exists()
 

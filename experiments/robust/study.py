@@ -28,13 +28,12 @@ import torch
 from bench.records import latest
 from bench.setting import run_config, splits, study_fields, teachers
 from bench.tables import Table, mean_std
-from fedinv.aggregate import AGGREGATIONS
-from fedinv.attacks import AttackConfig, flip_labels, inflate_counts, random_with_statistics
+from fedinv.attacks import ATTACKS, AttackConfig, flip_labels, inflate_counts, random_with_statistics
 from fedinv.checkpoint import TEACHER, load_checkpoint, save_checkpoint
 from fedinv.data.datasets import ImageTensors
 from fedinv.data.partition import load_partition
 from fedinv.evaluate import teacher_report
-from fedinv.federated.config import FederatedRunConfig
+from fedinv.federated.config import FederateConfig, FederatedRunConfig
 from fedinv.federated.rounds import federate, mean_last_accuracy, node_data
 from fedinv.models import seeded_model
 from fedinv.oneshot.student.report import finished_student
@@ -49,19 +48,23 @@ QUESTION = "Can one dishonest node take over the one-shot ensemble or the FedAvg
            "settings give back?"
 SEEDS = (0, 1, 2)
 SETTINGS = ("default", "robust")
-ATTACKS = ("none", "inflate", "flip", "random")
+MODES = ("oneshot", "rounds")
 
 
 def check(cfg: dict[str, Any]) -> None:
-    """A variant's [study] table names a known mode, attack and robust rule (the runner asks before any run)."""
+    """A variant's [study] table names a known mode, and fedinv's own configs accept its attack and robust
+    rule (the runner asks before any run)."""
     study = study_fields(cfg)
-    for key, known in (("mode", ("oneshot", "rounds")), ("attack", ATTACKS), ("robust_aggregation", AGGREGATIONS)):
-        if study[key] not in known:
-            raise ValueError(f"[study] {key} = {study[key]!r}; one of {', '.join(known)}")
-    if study["krum_threshold"] < 0:
-        raise ValueError(f"[study] krum_threshold = {study['krum_threshold']}; must be >= 0")
-    if study["size_cap"] < 1 and study["size_cap"] != 0:
-        raise ValueError(f"[study] size_cap = {study['size_cap']}; 0 (no cap) or at least 1")
+    if study["mode"] not in MODES:
+        raise ValueError(f"[study] mode = {study['mode']!r}; one of {', '.join(MODES)}")
+    for what, make in (("attack", lambda: AttackConfig(kind=study["attack"], factor=study["factor"])),
+                       ("robust rule", lambda: FederateConfig(aggregation=study["robust_aggregation"],
+                                                              krum_threshold=study["krum_threshold"],
+                                                              size_cap=study["size_cap"]))):
+        try:
+            make()
+        except ValueError as e:
+            raise ValueError(f"[study] {what}: {e}") from None
 
 
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:

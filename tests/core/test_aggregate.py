@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedinv.aggregate import (apply_server_lr, capped_sizes, combine, coordinate_median, feddyn_aggregate, krum,
-                              krum_scores, left_out, multi_krum, trimmed_mean, weighted_average)
+                              kept, krum_scores, left_out, multi_krum, trimmed_mean, weighted_average)
 from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 from tests.helpers import t
 
@@ -87,7 +87,11 @@ def test_left_out_names_the_states_a_rule_drops_whole_by_hand():
     assert left_out(s, "multi-krum", krum_threshold=3.0) == []
     assert left_out(s, "multi-krum", byzantine=0) == []
     for rule in ("mean", "trimmed-mean", "median"):  # every state weighs (per coordinate for the last two)
-        assert left_out(s, rule) == []
+        assert left_out(s, rule) == [] and kept(s, rule) == [0, 1, 2, 3, 4]
+    assert kept(s, "krum") == [1] and kept(s, "multi-krum") == [0, 1, 2, 3]
+    for rule in ("krum", "multi-krum"):  # what combine averages is what kept names, equally weighted
+        keep = kept(s, rule)
+        assert combine(s, [1.0] * 5, rule)["w"].item() == sum(s[i]["w"].item() for i in keep) / len(keep)
 
 
 def test_capped_sizes_bound_an_inflated_claim_and_keep_honest_ones_by_hand():
