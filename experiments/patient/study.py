@@ -4,7 +4,7 @@ synthesized against the current student and appended to the pool, and a fixed nu
 epoch drawn from the whole pool. Per (variant, seed) one record: the final accuracy against the
 teachers' ensemble, the budget spent (the student's sample passes, the CPU minutes of the initial
 synthesis and of the online student with its new batches) and the curve of test accuracy against
-those CPU minutes (every `eval_every` epochs).
+those CPU minutes (every `eval_every` epochs), and the student's and the ensemble's per-class test accuracy.
 
 Runs are long (about half an hour on one core at the base budget): every piece resumes, the teachers
 are shared with the study's other variants, and two seeds or variants can run side by side with
@@ -67,7 +67,9 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
            "initial_images": synthesis["n_valid"], "final_images": report["store_images"],
            "sample_passes": report["sample_passes"], "synthesis_cpu_minutes": start / 60,
            "student_cpu_minutes": report["cpu_seconds"] / 60, "cpu_minutes": spent / 60,
-           "curve": curve, "configs": {"synthesis": to_dict(rc.synthesis), "student": to_dict(student_cfg)}}
+           "curve": curve, "student_per_class": report["per_class_accuracy"],
+           "ensemble_per_class": t_report["ensemble_per_class_accuracy"], "label_counts": t_report["label_counts"],
+           "configs": {"synthesis": to_dict(rc.synthesis), "student": to_dict(student_cfg)}}
 
 
 def groups(records: list[dict]) -> dict[tuple, list[dict]]:
@@ -122,7 +124,28 @@ def best(records: list[dict]) -> Table:
                  "higher of Co-Boosting's and DENSE's published figures (ResNet-18 teachers trained longer).")
 
 
-TABLES = {"summary": summary, "best": best, "curve": curve}
+def classes(records: list[dict]) -> Table:
+    """Where the student falls short of its ensemble: per class, the student's test accuracy less the
+    ensemble's, beside the share of the class's training images its largest node holds (records that
+    carry per-class accuracy)."""
+    rows = []
+    for (alpha, variant), rs in groups(records).items():
+        for r in rs:
+            if "student_per_class" not in r:
+                continue
+            counts = r["label_counts"]  # [node][class]
+            totals = [sum(node[k] for node in counts) for k in range(len(counts[0]))]
+            top = [max(node[k] for node in counts) / totals[k] for k in range(len(totals))]
+            gap = [100 * (a - b) for a, b in zip(r["student_per_class"], r["ensemble_per_class"])]
+            rows.append([alpha, variant, r["seed"], *(f"{g:+.1f} ({100 * t:.0f}%)" for g, t in zip(gap, top))])
+    k = max((len(r[3:]) for r in rows), default=10)
+    return Table(["alpha", "variant", "seed", *(f"class {c}" for c in range(k))], rows,
+                 "Student less ensemble, test accuracy points per class (in brackets: the share of the class's "
+                 "training images its largest node holds). Fashion-MNIST classes 0-9: T-shirt, trouser, pullover, "
+                 "dress, coat, sandal, shirt, sneaker, bag, ankle boot.")
+
+
+TABLES = {"summary": summary, "best": best, "classes": classes, "curve": curve}
 
 
 def headline(records: list[dict]) -> str:
