@@ -16,6 +16,9 @@ class StudentConfig:
 
     model: str = option("bncnn", "student model: a registry name (see `fedinv models`) or a MODULE:FACTORY "
                         "such as torchvision.models:resnet18 (with --trust-model naming it)")
+    init: str = option("random", "the student's starting weights: random (seeded), or teachers-mean (the teachers' "
+                       "average weighted by their samples, FedDF's start; needs the teachers' architecture and "
+                       "--teachers)", choices=("random", "teachers-mean"))
     epochs: int = option(30, "passes over the store", valid=COUNT)
     batch_size: int = option(256, "minibatch size", valid=COUNT)
     steps_per_epoch: int = option(0, "steps per epoch, drawn from a fresh shuffle of the whole pool (0 = one pass "

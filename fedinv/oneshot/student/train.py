@@ -19,6 +19,7 @@ from typing import Any, Callable, Collection, Iterator
 import torch
 from torch import nn
 
+from ...aggregate import weighted_average
 from ...data.datasets import DatasetInfo, ImageTensors, load_dataset
 from ...distributed import World, process_group, rank_device, world_from_env
 from ...errors import ConfigError
@@ -85,6 +86,17 @@ def train_student(store: str | Path, out_dir: str | Path, cfg: StudentConfig, *,
                              teachers_dir=teachers_dir)
 
 
+def teachers_mean(student: nn.Module, teachers: TeacherEnsemble) -> dict[str, torch.Tensor]:
+    """The teachers' state averaged, each weighted by the samples it reports (as a claims check left
+    them), in the student's form: FedDF's starting point. The student must be the teachers' model."""
+    want = {k: v.shape for k, v in student.state_dict().items()}
+    states = [m.state_dict() for m in teachers.models]
+    if any({k: v.shape for k, v in s.items()} != want for s in states):
+        raise ConfigError("init teachers-mean needs the student to be the teachers' model (the same layers and "
+                          "shapes); use init random for another architecture")
+    return weighted_average(states, teachers.counts.sum(1).tolist())
+
+
 def available_test_split(info: DatasetInfo) -> ImageTensors | None:
     """The test split of dataset `info` where this machine has it (nothing is downloaded); None, with a
     warning naming the way to pass one, where it has not."""
@@ -143,6 +155,10 @@ class StudentRun:
         student = place(seeded_model(cfg.model, info, cfg.seed, Stream.STUDENT_INIT, trust=trust), device)
         if teachers is not None:
             check_student(student, teachers, device)
+        if cfg.init == "teachers-mean":
+            if teachers is None:
+                raise ConfigError("init teachers-mean starts the student from the teachers: give --teachers")
+            student.load_state_dict(teachers_mean(student, teachers))
         optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
         local = (local_batches(local, cfg.batch_size, device, cfg.seed)

@@ -1,5 +1,6 @@
 """Tests of fedinv.oneshot.student.train."""
 
+import dataclasses
 import json
 
 import pytest
@@ -143,3 +144,28 @@ def test_the_student_reads_its_store_datasets_test_split_itself_or_says_why_not(
     monkeypatch.setattr(student_train, "load_dataset", missing)
     report = train_student(tmp_path / "s.h5", tmp_path / "offline", cfg, progress=False)
     assert "test_accuracy" not in report and "records no test accuracy" in caplog.text
+
+
+def test_init_teachers_mean_starts_the_student_at_the_teachers_sample_weighted_average(tmp_path):
+    from fedinv.oneshot.synthesis.ensemble import load_ensemble
+    from fedinv.oneshot.student.train import teachers_mean
+    from fedinv.models import build_model_for
+    from tests.helpers import random_teachers, write_teachers
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    ensemble = load_ensemble(tmp_path / "t", torch.device("cpu"))
+    n0, n1 = ensemble.counts.sum(1).tolist()
+    a, b = (m.state_dict() for m in ensemble.models)
+    student = build_model_for("lenet5", ensemble.info)
+    start = teachers_mean(student, ensemble)
+    key = next(k for k, v in start.items() if v.is_floating_point())
+    assert torch.allclose(start[key], (n0 * a[key] + n1 * b[key]) / (n0 + n1))  # by hand: weighted by samples
+    real_store(tmp_path / "s.h5", n=64)
+    cfg = StudentConfig(model="lenet5", epochs=1, batch_size=32, init="teachers-mean", device="cpu")
+    report = train_student(tmp_path / "s.h5", tmp_path / "st", cfg, teachers_dir=tmp_path / "t", progress=False)
+    assert report["config"]["init"] == "teachers-mean"
+    with pytest.raises(ConfigError, match="teachers-mean starts the student from the teachers: give --teachers"):
+        train_student(tmp_path / "s.h5", tmp_path / "x", cfg, progress=False)
+    with pytest.raises(ConfigError, match="needs the student to be the teachers' model"):
+        train_student(tmp_path / "s.h5", tmp_path / "y", dataclasses.replace(cfg, model="bncnn"),
+                      teachers_dir=tmp_path / "t", progress=False)
