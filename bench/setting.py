@@ -15,7 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from torch import nn
+
 from fedinv.config import DataConfig, PartitionConfig
+from fedinv.data.batches import normalize
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.oneshot.pipeline import SECTIONS, RunConfig, partition_stage
 from fedinv.oneshot.teachers import train_teachers
@@ -85,3 +89,18 @@ def reference(rc: RunConfig, out: Path, epochs: int) -> Path:
                               teachers=dataclasses.replace(rc.teachers, epochs=epochs))
     folder, _, _ = teachers(ref, out)
     return folder / "node-0.pt"
+
+
+@torch.no_grad()
+def real_bn_statistics(model: nn.Module, images: ImageTensors, batch: int = 500) -> nn.Module:
+    """A diagnostic: `model` with every BN layer's running statistics recomputed, in place, as plain
+    averages over `images` (labels unread; real data a server never has)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average, not an exponential one
+    x = normalize(images.images, images.info)
+    for i in range(0, len(x), batch):
+        model(x[i:i + batch])
+    return model

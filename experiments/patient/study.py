@@ -21,16 +21,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch import nn
 
 from bench.records import latest
-from bench.setting import run_config, splits, study_fields, teachers
+from bench.setting import real_bn_statistics, run_config, splits, study_fields, teachers
 from bench.tables import Table, mean_std
 from fedinv.checkpoint import STUDENT, load_checkpoint
 from fedinv.config import to_dict
-from fedinv.data.batches import batches
 from fedinv.data.datasets import ImageTensors
-from fedinv.evaluate import accuracy, predict_logits
+from fedinv.evaluate import accuracy, class_shares, predict_logits
 from fedinv.oneshot.student.report import finished_student
 from fedinv.oneshot.student.train import train_student
 from fedinv.oneshot.synthesis.synthesize import synthesize
@@ -50,17 +48,9 @@ def real_bn_accuracy(student: Path, train: ImageTensors, test: ImageTensors, see
     real training images. Far above the student's own accuracy: the synthetic images misplace the
     student's feature statistics; near it: what the student learned, not its statistics, falls short."""
     model = load_checkpoint(student, kind=STUDENT).build(torch.device("cpu"))
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # the plain mean over the batches below
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:REAL_BN_IMAGES]
-    model.train()
-    with torch.no_grad():
-        for x, _ in batches(train.subset(pick), 256, device=torch.device("cpu")):
-            model(x)
+    real_bn_statistics(model, train.subset(pick), 256)
     return accuracy(predict_logits(model, test, torch.device("cpu")), test.labels)
-
 
 
 def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict[str, Any]]:
@@ -136,6 +126,10 @@ def curve(records: list[dict]) -> Table:
     return Table(["alpha", "variant", "seed", "test accuracy % after CPU minutes"], rows)
 
 
+def mean_student(rs: list[dict]) -> float:
+    return sum(r["student_accuracy"] for r in rs) / len(rs)
+
+
 def best(records: list[dict]) -> Table:
     """Per alpha, the variant whose student is best on the mean over its seeds, against the figure to beat."""
     rows = []
@@ -143,9 +137,8 @@ def best(records: list[dict]) -> Table:
     for (alpha, variant), rs in groups(records).items():
         by_alpha[alpha].append((variant, rs))
     for alpha, variants in sorted(by_alpha.items()):
-        variant, rs = max(variants, key=lambda v: sum(r["student_accuracy"] for r in v[1]) / len(v[1]))
-        acc = mean_std(r["student_accuracy"] for r in rs)
-        rows.append([alpha, variant, len(rs), acc,
+        variant, rs = max(variants, key=lambda v: mean_student(v[1]))
+        rows.append([alpha, variant, len(rs), mean_std(r["student_accuracy"] for r in rs),
                      mean_std((r["student_accuracy"] / r["ensemble_accuracy"] for r in rs), scale=1, digits=3),
                      mean_std(r["ensemble_accuracy"] for r in rs), TARGET.get(alpha, "-"),
                      f"{sum(r['cpu_minutes'] for r in rs) / len(rs):.0f}"])
@@ -164,9 +157,7 @@ def classes(records: list[dict]) -> Table:
         for r in rs:
             if "student_per_class" not in r:
                 continue
-            counts = r["label_counts"]  # [node][class]
-            totals = [sum(node[k] for node in counts) for k in range(len(counts[0]))]
-            top = [max(node[k] for node in counts) / totals[k] for k in range(len(totals))]
+            top = class_shares(torch.tensor(r["label_counts"])).max(0).values.tolist()  # largest node's share
             gap = [100 * (a - b) for a, b in zip(r["student_per_class"], r["ensemble_per_class"])]
             rows.append([alpha, variant, r["seed"], *(f"{g:+.1f} ({100 * t:.0f}%)" for g, t in zip(gap, top))])
     k = max((len(r[3:]) for r in rows), default=10)
@@ -180,12 +171,11 @@ TABLES = {"summary": summary, "best": best, "classes": classes, "curve": curve}
 
 
 def headline(records: list[dict]) -> str:
-    best = max(groups(records).items(), key=lambda kv: sum(r["student_accuracy"] for r in kv[1]) / len(kv[1]),
-               default=None)
+    best = max(groups(records).items(), key=lambda kv: mean_student(kv[1]), default=None)
     if best is None:
         return ""
     (alpha, variant), rs = best
-    acc = sum(r["student_accuracy"] for r in rs) / len(rs)
+    acc = mean_student(rs)
     ratio = sum(r["student_accuracy"] / r["ensemble_accuracy"] for r in rs) / len(rs)
     return (f"α = {alpha}, {variant}: {acc * 100:.2f}% ({ratio:.3f} of its ensemble, {len(rs)} seed"
             f"{'s' if len(rs) > 1 else ''}; to beat: {TARGET.get(alpha, '-')})")

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import click
 import torch
-from torch import nn
 
+from bench.setting import real_bn_statistics
 from fedinv import __version__
-from fedinv.data.batches import normalize
 from fedinv.data.datasets import ImageTensors, load_dataset
 from fedinv.federated.config import FederatedRunConfig
 from fedinv.federated.ftg import FedFTG
@@ -40,14 +39,7 @@ def real_statistics(fed: Federation, state: State, images: ImageTensors, batch: 
     """`state` with every BN layer's running statistics recomputed as plain averages over `images`."""
     model = fed.algo.build()
     model.load_state_dict(state)
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average, not an exponential one
-    x = normalize(images.images, images.info)
-    for i in range(0, len(x), batch):
-        model(x[i:i + batch])
+    real_bn_statistics(model, images, batch)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
