@@ -28,10 +28,11 @@ def pages() -> list[Path]:
 
 
 def index(prefix: str = ".") -> Table:
-    """Question -> headline -> folder of every study; links relative to the page (`prefix`: experiments/)."""
+    """Question -> headline -> folder of every study; links relative to the page (`prefix`: experiments/).
+    A study without records says so rather than leaving its headline empty."""
     rows = []
     for study in all_studies():
-        rows.append([getattr(study.module, "QUESTION", ""), study.headline(),
+        rows.append([getattr(study.module, "QUESTION", ""), study.headline() or "not measured yet (no records)",
                      f"[{study.name}]({prefix}/{study.name}/README.md)"])
     return Table(["question", "headline", "study"], rows)
 

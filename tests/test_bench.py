@@ -9,7 +9,7 @@ import sys
 import click
 import pytest
 
-from bench.docs import stale_pages
+from bench.docs import index, stale_pages
 from bench.records import append_records, read_records
 from bench.study import ROOT, Study, all_studies
 from bench.tables import Table, mean_std
@@ -52,6 +52,13 @@ def test_a_study_refuses_a_variant_its_check_rejects_before_any_work(tmp_path):
     with pytest.raises(click.BadParameter, match="'rounds-lie'.*attack: kind must be one of none, inflate"):
         s.run(["rounds-honest", "rounds-lie"], [0], tmp_path / "out", device="cpu", quick=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_index_gives_every_study_a_headline_or_says_it_has_no_records():
+    for study, (question, headline, link) in zip(all_studies(), index().rows):
+        assert question == study.module.QUESTION and f"/{study.name}/README.md" in link
+        assert headline == (study.headline() if study.records() else "not measured yet (no records)"), study.name
+        assert headline.strip(), study.name
 
 
 def test_the_pages_and_the_records_agree():

@@ -50,4 +50,10 @@ TABLES = {"students": students}
 
 
 def headline(records: list[dict]) -> str:
-    return ""
+    """The config whose student is best on the mean over its seeds, against the runner-up."""
+    means = {v: [r["student_accuracy"] for r in records if r["variant"] == v] for v in {r["variant"] for r in records}}
+    ranked = sorted(means, key=lambda v: -sum(means[v]) / len(means[v]))
+    if not ranked:
+        return ""
+    best = f"{ranked[0]}: student {mean_std(means[ranked[0]])}% ({len(means[ranked[0]])} seeds)"
+    return best + (f", {ranked[1]} {mean_std(means[ranked[1]])}%" if len(ranked) > 1 else "")
