@@ -37,10 +37,14 @@ def run(cfg: dict[str, Any], seed: int, out: Path, device: str) -> Iterator[dict
            "student_config": dataclasses.asdict(rc.student)}
 
 
+def by_config(records: list[dict]) -> dict[str, list[dict]]:
+    """Each config (variant) -> its records, configs in name order."""
+    return {v: [r for r in records if r["variant"] == v] for v in sorted({r["variant"] for r in records})}
+
+
 def students(records: list[dict]) -> Table:
     rows = []
-    for variant in sorted({r["variant"] for r in records}):
-        rs = [r for r in records if r["variant"] == variant]
+    for variant, rs in by_config(records).items():
         rows.append([variant, len(rs), mean_std(r["student_accuracy"] for r in rs),
                      mean_std((r["student_accuracy"] / r["ensemble_accuracy"] for r in rs), scale=1, digits=3)])
     return Table(["config", "seeds", "student %", "student / ensemble"], rows)
@@ -51,9 +55,9 @@ TABLES = {"students": students}
 
 def headline(records: list[dict]) -> str:
     """The config whose student is best on the mean over its seeds, against the runner-up."""
-    means = {v: [r["student_accuracy"] for r in records if r["variant"] == v] for v in {r["variant"] for r in records}}
-    ranked = sorted(means, key=lambda v: -sum(means[v]) / len(means[v]))
+    acc = {v: [r["student_accuracy"] for r in rs] for v, rs in by_config(records).items()}
+    ranked = sorted(acc, key=lambda v: -sum(acc[v]) / len(acc[v]))
     if not ranked:
         return ""
-    best = f"{ranked[0]}: student {mean_std(means[ranked[0]])}% ({len(means[ranked[0]])} seeds)"
-    return best + (f", {ranked[1]} {mean_std(means[ranked[1]])}%" if len(ranked) > 1 else "")
+    best = f"{ranked[0]}: student {mean_std(acc[ranked[0]])}% ({len(acc[ranked[0]])} seeds)"
+    return best + (f", {ranked[1]} {mean_std(acc[ranked[1]])}%" if len(ranked) > 1 else "")
