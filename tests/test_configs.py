@@ -42,10 +42,12 @@ def test_the_gpu_settings_run_on_stand_in_data(tmp_path, name):
     assert 0.0 <= summary["student_accuracy"] <= 1.0
 
 
-def test_the_rounds_reference_runs_on_stand_in_data(tmp_path):
-    args = ["federate", "cifar10-rounds-reference", "--out", str(tmp_path / "fed"), "--no-progress",
-            "--set", "data.dataset='synthetic-tiny'", "--set", "partition.num_nodes=4", "--set", "federate.rounds=1",
-            "--set", "federate.participation=0.5", "--set", "federate.local_epochs=1", "--set", "federate.device='cpu'"]
+@pytest.mark.parametrize("name", ["cifar10-rounds-reference", "fmnist-rounds-robust"])
+def test_the_rounds_settings_run_on_stand_in_data(tmp_path, name):
+    args = ["federate", name, "--out", str(tmp_path / "fed"), "--no-progress",
+            "--set", "data.dataset='synthetic-tiny'", "--set", "partition.num_nodes=5", "--set", "federate.rounds=1",
+            "--set", "federate.participation=1.0", "--set", "federate.local_epochs=1", "--set", "federate.device='cpu'"]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "fed" / "report.json").is_file()
+    report = json.loads((tmp_path / "fed" / "report.json").read_text())
+    assert len(report["history"]) == 1 and 0.0 <= report["final_accuracy"] <= 1.0

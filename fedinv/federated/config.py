@@ -110,6 +110,11 @@ SECTIONS = {"data": DataConfig, "partition": PartitionConfig, "federate": Federa
             "generator": GeneratorConfig, "attack": AttackConfig}
 
 
+def round_size(num_nodes: int, participation: float) -> int:
+    """How many of the N nodes take part in a round: max(1, round(participation * N))."""
+    return max(1, int(round(participation * num_nodes)))
+
+
 @dataclass(frozen=True)
 class FederatedRunConfig:
     """A multi-round run: TOML tables [data], [partition], [federate], [generator], [attack] (simulated
@@ -146,6 +151,12 @@ class FederatedRunConfig:
             raise ConfigError(f"{algo.name} replaces aggregation by distillation; server must be none")
         if algo.replaces_aggregation and self.federate.aggregation != "mean":
             raise ConfigError(f"{algo.name} replaces aggregation by distillation; aggregation must be mean")
+        m, f = round_size(self.partition.num_nodes, self.federate.participation), self.federate.byzantine
+        if self.federate.aggregation in ("krum", "multi-krum") and m <= 2 * f + 2:
+            raise ConfigError(f"{self.federate.aggregation} with byzantine = {f} needs more than {2 * f + 2} "
+                              f"participants a round, and participation {self.federate.participation} of "
+                              f"{self.partition.num_nodes} nodes gives {m}: raise participation or num_nodes, or "
+                              f"lower byzantine")
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "FederatedRunConfig":
@@ -191,7 +202,8 @@ class FederatedRunConfig:
         values = legacy_values(algo, legacy, "federate", f"algorithm {algo.name}", strict=not saved)
         values.update(raw.get(algo.name) or {})
         with table(algo.name):
-            config = cls(**sections, params=from_dict(algo.Params, values))
+            params = from_dict(algo.Params, values)
+        config = cls(**sections, params=params)
         if step is None:
             legacy_values(None, legacy_step, "generator", "server none", strict=not saved)
             return config

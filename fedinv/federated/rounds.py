@@ -38,7 +38,7 @@ from ..store import StoreWriter, store_meta
 from ..train import round_decay
 from ..train.resume import changes, comparable
 from ..viz import epoch_curves
-from .config import FederatedRunConfig, method_name
+from .config import FederatedRunConfig, method_name, round_size
 from .local import LocalContext, LocalResult, RoundInfo, State, cpu_state, param_names
 from .registry import algorithm_class, server_step_class
 
@@ -57,7 +57,7 @@ def split_validation(train: ImageTensors, size: int, seed: int) -> tuple[ImageTe
 
 def participants(num_nodes: int, fraction: float, seed: int, rnd: int) -> list[int]:
     """The nodes of round `rnd`: max(1, round(fraction * N)) of N, drawn from (seed, round)."""
-    m = max(1, int(round(fraction * num_nodes)))
+    m = round_size(num_nodes, fraction)
     return sorted(torch.randperm(num_nodes, generator=rng(seed, RoundStream.PARTICIPANTS, rnd))[:m].tolist())
 
 

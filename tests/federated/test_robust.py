@@ -67,8 +67,10 @@ def test_robust_aggregation_runs_every_averaging_algorithm(tmp_path, tiny_train,
 
 
 def test_a_run_with_multi_krum_says_which_participant_it_left_out(tmp_path, tiny_train):
-    cfg = tiny_run(participation=1.0, aggregation="multi-krum", byzantine=1, krum_threshold=2.0)
-    cfg = dataclasses.replace(cfg, partition=dataclasses.replace(cfg.partition, num_nodes=5))
+    base = tiny_run(participation=1.0)  # 5 nodes: multi-Krum with f = 1 needs more than 4 a round
+    cfg = dataclasses.replace(base, partition=dataclasses.replace(base.partition, num_nodes=5),
+                              federate=dataclasses.replace(base.federate, aggregation="multi-krum", byzantine=1,
+                                                           krum_threshold=2.0))
     report = federate(dataclasses.replace(cfg, attack=AttackConfig(kind="random")), tmp_path, progress=False,
                       train=tiny_train)
     assert [row["left_out"] for row in report["history"]] == [[0], [0]]  # node 0 sends random weights
@@ -84,5 +86,8 @@ def test_robust_aggregation_config_errors():
         tiny_run(trim=0.5)
     with pytest.raises(ConfigError, match="size_cap = 0.5: 0 .no cap. or at least 1"):
         tiny_run(size_cap=0.5)
+    with pytest.raises(ConfigError, match="krum with byzantine = 1 needs more than 4 participants a round, and "
+                                          "participation 1.0 of 4 nodes gives 4"):
+        tiny_run(participation=1.0, aggregation="krum", byzantine=1)  # refused before any round, not in round 1
     with pytest.raises(ConfigError, match="inflate"):
         AttackConfig(kind="lie")
