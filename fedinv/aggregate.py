@@ -81,12 +81,18 @@ def coordinate_median(states: Sequence[State]) -> State:
     return _per_coordinate(states, reduce)
 
 
+def krum_min_participants(byzantine: int) -> int:
+    """The fewest states Krum and multi-Krum score with f = `byzantine` malicious ones among them: 2f + 3
+    (each needs M - f - 2 >= f + 1 neighbours, more than the malicious ones)."""
+    return 2 * byzantine + 3
+
+
 def krum_scores(states: Sequence[State], byzantine: int) -> torch.Tensor:
     """Krum's score of each of the M states (Blanchard et al. 2017): the sum of squared distances,
     over all floating tensors, to its M - f - 2 nearest other states. Needs M > 2f + 2."""
     _check_states(states)
     m = len(states)
-    if m <= 2 * byzantine + 2:
+    if m < krum_min_participants(byzantine):
         raise ValueError(f"krum tolerates f = {byzantine} malicious nodes only with more than {2 * byzantine + 2} "
                          f"participants, got {m}")
     keys = [k for k, v in states[0].items() if v.is_floating_point()]

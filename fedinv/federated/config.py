@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..aggregate import AGGREGATIONS
+from ..aggregate import AGGREGATIONS, SELECTIVE, krum_min_participants
 from ..attacks import AttackConfig
 from ..config import (COUNT, FRACTION, LEARNING_RATE, MOMENTUM, SEED, SIZE, WEIGHT, DataConfig, PartitionConfig, Range,
                       check_fields, device_option, from_dict, load_toml, option, precision_option, table, to_dict)
@@ -152,7 +152,7 @@ class FederatedRunConfig:
         if algo.replaces_aggregation and self.federate.aggregation != "mean":
             raise ConfigError(f"{algo.name} replaces aggregation by distillation; aggregation must be mean")
         m, f = round_size(self.partition.num_nodes, self.federate.participation), self.federate.byzantine
-        if self.federate.aggregation in ("krum", "multi-krum") and m <= 2 * f + 2:
+        if self.federate.aggregation in SELECTIVE and m < krum_min_participants(f):
             raise ConfigError(f"{self.federate.aggregation} with byzantine = {f} needs more than {2 * f + 2} "
                               f"participants a round, and participation {self.federate.participation} of "
                               f"{self.partition.num_nodes} nodes gives {m}: raise participation or num_nodes, or "

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fedinv.aggregate import (apply_server_lr, capped_sizes, combine, coordinate_median, feddyn_aggregate, krum,
-                              kept, krum_scores, left_out, multi_krum, trimmed_mean, weighted_average)
+                              kept, krum_min_participants, krum_scores, left_out, multi_krum, trimmed_mean,
+                              weighted_average)
 from fedinv.evaluate import class_shares, confusion_matrix, ensemble_probs, per_class_accuracy
 from tests.helpers import t
 
@@ -48,6 +49,7 @@ def test_krum_picks_the_state_closest_to_its_neighbours_by_hand():
     torch.testing.assert_close(krum_scores(s, 1), torch.tensor([1 + 4, 1 + 1, 1 + 4, 97 ** 2 + 98 ** 2, 1 + 1],
                                                                dtype=torch.float64))
     assert krum(s, 1)["w"].item() == 1.0  # the first of the two best
+    assert krum_min_participants(1) == len(s) == 5  # one state fewer is refused
     with pytest.raises(ValueError, match="more than 4"):
         krum(s[:4], 1)
 
