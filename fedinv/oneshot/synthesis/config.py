@@ -45,8 +45,11 @@ class SynthesisConfig:
     fixed_teachers: bool = option(False, "sample the teachers_per_step teachers once per batch and keep them for "
                                          "all its steps, instead of at every step (the report's open idea, §VI)")
     label_sampler: str = option("uniform", "target labels: uniform, proportional (to the nodes' class counts, "
-                                "FedFTG), balanced (equal share per teacher over the labels it knows)",
-                                choices=("uniform", "proportional", "balanced"))
+                                "FedFTG), balanced (equal share per teacher over the labels it knows), local (in "
+                                "proportion to the class counts of the batch's own teachers, so that the targets "
+                                "describe the data whose BN statistics the batch matches; needs teachers fixed for "
+                                "the batch: teachers_per_step 1 or 0, or fixed_teachers)",
+                                choices=("uniform", "proportional", "balanced", "local"))
     head_mask: bool = option(True, "leave out each teacher's logits for labels it never saw")
     claims: str = option("trusted", "how the nodes' label counts weigh each teacher per class: trusted (as "
                          "sent); checked (a node claiming over twice the median node's samples is scaled down, "
@@ -82,6 +85,10 @@ class SynthesisConfig:
             raise ConfigError(f"--method {self.method} takes {method.Params.__name__}, not "
                               f"{type(self.params).__name__}")
         check_fields(self)
+        if self.label_sampler == "local" and self.teachers_per_step not in (0, 1) and not self.fixed_teachers:
+            raise ConfigError(f"label_sampler local draws each batch's labels from its own teachers' class counts, "
+                              f"so it needs the teachers fixed for the batch: teachers_per_step 1 (cycling) or 0 "
+                              f"(all), or fixed_teachers; got teachers_per_step {self.teachers_per_step}")
         method.check(self)
 
     @property

@@ -35,8 +35,15 @@ def balanced(counts: torch.Tensor, batch_size: int, gen: torch.Generator) -> tor
     return y[torch.randperm(len(y), generator=gen)]
 
 
+def local(counts: torch.Tensor, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """Labels in proportion to the class counts of the batch's own teachers (the caller passes only
+    their rows, `store.make_batch`): the targets then describe the data whose BN statistics the batch
+    is asked to match, instead of pulling against them."""
+    return proportional(counts, batch_size, gen)
+
+
 LABEL_SAMPLERS: dict[str, Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]] = {
-    "uniform": uniform, "proportional": proportional, "balanced": balanced,
+    "uniform": uniform, "proportional": proportional, "balanced": balanced, "local": local,
 }
 
 

@@ -41,16 +41,26 @@ def image_priors(x: torch.Tensor, cfg: SynthesisConfig) -> torch.Tensor:
     return total
 
 
-def teachers_for_step(cfg: SynthesisConfig, num_teachers: int, batch_index: int, gen: torch.Generator) -> torch.Tensor:
-    """n sampled teachers per step; with teachers_per_step = 1, cycling: batch b uses teacher b mod N.
-    With fixed_teachers, the n are drawn once per batch, from their own stream (seed, batch), so
-    the step's other draws (jitter, flip) are those of the default."""
-    if cfg.teachers_per_step == 1:
+def batch_teachers(cfg: SynthesisConfig, num_teachers: int, batch_index: int) -> torch.Tensor | None:
+    """The teachers every step of batch `batch_index` uses, where they are fixed for the batch: cycling
+    (teachers_per_step = 1: teacher b mod N), all of them (0, or N or more), or fixed_teachers (the n
+    drawn once per batch from their own stream (seed, batch), so the step's other draws, jitter and
+    flip, are those of the default); None where every step draws its own."""
+    n = cfg.teachers_per_step
+    if n == 1:
         return torch.tensor([batch_index % num_teachers])
+    if n <= 0 or n >= num_teachers:
+        return torch.arange(num_teachers)
     if cfg.fixed_teachers:
-        return sample_teachers(num_teachers, cfg.teachers_per_step,
-                               rng(cfg.seed, Stream.SYNTHESIS_FIXED_TEACHERS, batch_index))
-    return sample_teachers(num_teachers, cfg.teachers_per_step, gen)
+        return sample_teachers(num_teachers, n, rng(cfg.seed, Stream.SYNTHESIS_FIXED_TEACHERS, batch_index))
+    return None
+
+
+def teachers_for_step(cfg: SynthesisConfig, num_teachers: int, batch_index: int, gen: torch.Generator) -> torch.Tensor:
+    """n sampled teachers per step (Algorithm 1), or the batch's own where they are fixed for it
+    (`batch_teachers`)."""
+    fixed = batch_teachers(cfg, num_teachers, batch_index)
+    return fixed if fixed is not None else sample_teachers(num_teachers, cfg.teachers_per_step, gen)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from ...runtime import Stream, atomic_path, read_torch, remove_stale_temporaries
 from ...store import StoreWriter
 from .labels import sample_labels
 from .method import Inverted, StepCallback, Synthesizer
+from .objective import batch_teachers
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # images u8, labels, soft, source
 
@@ -42,7 +43,10 @@ def make_batch(synth: Synthesizer, b: int, size: int, *, student: nn.Module | No
     """
     teachers, cfg = synth.teachers, synth.cfg
     gen = rng(cfg.seed, Stream.SYNTHESIS_BATCH, b)
-    y = sample_labels(cfg.label_sampler, teachers.counts, size, gen)
+    counts = teachers.counts
+    if cfg.label_sampler == "local":  # the batch's own teachers' counts (the config ensures they are fixed)
+        counts = counts[batch_teachers(cfg, len(teachers), b)]
+    y = sample_labels(cfg.label_sampler, counts, size, gen)
     inv = synth.invert(y, b, gen, student=student, on_step=on_step)
     soft = teachers.ensemble_log_probs(inv.x)
     if not all(math.isfinite(v) for v in inv.losses.values()) or not torch.isfinite(soft).all():

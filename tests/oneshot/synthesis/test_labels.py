@@ -32,7 +32,28 @@ def test_label_samplers():
     y = sample_labels("balanced", counts, 100, gen)
     assert torch.bincount(y, minlength=3).tolist() == [25, 25, 50]
     assert set(sample_labels("uniform", counts, 300, gen).tolist()) == {0, 1, 2}
-    with pytest.raises(ConfigError, match="unknown label sampler 'x'; known: balanced, proportional, uniform"):
+    assert set(sample_labels("local", counts[[1]], 50, gen).tolist()) == {2}  # only the rows it is given
+    with pytest.raises(ConfigError, match="unknown label sampler 'x'; known: balanced, local, proportional, uniform"):
         sample_labels("x", counts, 4, gen)
     picks = sample_teachers(5, 3, gen)
     assert len(set(picks.tolist())) == 3 and sample_teachers(5, 0, gen).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_local_labels_follow_each_batchs_own_teachers(tmp_path):
+    """With cycling (batch b uses teacher b mod N), label_sampler local draws batch b's labels from
+    teacher b mod N's class counts only: teacher 0 never saw labels 0-2, so its batches hold none."""
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    cfg = gen_cfg("deepinversion", num_images=48, teachers_per_step=1, label_sampler="local", iterations=1)
+    synthesize(tmp_path / "t", tmp_path / "s.h5", cfg, progress=False)
+    labels = read_rows(tmp_path / "s.h5")[1]
+    teacher = torch.arange(48) // 12 % 2  # rows in batch order, 12 a batch
+    assert not set(labels[teacher == 0].tolist()) & {0, 1, 2}
+    assert set(labels[teacher == 1].tolist()) & {0, 1, 2}  # teacher 1 knows them all
+
+
+def test_local_labels_need_teachers_fixed_for_the_batch():
+    with pytest.raises(ConfigError, match="label_sampler local .* teachers_per_step 1 .* got teachers_per_step 2"):
+        gen_cfg("deepinversion", label_sampler="local")
+    for fixed in ({"teachers_per_step": 0}, {"fixed_teachers": True}):
+        assert gen_cfg("deepinversion", label_sampler="local", **fixed).label_sampler == "local"
