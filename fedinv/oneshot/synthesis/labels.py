@@ -37,8 +37,8 @@ def balanced(counts: torch.Tensor, batch_size: int, gen: torch.Generator) -> tor
 
 def local(counts: torch.Tensor, batch_size: int, gen: torch.Generator) -> torch.Tensor:
     """Labels in proportion to the class counts of the batch's own teachers (the caller passes only
-    their rows, `store.make_batch`): the targets then describe the data whose BN statistics the batch
-    is asked to match, instead of pulling against them."""
+    their rows, `store.make_batch`, or every node's where a claims check left those none): the targets
+    then describe the data whose BN statistics the batch is asked to match, instead of pulling against them."""
     return proportional(counts, batch_size, gen)
 
 

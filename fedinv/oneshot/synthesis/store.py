@@ -44,8 +44,9 @@ def make_batch(synth: Synthesizer, b: int, size: int, *, student: nn.Module | No
     teachers, cfg = synth.teachers, synth.cfg
     gen = rng(cfg.seed, Stream.SYNTHESIS_BATCH, b)
     counts = teachers.counts
-    if cfg.label_sampler == "local":  # the batch's own teachers' counts (the config ensures they are fixed)
-        counts = counts[batch_teachers(cfg, len(teachers), b)]
+    if cfg.label_sampler == "local":  # the batch's own teachers' counts (the config ensures they are fixed);
+        own = counts[batch_teachers(cfg, len(teachers), b)]  # all nodes' where a claims check left them none
+        counts = own if bool(own.sum() > 0) else counts
     y = sample_labels(cfg.label_sampler, counts, size, gen)
     inv = synth.invert(y, b, gen, student=student, on_step=on_step)
     soft = teachers.ensemble_log_probs(inv.x)

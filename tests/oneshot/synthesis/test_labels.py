@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from fedinv.errors import ConfigError
+from fedinv.oneshot.synthesis.ensemble import load_ensemble
 from fedinv.oneshot.synthesis.labels import sample_labels, sample_teachers
+from fedinv.oneshot.synthesis.method import make_synthesizer
+from fedinv.oneshot.synthesis.store import make_batch
 from fedinv.oneshot.synthesis.synthesize import synthesize
 from fedinv.store import read_rows
 from tests.helpers import gen_cfg, random_teachers, write_teachers
@@ -57,3 +60,15 @@ def test_local_labels_need_teachers_fixed_for_the_batch():
         gen_cfg("deepinversion", label_sampler="local")
     for fixed in ({"teachers_per_step": 0}, {"fixed_teachers": True}):
         assert gen_cfg("deepinversion", label_sampler="local", **fixed).label_sampler == "local"
+
+
+def test_local_labels_of_a_teacher_left_without_counts_come_from_all_nodes(tmp_path):
+    """A claims check may zero a node's counts; its batches then draw from every node's counts."""
+    models, counts = random_teachers(2)
+    write_teachers(tmp_path / "t", models, counts)
+    cfg = gen_cfg("deepinversion", num_images=24, teachers_per_step=1, label_sampler="local", iterations=1)
+    synth = make_synthesizer(load_ensemble(tmp_path / "t", torch.device("cpu")), cfg, None)
+    synth.teachers.use_counts(torch.stack([counts[0], torch.zeros_like(counts[1])]))
+    for b in (0, 1):  # teacher 0's own labels; teacher 1's (none left) from node 0's, the only counts left
+        labels = make_batch(synth, b, 12)[0][1]
+        assert not set(labels.tolist()) & {0, 1, 2}
