@@ -59,5 +59,6 @@ def headline(records: list[dict]) -> str:
     ranked = sorted(acc, key=lambda v: -sum(acc[v]) / len(acc[v]))
     if not ranked:
         return ""
-    best = f"{ranked[0]}: student {mean_std(acc[ranked[0]])}% ({len(acc[ranked[0]])} seeds)"
+    n = len(acc[ranked[0]])
+    best = f"{ranked[0]}: student {mean_std(acc[ranked[0]])}% ({n} seed{'s' if n > 1 else ''})"
     return best + (f", {ranked[1]} {mean_std(acc[ranked[1]])}%" if len(ranked) > 1 else "")
