@@ -93,8 +93,8 @@ def krum_scores(states: Sequence[State], byzantine: int) -> torch.Tensor:
     _check_states(states)
     m = len(states)
     if m < krum_min_participants(byzantine):
-        raise ValueError(f"krum tolerates f = {byzantine} malicious nodes only with more than {2 * byzantine + 2} "
-                         f"participants, got {m}")
+        raise ValueError(f"krum tolerates f = {byzantine} malicious nodes only with more than "
+                         f"{krum_min_participants(byzantine) - 1} participants, got {m}")
     keys = [k for k, v in states[0].items() if v.is_floating_point()]
     flat = torch.stack([torch.cat([s[k].double().flatten() for k in keys]) for s in states])
     d2 = torch.cdist(flat, flat).pow(2)

@@ -151,9 +151,9 @@ def best(records: list[dict]) -> Table:
                      f"{sum(r['cpu_minutes'] for r in rs) / len(rs):.0f}"])
     return Table(["alpha", "best variant", "seeds", "student %", "student / ensemble", "ensemble %", "to beat %",
                   "CPU min"], rows,
-                 "The best of the study's variants at each alpha by the mean over its seeds of student / ensemble (variants "
-                 "ran on different seeds, whose teachers differ; its summary table has them all); to beat: the "
-                 "higher of Co-Boosting's and DENSE's published figures (ResNet-18 teachers trained longer).")
+                 "The best of the study's variants at each alpha by the mean over its seeds of student / ensemble "
+                 "(variants ran on different seeds, whose teachers differ; its summary table has them all); to beat: "
+                 "the higher of Co-Boosting's and DENSE's published figures (ResNet-18 teachers trained longer).")
 
 
 def classes(records: list[dict]) -> Table:
@@ -184,7 +184,7 @@ def headline(records: list[dict]) -> str:
         return ""
     (alpha, variant), rs = best
     acc = mean_student(rs)
-    ratio = sum(r["student_accuracy"] / r["ensemble_accuracy"] for r in rs) / len(rs)
+    ratio = mean_ratio(rs)
     return (f"α = {alpha}, {variant}: {acc * 100:.2f}% ({ratio:.3f} of its ensemble, {len(rs)} seed"
             f"{'s' if len(rs) > 1 else ''}; to beat: {TARGET.get(alpha, '-')})")
 

@@ -153,7 +153,8 @@ class FederatedRunConfig:
             raise ConfigError(f"{algo.name} replaces aggregation by distillation; aggregation must be mean")
         m, f = round_size(self.partition.num_nodes, self.federate.participation), self.federate.byzantine
         if self.federate.aggregation in SELECTIVE and m < krum_min_participants(f):
-            raise ConfigError(f"{self.federate.aggregation} with byzantine = {f} needs more than {2 * f + 2} "
+            raise ConfigError(f"{self.federate.aggregation} with byzantine = {f} needs more than "
+                              f"{krum_min_participants(f) - 1} "
                               f"participants a round, and participation {self.federate.participation} of "
                               f"{self.partition.num_nodes} nodes gives {m}: raise participation or num_nodes, or "
                               f"lower byzantine")
